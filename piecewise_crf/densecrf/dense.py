@@ -1,0 +1,170 @@
+"""Fully connected CRF (Kraehenbuehl and Koltun 2011) by mean-field on a permutohedral lattice.
+
+Sign convention. Like pydensecrf, this module works with *energies* (lower = more likely):
+the unary is ``U = -log p`` and the label compatibility ``mu(l, l')`` is a penalty, Potts
+``mu = w [l != l']`` with w > 0. Elsewhere in ``piecewise_crf`` potentials are *scores*
+(log-potentials, higher = more likely): a score is minus an energy, so ``z_p = -U = log p``.
+One mean-field step is ``Q = softmax(-U - m)`` with the pairwise message
+``m_i(l) = sum_k w_k sum_l' mu(l, l') n_k(i) sum_j k(f_i, f_j) n_k(j) Q_j(l')`` where
+``n_k = 1 / sqrt(sum_j k(f_i, f_j))`` is pydensecrf's symmetric normalisation
+(NORMALIZE_SYMMETRIC, its default in DenseCRF2D). As in pydensecrf the sum over j includes
+j = i: the lattice filter cannot leave the centre out.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from piecewise_crf.densecrf.lattice import Lattice, build
+
+PROB_FLOOR = 1e-5
+"""Probabilities are clamped to this before the log, as pydensecrf's ``unary_from_softmax``."""
+
+
+def dense_crf(
+    image,
+    probs,
+    iterations: int = 5,
+    pos_xy_std: float = 3.0,
+    pos_weight: float = 3.0,
+    bi_xy_std: float = 80.0,
+    bi_rgb_std: float = 13.0,
+    bi_weight: float = 10.0,
+    compat=None,
+):
+    """Refine label marginals with a dense CRF (Gaussian + bilateral kernels, Potts by default).
+
+    Args:
+        image: (H, W, 3) uint8 RGB, or a batch (B, H, W, 3) / (B, 3, H, W); numpy or torch.
+        probs: (K, H, W) or (B, K, H, W) float32/float64 probabilities; numpy or torch (any
+            device). The unary energy is ``-log(max(probs, 1e-5))``.
+        iterations: mean-field iterations; 0 returns the (normalised, clamped) input.
+        pos_xy_std, pos_weight: pydensecrf's ``addPairwiseGaussian(sxy, compat)``.
+        bi_xy_std, bi_rgb_std, bi_weight: pydensecrf's ``addPairwiseBilateral(sxy, srgb, rgbim,
+            compat)``.
+        compat: optional (K, K) compatibility energy ``mu(l, l')`` (penalty for labels l, l' at
+            two similar pixels) replacing Potts ``1 - I`` in both kernels, each still scaled by
+            its weight; symmetrised as pydensecrf does. ``pos_weight * compat`` is pydensecrf's
+            matrix ``compat``.
+
+    Returns:
+        Marginals Q of the same shape, kind (numpy / torch), dtype and device as ``probs``.
+    """
+    q = _as_tensor(probs, "probs")
+    batched = q.dim() == 4
+    if not (q.dim() in (3, 4) and q.dtype in (torch.float32, torch.float64)):
+        raise ValueError(
+            f"probs must be a float32/float64 array of shape (K, H, W) or (B, K, H, W); got "
+            f"{q.dtype} {tuple(q.shape)}"
+        )
+    if not batched:
+        q = q[None]
+    b, k, h, w = q.shape
+    img = _image(image, b, h, w, batched).to(q.device)
+    _check_params(iterations, pos_xy_std, bi_xy_std, bi_rgb_std, pos_weight, bi_weight)
+    mu = _compat(compat, k, q)
+
+    logp = q.permute(0, 2, 3, 1).reshape(-1, k).clamp(min=PROB_FLOOR).log()
+    weights = [pos_weight, bi_weight]
+    lattice = build(_features(img, pos_xy_std, bi_xy_std, bi_rgb_std, q.dtype), _groups(b, h, w, q))
+    out = mean_field(lattice, logp, weights, iterations, mu)
+    out = out.view(b, h, w, k).permute(0, 3, 1, 2).contiguous()
+    if not batched:
+        out = out[0]
+    return out.numpy() if isinstance(probs, np.ndarray) else out
+
+
+def mean_field(
+    lattice: Lattice,
+    logp: torch.Tensor,
+    weights: list[float],
+    iterations: int,
+    mu: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Run ``iterations`` parallel mean-field updates from ``Q = softmax(logp)``.
+
+    ``logp`` (P, K) is minus the unary energy; ``weights[k]`` scales kernel k of ``lattice``;
+    ``mu`` (K, K) is a symmetric compatibility energy, None for Potts.
+    """
+    ones = logp.new_ones(logp.shape[0], 1)
+    norms = [(n + 1e-20).rsqrt() for n in lattice.filter_each(ones)]
+    splat_scale = torch.empty_like(lattice.weights)
+    slice_scale = torch.empty_like(lattice.weights)
+    for c, n, wk in zip(lattice.columns, norms, weights, strict=True):
+        splat_scale[:, c] = n
+        slice_scale[:, c] = wk * n
+    splat, slice_ = lattice.operators(splat_scale, slice_scale)
+
+    q = torch.softmax(logp, 1)
+    for _ in range(iterations):
+        message = slice_ @ lattice.blur(splat @ q)
+        # Potts: -w [l != l'] and the equivalent -w ... + w [l == l'] differ by a per-pixel
+        # constant, which softmax ignores, so the message enters with a plus sign.
+        q = torch.softmax(logp + message if mu is None else logp - message @ mu, 1)
+    return q
+
+
+def _as_tensor(x, name: str) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        return x
+    if isinstance(x, np.ndarray):
+        # Copies, so read-only and non-contiguous arrays are fine and the caller's is untouched.
+        return torch.tensor(x)
+    raise ValueError(f"{name} must be a numpy array or a torch tensor, got {type(x).__name__}")
+
+
+def _image(image, b: int, h: int, w: int, batched: bool) -> torch.Tensor:
+    """Validate the image(s) against probs' (B, H, W); return (B, H, W, 3) uint8."""
+    img = _as_tensor(image, "image")
+    want = "(B, H, W, 3) or (B, 3, H, W)" if batched else "(H, W, 3)"
+    if img.dtype != torch.uint8:
+        raise ValueError(f"image must be uint8 RGB (0-255), got {img.dtype}; convert it first")
+    if not batched:
+        img = img[None]
+    if tuple(img.shape) == (b, h, w, 3):
+        return img
+    if batched and tuple(img.shape) == (b, 3, h, w):
+        return img.permute(0, 2, 3, 1)
+    raise ValueError(
+        f"image must have shape {want} matching probs (B={b}, H={h}, W={w}), "
+        f"got {tuple(image.shape)}"
+    )
+
+
+def _check_params(iterations, *values) -> None:
+    if not isinstance(iterations, int | np.integer) or iterations < 0:
+        raise ValueError(f"iterations must be a non-negative integer, got {iterations!r}")
+    names = ("pos_xy_std", "bi_xy_std", "bi_rgb_std", "pos_weight", "bi_weight")
+    for i, (name, v) in enumerate(zip(names, values, strict=True)):
+        if not np.isfinite(v) or (i < 3 and v <= 0):
+            kind = "a positive" if i < 3 else "a finite"
+            raise ValueError(f"{name} must be {kind} number, got {v!r}")
+
+
+def _compat(compat, k: int, like: torch.Tensor) -> torch.Tensor | None:
+    if compat is None:
+        return None
+    mu = _as_tensor(compat, "compat").to(like)
+    if tuple(mu.shape) != (k, k) or not torch.isfinite(mu).all():
+        raise ValueError(f"compat must be a finite ({k}, {k}) matrix, got {tuple(mu.shape)}")
+    return 0.5 * (mu + mu.T)
+
+
+def _features(
+    img: torch.Tensor, pos_xy_std: float, bi_xy_std: float, bi_rgb_std: float, dtype
+) -> list[torch.Tensor]:
+    """pydensecrf's features: (x, y) / sxy and (x, y, r, g, b) / (sxy, sxy, srgb x 3)."""
+    b, h, w, _ = img.shape
+    y, x = torch.meshgrid(
+        torch.arange(h, dtype=dtype, device=img.device),
+        torch.arange(w, dtype=dtype, device=img.device),
+        indexing="ij",
+    )
+    xy = torch.stack([x, y], -1).expand(b, h, w, 2).reshape(-1, 2)
+    rgb = img.reshape(-1, 3).to(dtype)
+    return [xy / pos_xy_std, torch.cat([xy / bi_xy_std, rgb / bi_rgb_std], 1)]
+
+
+def _groups(b: int, h: int, w: int, like: torch.Tensor) -> torch.Tensor:
+    return torch.arange(b, device=like.device).repeat_interleave(h * w)
