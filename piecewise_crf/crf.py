@@ -1,0 +1,171 @@
+"""CRF maths: mean-field inference and the piecewise likelihood.
+
+Sign convention: every potential here is a **score** (a log-potential; higher = more likely):
+P(y | x) = exp(sum_p z_p(y_p) + sum_(p,q) z_pq(y_p, y_q)) / Z(x). Energies are the negatives.
+
+Two forms of the same maths:
+- the general edge-list form (`mean_field`, `piecewise_nll`), the public API for any graph;
+- the grid fast path (`grid_mean_field`, `grid_pairwise_nll`) used by the model, where pairwise
+  scores come per grid offset as compact maps and messages are computed with shifted slices
+  instead of gathers. Tests check that both give the same numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from piecewise_crf.relations import Offset, offset_edges, offset_slices
+
+# Pairwise scores of one offset on the grid: (dy, dx) and a tensor (B, K, K, h', w') over the nodes p
+# whose partner q = p + (dy, dx) lies inside the grid (the region given by `offset_slices`).
+GridPairwise = tuple[Offset, Tensor]
+
+
+def _check_graph(unary: Tensor, edges: Tensor, pairwise: Tensor) -> None:
+    if unary.dim() != 3:
+        raise ValueError(f"unary must be (B, N, K), got shape {tuple(unary.shape)}")
+    b, n, k = unary.shape
+    if edges.dim() != 2 or edges.shape[1] != 2:
+        raise ValueError(f"edges must be (E, 2) rows (p, q), got shape {tuple(edges.shape)}")
+    if edges.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"edges must be an integer tensor, got {edges.dtype}")
+    e = edges.shape[0]
+    if pairwise.shape != (b, e, k, k):
+        raise ValueError(
+            f"pairwise must be (B, E, K, K) = {(b, e, k, k)} for unary {tuple(unary.shape)} and "
+            f"{e} edges, got {tuple(pairwise.shape)}"
+        )
+    if e and (int(edges.min()) < 0 or int(edges.max()) >= n):
+        raise ValueError(f"edges index nodes outside [0, {n})")
+
+
+def mean_field(unary: Tensor, edges: Tensor, pairwise: Tensor, iterations: int = 3) -> Tensor:
+    """Parallel mean-field marginals (B, N, K) of the pairwise CRF given by scores.
+
+    unary (B, N, K); edges (E, 2) int rows (p, q); pairwise (B, E, K, K) with pairwise[b, e, i, j]
+    the score of y_p = i, y_q = j. Q0 = softmax(unary), then every node at once:
+    Q_p(i) ∝ exp(z_p(i) + sum_{e=(p,q)} sum_j z_e(i, j) Q_q(j) + sum_{e=(q,p)} sum_j z_e(j, i) Q_q(j)).
+    """
+    _check_graph(unary, edges, pairwise)
+    p, q = edges[:, 0].long(), edges[:, 1].long()
+    marginals = unary.softmax(-1)
+    for _ in range(iterations):
+        to_p = torch.einsum("beij,bej->bei", pairwise, marginals[:, q])
+        to_q = torch.einsum("beij,bei->bej", pairwise, marginals[:, p])
+        messages = torch.zeros_like(unary).index_add(1, p, to_p).index_add(1, q, to_q)
+        marginals = (unary + messages).softmax(-1)
+    return marginals
+
+
+def _check_labels(labels: Tensor, num_classes: int, ignore_index: int) -> None:
+    bad = (labels != ignore_index) & ((labels < 0) | (labels >= num_classes))
+    if bad.any():
+        values = torch.unique(labels[bad]).tolist()[:10]
+        raise ValueError(
+            f"labels hold values {values} outside 0..{num_classes - 1} that are not the ignore "
+            f"index {ignore_index}; remap void labels to {ignore_index} or fix num_classes"
+        )
+
+
+def piecewise_nll(
+    unary: Tensor, edges: Tensor, pairwise: Tensor, labels: Tensor, ignore_index: int = 255
+) -> tuple[Tensor, Tensor]:
+    """Negative log of the piecewise likelihood, as (unary_nll, pairwise_nll).
+
+    unary_nll: mean over labelled nodes of -log softmax_K(z_p)[y_p].
+    pairwise_nll: mean over edges with both ends labelled of -log softmax_{K*K}(z_pq)[y_p * K + y_q].
+    Each is 0 when no term counts. labels (B, N) int64, `ignore_index` never counts.
+    """
+    _check_graph(unary, edges, pairwise)
+    b, n, k = unary.shape
+    if labels.shape != (b, n):
+        raise ValueError(f"labels must be (B, N) = {(b, n)}, got {tuple(labels.shape)}")
+    _check_labels(labels, k, ignore_index)
+    valid = labels != ignore_index
+    safe = labels.masked_fill(~valid, 0)
+
+    unary_terms = -unary.log_softmax(-1).gather(-1, safe.unsqueeze(-1)).squeeze(-1)
+    unary_nll = (unary_terms * valid).sum() / valid.sum().clamp(min=1)
+
+    p, q = edges[:, 0].long(), edges[:, 1].long()
+    edge_valid = valid[:, p] & valid[:, q]
+    target = safe[:, p] * k + safe[:, q]
+    log_probs = pairwise.reshape(b, -1, k * k).log_softmax(-1)
+    pair_terms = -log_probs.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+    pairwise_nll = (pair_terms * edge_valid).sum() / edge_valid.sum().clamp(min=1)
+    return unary_nll, pairwise_nll
+
+
+def centre_interactions(scores: Tensor, dims: tuple[int, int] = (1, 2)) -> Tensor:
+    """Interaction-only part of pairwise scores: z - mean_j z - mean_i z + mean_ij z.
+
+    Piecewise training makes each Pairwise-Net a full predictor of the pair, so its raw scores also
+    carry unary-like row and column evidence; summed over dozens of edges per node that evidence is
+    over-counted in mean-field. Double-centring keeps only how the two labels interact.
+    """
+    i, j = dims
+    return (
+        scores
+        - scores.mean(j, keepdim=True)
+        - scores.mean(i, keepdim=True)
+        + scores.mean((i, j), keepdim=True)
+    )
+
+
+def grid_mean_field(unary: Tensor, pairwise: Sequence[GridPairwise], iterations: int = 3) -> Tensor:
+    """`mean_field` on a grid: unary (B, K, h, w) scores, pairwise as compact per-offset maps.
+
+    Returns marginals (B, K, h, w). Same update as `mean_field`, with messages gathered by slicing
+    the grid per offset; memory is that of the scores plus a few (B, K, h, w) buffers.
+    """
+    _, _, h, w = unary.shape
+    regions = [(offset_slices(h, w, dy, dx), z) for (dy, dx), z in pairwise]
+    marginals = unary.softmax(1)
+    for _ in range(iterations):
+        messages = torch.zeros_like(unary)
+        for ((pr, pc), (qr, qc)), z in regions:
+            messages[:, :, pr, pc] += torch.einsum("bijhw,bjhw->bihw", z, marginals[:, :, qr, qc])
+            messages[:, :, qr, qc] += torch.einsum("bijhw,bihw->bjhw", z, marginals[:, :, pr, pc])
+        marginals = (unary + messages).softmax(1)
+    return marginals
+
+
+def grid_pairwise_nll(
+    pairwise: Iterable[GridPairwise], labels: Tensor, ignore_index: int = 255
+) -> tuple[Tensor, Tensor]:
+    """Sum and count of the pairwise piecewise terms on a grid, consuming `pairwise` once.
+
+    labels (B, h, w) node labels. Returns (sum of -log softmax_{K*K}(z_pq)[y_p * K + y_q] over
+    edges with both ends labelled, number of such edges). Consuming a generator chunk by chunk
+    keeps only one chunk of K*K scores alive when gradients are not needed.
+    """
+    _, h, w = labels.shape
+    valid = labels != ignore_index
+    safe = labels.masked_fill(~valid, 0)
+    total = labels.new_zeros((), dtype=torch.float32)
+    count = labels.new_zeros((), dtype=torch.float32)
+    for (dy, dx), z in pairwise:
+        z = z.to(torch.promote_types(z.dtype, torch.float32))  # half precision under AMP
+        b, k, _, hh, ww = z.shape
+        (pr, pc), (qr, qc) = offset_slices(h, w, dy, dx)
+        target = safe[:, pr, pc] * k + safe[:, qr, qc]
+        edge_valid = valid[:, pr, pc] & valid[:, qr, qc]
+        log_probs = F.log_softmax(z.reshape(b, k * k, hh, ww), dim=1)
+        terms = -log_probs.gather(1, target.unsqueeze(1)).squeeze(1)
+        total = (terms * edge_valid).sum() + total
+        count = count + edge_valid.sum()
+    return total, count
+
+
+def grid_to_edge_list(
+    pairwise: Sequence[GridPairwise], grid_h: int, grid_w: int
+) -> tuple[Tensor, Tensor]:
+    """Convert grid pairwise maps to the general form: edges (E, 2) and scores (B, E, K, K)."""
+    offsets = [offset for offset, _ in pairwise]
+    edges = offset_edges(grid_h, grid_w, offsets)
+    scores = torch.cat([z.flatten(3).permute(0, 3, 1, 2) for _, z in pairwise], dim=1)
+    return edges, scores

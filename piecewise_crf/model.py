@@ -1,0 +1,333 @@
+"""The deep structured model: FeatMap-Net -> node grid -> CNN unary and pairwise potentials.
+
+Data flows one way: image -> FeatMap-Net -> node features -> potentials, then either the piecewise
+loss (training, no inference) or mean-field on the grid -> bilinear upsampling (prediction).
+All potentials are scores (log-potentials, higher = more likely).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from piecewise_crf.backbones import build_backbone
+from piecewise_crf.config import ModelConfig
+from piecewise_crf.crf import GridPairwise, centre_interactions, grid_mean_field, grid_pairwise_nll
+from piecewise_crf.featmap import FeatMapNet, grid_size
+from piecewise_crf.potentials import PairwiseNet, UnaryNet, offset_chunks
+from piecewise_crf.relations import Offset, Relation, build_relations, offset_slices
+
+PAIRWISE_MODES = ("raw", "interaction")
+NODE_LABEL_RULES = ("nearest", "majority")
+
+
+@dataclass
+class RelationScores:
+    """Pairwise scores of one relation on a node grid, computed on demand, chunk by chunk.
+
+    Iterating yields ((dy, dx), z) with z (B, K, K, h', w'), z[b, i, j] the score of y_p = i,
+    y_q = j for the nodes p whose partner q = p + (dy, dx) is inside the grid.
+    """
+
+    net: PairwiseNet
+    maps: tuple[Tensor, Tensor]  # the Pairwise-Net's first-layer halves (W_a F + b, W_b F)
+    offsets: list[Offset]
+    max_edges: int
+
+    def chunks(self, offsets: Sequence[Offset] | None = None) -> Iterator[list[Offset]]:
+        _, _, h, w = self.maps[0].shape
+        return offset_chunks(self.offsets if offsets is None else offsets, h, w, self.max_edges)
+
+    def __iter__(self) -> Iterator[GridPairwise]:
+        for chunk in self.chunks():
+            yield from zip(chunk, self.net.chunk_scores(self.maps, chunk), strict=True)
+
+
+@dataclass
+class GridPotentials:
+    """Output of `DeepStructuredModel.forward`: unary scores (B, K, h, w) and lazy pairwise scores."""
+
+    unary: Tensor
+    pairwise: dict[str, RelationScores]
+
+    def materialise(self, mode: str = "raw", scale: float = 1.0) -> list[GridPairwise]:
+        """All pairwise scores of all relations, in the form `grid_mean_field` takes."""
+        if mode not in PAIRWISE_MODES:
+            raise ValueError(f"pairwise mode must be one of {PAIRWISE_MODES}, got {mode!r}")
+        out = []
+        for scores in self.pairwise.values():
+            for offset, z in scores:
+                if mode == "interaction":
+                    z = centre_interactions(z)
+                out.append((offset, z * scale if scale != 1.0 else z))
+        return out
+
+
+@dataclass
+class LossTerms:
+    unary: Tensor  # mean unary NLL over labelled nodes
+    pairwise: Tensor  # mean pairwise NLL over edges with both ends labelled (all relations)
+    total: Tensor  # unary + pairwise_weight * pairwise
+
+
+class DeepStructuredModel(nn.Module):
+    """FeatMap-Net with a CRF on its node grid: CNN unary potentials and one Pairwise-Net per relation.
+
+    `forward(images)` -> `GridPotentials` (scores on the grid); `loss(images, labels)` -> piecewise
+    NLL terms; `predict(images)` -> marginals (B, K, H, W) at image size. Images are (B, 3, H, W)
+    float RGB in [0, 1]; labels (B, H, W) int64 with `ignore_index` for void pixels.
+    """
+
+    def __init__(
+        self,
+        featmap: FeatMapNet,
+        num_classes: int,
+        relations: Sequence[Relation],
+        *,
+        hidden: int = 512,
+        node_labels: str = "nearest",
+        ignore_index: int = 255,
+        max_edges: int = 32768,
+    ) -> None:
+        super().__init__()
+        if node_labels not in NODE_LABEL_RULES:
+            raise ValueError(f"node_labels must be one of {NODE_LABEL_RULES}, got {node_labels!r}")
+        names = [r.name for r in relations]
+        if len(set(names)) != len(names):
+            raise ValueError(f"relation names must be unique, got {names}")
+        self.featmap = featmap
+        self.num_classes = num_classes
+        self.relations = list(relations)
+        self.node_label_rule = node_labels
+        self.ignore_index = ignore_index
+        self.max_edges = max_edges
+        channels = featmap.out_channels
+        self.unary_net = UnaryNet(channels, num_classes, hidden)
+        self.pairwise_nets = nn.ModuleDict(
+            {r.name: PairwiseNet(channels, num_classes, hidden) for r in self.relations}
+        )
+
+    def forward(self, images: Tensor) -> GridPotentials:
+        features = self.featmap(images)
+        _, _, h, w = features.shape
+        pairwise = {
+            r.name: RelationScores(
+                net=self.pairwise_nets[r.name],
+                maps=self.pairwise_nets[r.name].first_layer_maps(features),
+                offsets=r.offsets(h, w),
+                max_edges=self.max_edges,
+            )
+            for r in self.relations
+        }
+        return GridPotentials(unary=self.unary_net(features), pairwise=pairwise)
+
+    def _cell(self) -> float:
+        """Image pixels per node along each axis (the stride at the largest scale)."""
+        return 16.0 / max(self.featmap.scales)
+
+    def node_labels(self, labels: Tensor, grid: tuple[int, int]) -> Tensor:
+        """Pixel labels (B, H, W) -> node labels (B, h, w).
+
+        "nearest" takes the pixel under each node's centre; "majority" the most frequent labelled
+        class among 4x4 samples spread over the node's cell (ignore when none is labelled).
+        """
+        cell = self._cell()
+        samples = 1 if self.node_label_rule == "nearest" else 4
+        height, width = labels.shape[-2:]
+
+        def coords(n: int, size: int) -> Tensor:
+            sub = (torch.arange(samples, device=labels.device) + 0.5) / samples
+            pos = (torch.arange(n, device=labels.device)[:, None] + sub) * cell
+            return pos.floor().long().clamp(max=size - 1).reshape(-1)
+
+        ys, xs = coords(grid[0], height), coords(grid[1], width)
+        picked = labels[:, ys][:, :, xs]
+        if samples == 1:
+            return picked
+        b = labels.shape[0]
+        k = self.num_classes
+        blocks = picked.view(b, grid[0], samples, grid[1], samples).permute(0, 1, 3, 2, 4)
+        blocks = blocks.reshape(b, grid[0], grid[1], samples * samples)
+        valid = blocks != self.ignore_index
+        counts = F.one_hot(blocks.masked_fill(~valid, 0), k).mul(valid.unsqueeze(-1)).sum(-2)
+        votes = counts.argmax(-1)
+        return votes.masked_fill(counts.sum(-1) == 0, self.ignore_index)
+
+    def loss(
+        self,
+        images: Tensor,
+        labels: Tensor,
+        *,
+        pairwise_weight: float = 1.0,
+        edge_fraction: float = 1.0,
+        memory_efficient: bool = False,
+    ) -> LossTerms:
+        """Piecewise training loss (no inference, no partition function).
+
+        edge_fraction < 1 samples that fraction of each relation's offsets and reweights them, an
+        unbiased estimate of the pairwise sum (the edge count is exact). memory_efficient
+        recomputes each chunk's K*K scores in the backward pass, so training memory is bounded by
+        one chunk instead of all edges.
+        """
+        if (
+            labels.dim() != 3
+            or labels.shape[0] != images.shape[0]
+            or labels.shape[-2:] != images.shape[-2:]
+        ):
+            raise ValueError(
+                f"labels must be (B, H, W) matching images {tuple(images.shape)}, got "
+                f"{tuple(labels.shape)}; resize labels with nearest-neighbour to the image size"
+            )
+        potentials = self(images)
+        unary = potentials.unary
+        nodes = self.node_labels(labels, unary.shape[-2:])
+        bad = (nodes != self.ignore_index) & ((nodes < 0) | (nodes >= self.num_classes))
+        if bad.any():
+            raise ValueError(
+                f"labels hold values {torch.unique(nodes[bad]).tolist()} outside "
+                f"0..{self.num_classes - 1}; set model.num_classes or map void to {self.ignore_index}"
+            )
+        unary_nll = F.cross_entropy(unary.float(), nodes, ignore_index=self.ignore_index)
+        if not (nodes != self.ignore_index).any():
+            unary_nll = unary.sum() * 0.0
+
+        total = unary.new_zeros((), dtype=torch.float32)
+        count = unary.new_zeros((), dtype=torch.float32)
+        for scores in potentials.pairwise.values():
+            offsets = scores.offsets
+            weight = 1.0
+            if edge_fraction < 1.0 and offsets:
+                m = max(1, math.ceil(edge_fraction * len(offsets)))
+                keep = torch.randperm(len(offsets))[:m].sort().values.tolist()
+                weight = len(offsets) / m
+                count = count + _labelled_edges(nodes, offsets, self.ignore_index)
+                offsets = [offsets[i] for i in keep]
+            for chunk in scores.chunks(offsets):
+                s, c = _chunk_nll(
+                    scores.net, scores.maps, chunk, nodes, self.ignore_index, memory_efficient
+                )
+                total = total + weight * s
+                if edge_fraction >= 1.0:
+                    count = count + c
+        pairwise_nll = total / count.clamp(min=1)
+        return LossTerms(unary_nll, pairwise_nll, unary_nll + pairwise_weight * pairwise_nll)
+
+    def marginals(
+        self,
+        potentials: GridPotentials,
+        *,
+        iterations: int = 3,
+        pairwise_mode: str = "raw",
+        pairwise_scale: float = 1.0,
+    ) -> Tensor:
+        """Mean-field marginals (B, K, h, w) on the node grid; iterations=0 gives softmax(unary)."""
+        unary = potentials.unary.float()
+        if iterations == 0 or not potentials.pairwise:
+            return unary.softmax(1)
+        pairwise = [
+            (o, z.float()) for o, z in potentials.materialise(pairwise_mode, pairwise_scale)
+        ]
+        return grid_mean_field(unary, pairwise, iterations)
+
+    def upsample(self, grid_marginals: Tensor, size: tuple[int, int]) -> Tensor:
+        """Bilinear upsampling of grid marginals to image size (H, W).
+
+        The grid may overhang the image (ceil division), so it is upsampled to its own pixel
+        extent and cropped, keeping every node over the pixels it was computed from.
+        """
+        h, w = grid_marginals.shape[-2:]
+        cell = self._cell()
+        extent = (max(size[0], round(h * cell)), max(size[1], round(w * cell)))
+        up = F.interpolate(grid_marginals, size=extent, mode="bilinear", align_corners=False)
+        return up[:, :, : size[0], : size[1]]
+
+    @torch.no_grad()
+    def predict(
+        self,
+        images: Tensor,
+        iterations: int = 3,
+        *,
+        pairwise_mode: str = "raw",
+        pairwise_scale: float = 1.0,
+    ) -> Tensor:
+        """Marginals (B, K, H, W): mean-field on the grid, then bilinear upsampling."""
+        grid = self.marginals(
+            self(images),
+            iterations=iterations,
+            pairwise_mode=pairwise_mode,
+            pairwise_scale=pairwise_scale,
+        )
+        return self.upsample(grid, images.shape[-2:])
+
+    def grid_size(self, height: int, width: int) -> tuple[int, int]:
+        return grid_size(height, width, self.featmap.scales)
+
+
+def _labelled_edges(nodes: Tensor, offsets: Sequence[Offset], ignore_index: int) -> Tensor:
+    _, h, w = nodes.shape
+    valid = nodes != ignore_index
+    count = nodes.new_zeros((), dtype=torch.float32)
+    for dy, dx in offsets:
+        (pr, pc), (qr, qc) = offset_slices(h, w, dy, dx)
+        count = count + (valid[:, pr, pc] & valid[:, qr, qc]).sum()
+    return count
+
+
+def _chunk_nll(
+    net: PairwiseNet,
+    maps: tuple[Tensor, Tensor],
+    chunk: list[Offset],
+    nodes: Tensor,
+    ignore_index: int,
+    memory_efficient: bool,
+) -> tuple[Tensor, Tensor]:
+    def run(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+        return grid_pairwise_nll(
+            zip(chunk, net.chunk_scores((a, b), chunk), strict=True), nodes, ignore_index
+        )
+
+    if memory_efficient and torch.is_grad_enabled():
+        return checkpoint(run, *maps, use_reentrant=False)
+    return run(*maps)
+
+
+def build_model(
+    config: ModelConfig, *, load_weights: bool = True, max_edges: int = 32768
+) -> DeepStructuredModel:
+    """The model a `ModelConfig` describes.
+
+    load_weights=False skips reading the pretrained backbone file (use it when a checkpoint will
+    overwrite every weight) but keeps the input normalisation those weights imply.
+    """
+    if load_weights:
+        backbone = build_backbone(config.backbone, weights=config.backbone_weights)
+    else:
+        style = "caffe" if config.backbone_weights == "hed" else None
+        backbone = build_backbone(config.backbone, input_style=style)
+    featmap = FeatMapNet(
+        backbone,
+        scales=config.scales,
+        block6_channels=config.block6_channels,
+        pool_windows=config.pool_windows,
+        pool_order=config.pool_order,
+    )
+    relations = build_relations(
+        config.relations,
+        fraction=config.box_fraction,
+        custom={k: [tuple(o) for o in v] for k, v in config.custom_relations.items()},
+    )
+    return DeepStructuredModel(
+        featmap,
+        config.num_classes,
+        relations,
+        hidden=config.hidden,
+        node_labels=config.node_labels,
+        ignore_index=config.ignore_index,
+        max_edges=max_edges,
+    )

@@ -1,0 +1,111 @@
+"""Unary-Net and Pairwise-Net: the CNN potentials of the CRF, as scores (higher = more likely).
+
+Both are two fully connected layers applied per node (per edge), written as 1x1 convolutions.
+The Pairwise-Net's first layer on the ordered concatenation [f_p, f_q] is evaluated factorised,
+W [f_p; f_q] + b = (W_a f_p + b) + W_b f_q, so the two halves are computed once per image as 1x1
+convs and each grid offset only adds two shifted maps; edge features are never concatenated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from piecewise_crf.crf import GridPairwise
+from piecewise_crf.relations import Offset, offset_slices
+
+
+class UnaryNet(nn.Module):
+    """Node features (B, C, h, w) -> unary scores z_p (B, K, h, w)."""
+
+    def __init__(self, in_channels: int, num_classes: int, hidden: int = 512) -> None:
+        super().__init__()
+        self.fc1 = nn.Conv2d(in_channels, hidden, 1)
+        self.fc2 = nn.Conv2d(hidden, num_classes, 1)
+
+    def forward(self, features: Tensor) -> Tensor:
+        return self.fc2(F.relu(self.fc1(features)))
+
+
+def offset_chunks(
+    offsets: Sequence[Offset], grid_h: int, grid_w: int, max_edges: int
+) -> Iterator[list[Offset]]:
+    """Group offsets so each group holds at most `max_edges` edges per image (one offset at least)."""
+    chunk: list[Offset] = []
+    edges = 0
+    for dy, dx in offsets:
+        n = max(0, grid_h - abs(dy)) * max(0, grid_w - abs(dx))
+        if n == 0:
+            continue
+        if chunk and edges + n > max_edges:
+            yield chunk
+            chunk, edges = [], 0
+        chunk.append((dy, dx))
+        edges += n
+    if chunk:
+        yield chunk
+
+
+class PairwiseNet(nn.Module):
+    """Ordered edge features [f_p, f_q] -> pairwise scores z_pq (K, K), z_pq[i, j] for y_p=i, y_q=j.
+
+    On a grid, scores are produced per offset chunk. Peak memory of one chunk is
+    B * max_edges * (hidden + K*K) floats (activations of both layers); the first-layer maps cost
+    2 * B * hidden * h * w floats once per image.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, hidden: int = 512) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.fc1 = nn.Conv2d(2 * in_channels, hidden, 1)
+        self.fc2 = nn.Conv2d(hidden, num_classes * num_classes, 1)
+
+    def forward(self, f_p: Tensor, f_q: Tensor) -> Tensor:
+        """Direct (unfactorised) evaluation on explicit pairs (B, C, ...) -> (B, K, K, ...)."""
+        z = self.fc2(F.relu(self.fc1(torch.cat([f_p, f_q], dim=1))))
+        k = self.num_classes
+        return z.view(z.shape[0], k, k, *z.shape[2:])
+
+    def first_layer_maps(self, features: Tensor) -> tuple[Tensor, Tensor]:
+        """(W_a F + b, W_b F), each (B, hidden, h, w): the first layer's p- and q-halves."""
+        c = features.shape[1]
+        weight = self.fc1.weight
+        if weight.shape[1] != 2 * c:
+            raise ValueError(
+                f"features have {c} channels but this Pairwise-Net expects {weight.shape[1] // 2}"
+            )
+        return F.conv2d(features, weight[:, :c], self.fc1.bias), F.conv2d(features, weight[:, c:])
+
+    def chunk_scores(self, maps: tuple[Tensor, Tensor], offsets: Sequence[Offset]) -> list[Tensor]:
+        """Scores (B, K, K, h', w') for each offset, over the p region where q is inside the grid.
+
+        The offsets' hidden activations are concatenated so the K*K layer runs as one matmul.
+        """
+        a, b = maps
+        batch, hidden, h, w = a.shape
+        k = self.num_classes
+        parts, shapes = [], []
+        for dy, dx in offsets:
+            (pr, pc), (qr, qc) = offset_slices(h, w, dy, dx)
+            part = F.relu(a[:, :, pr, pc] + b[:, :, qr, qc])
+            shapes.append(part.shape[-2:])
+            parts.append(part.flatten(2))
+        flat = torch.cat(parts, dim=2)
+        z = torch.matmul(self.fc2.weight.view(k * k, hidden), flat) + self.fc2.bias.view(-1, 1)
+        sizes = [hh * ww for hh, ww in shapes]
+        return [
+            piece.view(batch, k, k, hh, ww)
+            for piece, (hh, ww) in zip(z.split(sizes, dim=2), shapes, strict=True)
+        ]
+
+    def grid_scores(
+        self, features: Tensor, offsets: Sequence[Offset], max_edges: int = 32768
+    ) -> Iterator[GridPairwise]:
+        """Lazily yield ((dy, dx), scores (B, K, K, h', w')) for every offset with edges on the grid."""
+        maps = self.first_layer_maps(features)
+        _, _, h, w = features.shape
+        for chunk in offset_chunks(offsets, h, w, max_edges):
+            yield from zip(chunk, self.chunk_scores(maps, chunk), strict=True)

@@ -1,0 +1,124 @@
+"""Spatial relations: which pairs of grid nodes (p, q) a Pairwise-Net connects.
+
+A relation is a set of grid offsets (dy, dx); node p at (y, x) is joined to q = (y + dy, x + dx)
+whenever q lies inside the grid. Edges are ordered: the Pairwise-Net sees [f_p, f_q] in that order,
+so "above_below" means "p above q". Offsets may depend on the grid size (the paper's boxes are a
+fraction of the shorter grid side), so a relation maps a grid size to its offsets.
+
+Adding a relation is a few lines: subclass `Relation` and implement `offsets`, or use
+`FixedOffsets("left_right", [(0, 1), (0, 2)])`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+Offset = tuple[int, int]
+
+
+def box_side(grid_h: int, grid_w: int, fraction: float = 0.4) -> int:
+    """Side of the paper's range box: `fraction` of the shorter grid side, rounded to an odd number >= 3."""
+    side = max(3, round(fraction * min(grid_h, grid_w)))
+    return side if side % 2 == 1 else side + 1
+
+
+class Relation:
+    """A named set of grid offsets from p to q."""
+
+    name: str
+
+    def offsets(self, grid_h: int, grid_w: int) -> list[Offset]:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Surrounding(Relation):
+    """Every node in a square box centred on p, each unordered pair once (dy > 0, or dy = 0 and dx > 0)."""
+
+    name: str = "surrounding"
+    fraction: float = 0.4
+
+    def offsets(self, grid_h: int, grid_w: int) -> list[Offset]:
+        r = box_side(grid_h, grid_w, self.fraction) // 2
+        return [(dy, dx) for dy in range(0, r + 1) for dx in range(-r, r + 1) if dy > 0 or dx > 0]
+
+
+@dataclass(frozen=True)
+class AboveBelow(Relation):
+    """q below p: dy in [1, side], |dx| <= side // 2, with `side` the range-box side."""
+
+    name: str = "above_below"
+    fraction: float = 0.4
+
+    def offsets(self, grid_h: int, grid_w: int) -> list[Offset]:
+        side = box_side(grid_h, grid_w, self.fraction)
+        r = side // 2
+        return [(dy, dx) for dy in range(1, side + 1) for dx in range(-r, r + 1)]
+
+
+@dataclass(frozen=True)
+class FixedOffsets(Relation):
+    """A user-defined relation with the same offsets at every grid size."""
+
+    name: str
+    fixed: tuple[Offset, ...]
+
+    def __init__(self, name: str, offsets: list[Offset] | tuple[Offset, ...]) -> None:
+        fixed = tuple((int(dy), int(dx)) for dy, dx in offsets)
+        if not fixed or (0, 0) in fixed:
+            raise ValueError(f"relation {name!r}: give at least one offset and never (0, 0)")
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "fixed", fixed)
+
+    def offsets(self, grid_h: int, grid_w: int) -> list[Offset]:
+        return list(self.fixed)
+
+
+def build_relations(
+    names: list[str] | tuple[str, ...],
+    *,
+    fraction: float = 0.4,
+    custom: dict[str, list[Offset]] | None = None,
+) -> list[Relation]:
+    """Relations by name: "surrounding", "above_below", or a key of `custom` (name -> offsets)."""
+    custom = custom or {}
+    relations: list[Relation] = []
+    for name in names:
+        if name in custom:
+            relations.append(FixedOffsets(name, custom[name]))
+        elif name == "surrounding":
+            relations.append(Surrounding(fraction=fraction))
+        elif name == "above_below":
+            relations.append(AboveBelow(fraction=fraction))
+        else:
+            raise ValueError(
+                f"unknown relation {name!r}: use 'surrounding', 'above_below', "
+                f"or define it under model.custom_relations (known there: {sorted(custom)})"
+            )
+    return relations
+
+
+def offset_slices(grid_h: int, grid_w: int, dy: int, dx: int) -> tuple[tuple[slice, slice], ...]:
+    """Slices (rows, cols) of the grid covering every p with q = p + (dy, dx) inside, and the matching q."""
+    p_rows = slice(max(0, -dy), grid_h - max(0, dy))
+    p_cols = slice(max(0, -dx), grid_w - max(0, dx))
+    q_rows = slice(p_rows.start + dy, p_rows.stop + dy)
+    q_cols = slice(p_cols.start + dx, p_cols.stop + dx)
+    return (p_rows, p_cols), (q_rows, q_cols)
+
+
+def offset_edges(grid_h: int, grid_w: int, offsets: list[Offset]) -> torch.Tensor:
+    """Edge list (E, 2) of flat node indices (p, q) = (y * grid_w + x), offset-major then row-major.
+
+    The order matches the compact per-offset score tensors used by the grid fast path.
+    """
+    index = torch.arange(grid_h * grid_w).view(grid_h, grid_w)
+    rows = []
+    for dy, dx in offsets:
+        (pr, pc), (qr, qc) = offset_slices(grid_h, grid_w, dy, dx)
+        rows.append(torch.stack([index[pr, pc].reshape(-1), index[qr, qc].reshape(-1)], dim=1))
+    if not rows:
+        return torch.zeros(0, 2, dtype=torch.int64)
+    return torch.cat(rows)
