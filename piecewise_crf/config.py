@@ -130,7 +130,31 @@ def cpu_config() -> Config:
     )
 
 
-PRESETS = {"paper": paper_config, "cpu": cpu_config}
+def demo_config() -> Config:
+    """The demo: a tiny random-init network on the synthetic context dataset (a few CPU minutes).
+
+    One scale and no pyramid pooling keep the unary receptive field (~100 px) shorter than the
+    distance to the context that decides an object's class, so only the pairwise CRF can use it.
+    """
+    return Config(
+        model=ModelConfig(
+            num_classes=5,
+            backbone="tiny",
+            scales=(1.0,),
+            block6_channels=64,
+            pool_windows=(),
+            hidden=64,
+            box_fraction=0.5,
+        ),
+        crf=CRFConfig(pairwise_mode="interaction", pairwise_scale=0.3),
+        data=DataConfig(
+            dataset="synthetic", crop_size=(256, 256), scale_range=(1.0, 1.0), num_workers=0
+        ),
+        train=TrainConfig(epochs=8, batch_size=8, lr=0.05, backbone_lr_mult=1.0, val_every=2),
+    )
+
+
+PRESETS = {"paper": paper_config, "cpu": cpu_config, "demo": demo_config}
 
 
 def _closest(name: str, options: list[str]) -> str:
