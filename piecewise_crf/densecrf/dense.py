@@ -66,9 +66,12 @@ def dense_crf(
     mu = _compat(compat, k, q)
 
     logp = q.permute(0, 2, 3, 1).reshape(-1, k).clamp(min=PROB_FLOOR).log()
-    weights = [pos_weight, bi_weight]
-    lattice = build(_features(img, pos_xy_std, bi_xy_std, bi_rgb_std, q.dtype), _groups(b, h, w, q))
-    out = mean_field(lattice, logp, weights, iterations, mu)
+    if iterations == 0:
+        out = torch.softmax(logp, 1)
+    else:
+        feats = _features(img, pos_xy_std, bi_xy_std, bi_rgb_std, q.dtype)
+        lattice = build(feats, _groups(b, h, w, q))
+        out = mean_field(lattice, logp, [pos_weight, bi_weight], iterations, mu)
     out = out.view(b, h, w, k).permute(0, 3, 1, 2).contiguous()
     if not batched:
         out = out[0]

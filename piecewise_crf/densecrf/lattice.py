@@ -1,11 +1,11 @@
-"""Permutohedral lattice (Adams, Baek and Davis 2010) in PyTorch, as used by pydensecrf.
+"""Permutohedral lattice (Adams, Baek and Davis 2010) in PyTorch, as pydensecrf uses it.
 
-A lattice is built once from per-point features ``f`` (P, d) and then filters any number of
-value maps. ``filter(v) ~ alpha * sum_j exp(-|f_i - f_j|^2 / 2) v_j`` up to the lattice's
-approximation error and a constant scale ``c`` that symmetric normalisation cancels.
+For features ``f`` (P, d) the lattice filter approximates ``c * sum_j exp(-|f_i - f_j|^2 / 2)
+v_j`` with a constant ``c`` that symmetric normalisation cancels. Splatting and slicing are
+sparse matrices (CSR), blurring is a gather along each of the d+1 lattice axes.
 
-Several lattices (e.g. the Gaussian and bilateral kernels of every image in a batch) are merged
-into one :class:`Lattice` so that one splat / blur / slice pass filters them all at once.
+The lattices of several kernels and of every image in a batch are merged into one index space
+so that a single splat / blur / slice pass filters all of them.
 """
 
 from __future__ import annotations
@@ -18,37 +18,37 @@ import torch
 
 @dataclass(frozen=True)
 class Embedding:
-    """Where each of P points lands on one lattice of dimension d."""
+    """Where P points land on a d-dimensional lattice: their enclosing simplex."""
 
-    keys: torch.Tensor  # (P, d+1, d) int64: integer coordinates of the enclosing simplex' vertices
-    weights: torch.Tensor  # (P, d+1) barycentric weights of those vertices
+    rem0: torch.Tensor  # (P, d+1) int64: the nearest remainder-0 lattice point
+    rank: torch.Tensor  # (P, d+1) int64: rank of each coordinate's residual (0 = largest)
+    weights: torch.Tensor  # (P, d+1): barycentric weight of simplex vertex r (remainder r)
 
 
 def embed(f: torch.Tensor) -> Embedding:
     """Find the enclosing simplex and barycentric weights of every feature vector ``f`` (P, d).
 
-    Follows Adams et al. (2010) exactly as pydensecrf's ``Permutohedral::init`` does (same
-    elevation, rounding half to even, rank tie-breaking), so the lattices coincide.
+    Follows Adams et al. (2010) as pydensecrf's ``Permutohedral::init`` does (same elevation,
+    rounding half to even, rank tie-breaking), so both build the same lattice.
     """
     num, d = f.shape
     d1 = d + 1
     i = torch.arange(d, device=f.device, dtype=f.dtype)
-    # Elevation E f onto the hyperplane sum = 0, scaled so the blur has std 1 in feature space.
-    scale = math.sqrt(2.0 / 3.0) * d1 / torch.sqrt((i + 2) * (i + 1))
-    cf = f * scale
-    tail = cf.flip(1).cumsum(1).flip(1)  # tail[:, j] = sum_{k >= j} cf[:, k]
-    elevated = torch.cat([tail, torch.zeros_like(tail[:, :1])], 1)
-    elevated[:, 1:] -= torch.arange(1, d1, device=f.device, dtype=f.dtype) * cf
+    # Elevation onto the hyperplane sum = 0, scaled so the blur has std 1 in feature space.
+    cf = f * (math.sqrt(2.0 / 3.0) * d1 / torch.sqrt((i + 2) * (i + 1)))
+    elevated = torch.zeros(num, d1, dtype=f.dtype, device=f.device)
+    elevated[:, :d] = cf.flip(1).cumsum(1).flip(1)  # sum_{k >= j} cf_k
+    elevated[:, 1:] -= (i + 1) * cf
 
-    # Nearest remainder-0 lattice point, then the permutation (rank) of the residual.
     down = torch.round(elevated * (1.0 / d1))
     rem0 = down * d1
-    total = down.sum(1, keepdim=True).to(torch.int64)
     resid = elevated - rem0
     less = resid[:, :, None] < resid[:, None, :]  # less[p, a, b] = resid_a < resid_b
     upper = torch.ones(d1, d1, dtype=torch.bool, device=f.device).triu(1)
-    # rank_a = #{b > a : r_a < r_b} + #{b < a : not r_b < r_a}; ties go to the lower index.
-    rank = (less & upper).sum(2) + (~less & upper).sum(1) + total
+    # rank_a = #{b > a : r_a < r_b} + #{b < a : not r_b < r_a}: ties go to the lower index.
+    rank = (less & upper).sum(2) + (~less & upper).sum(1)
+    rank += down.sum(1, keepdim=True).to(torch.int64)
+    # A point off the sum-0 plane is brought back by moving its extreme coordinates.
     wrap = (rank < 0).to(torch.int64) - (rank > d).to(torch.int64)
     rank += wrap * d1
     rem0 = rem0.to(torch.int64) + wrap * d1
@@ -58,74 +58,81 @@ def embed(f: torch.Tensor) -> Embedding:
     bary.scatter_add_(1, d - rank, v)
     bary.scatter_add_(1, d - rank + 1, -v)
     bary[:, 0] += 1.0 + bary[:, d1]
-
-    # Vertex r of the simplex: rem0 + r, minus d+1 where the coordinate ranks above d - r.
-    r = torch.arange(d1, device=f.device)
-    keys = rem0[:, None, :d] + r[None, :, None]
-    keys -= d1 * (rank[:, None, :d] > d - r[None, :, None]).to(torch.int64)
-    return Embedding(keys, bary[:, :d1])
+    return Embedding(rem0, rank, bary[:, :d1])
 
 
-def _codes(keys: torch.Tensor, group: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mixed-radix int64 codes of integer keys (P, d+1, d) tagged with their image ``group`` (P,).
+def _codes(emb: Embedding, group: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mixed-radix int64 codes (P, d+1) of the simplex vertices, tagged with the image ``group``.
 
-    Every coordinate gets d+1 of headroom so a blur neighbour's code is ``code +- step @
-    strides`` and never aliases another image or coordinate. Returns codes and strides.
+    Vertex r has coordinates ``rem0 + r - (d+1) [rank > d - r]`` (only the first d are kept:
+    they sum to 0). Every coordinate has 2(d+1) of headroom so that blur neighbours' codes are
+    ``code + step @ strides`` and never alias. Returns the codes and the strides (d,).
     """
-    d1 = keys.shape[1]
-    flat = keys.reshape(-1, keys.shape[-1])
-    lo = flat.amin(0) - d1
-    radix = flat.amax(0) + d1 - lo + 1
-    num_groups = int(group.max()) + 1
-    if math.prod(radix.tolist()) * num_groups >= 2**62:
+    num, d1 = emb.rem0.shape
+    d = d1 - 1
+    rem0 = emb.rem0[:, :d]
+    lo = rem0.amin(0) - 2 * d1
+    radix = rem0.amax(0) + 2 * d1 - lo + 1
+    groups = int(group[-1]) + 1
+    if math.prod(radix.tolist()) * groups >= 2**62:
         raise ValueError(
             "dense CRF lattice too large to hash: a standard deviation is tiny compared with the "
             "image size or colour range; use larger stds or split the batch"
         )
     strides = torch.cumprod(torch.cat([radix.new_ones(1), radix[:-1]]), 0)
-    codes = ((keys - lo) * strides).sum(-1) + (group * radix.prod())[:, None]
+    base = ((rem0 - lo) * strides).sum(1) + group * radix.prod()
+    # sum_i strides_i [rank_i > d - r] for every r, via a suffix sum over rank values.
+    by_rank = torch.zeros(num, d1 + 1, dtype=torch.int64, device=rem0.device)
+    by_rank.scatter_add_(1, emb.rank[:, :d], strides.expand(num, d))
+    above = by_rank.flip(1).cumsum(1).flip(1)  # above[t] = sum over ranks >= t
+    r = torch.arange(d1, device=rem0.device)
+    codes = base[:, None] + r * strides.sum() - d1 * above[:, d - r + 1]
     return codes, strides
 
 
-def _hash(emb: Embedding, group: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Number the lattice vertices of an embedding; find their blur neighbours.
+@dataclass(frozen=True)
+class _Hashed:
+    vertex: torch.Tensor  # (P, d+1) vertex index of every simplex corner
+    order: torch.Tensor  # (P*(d+1),) corners sorted by vertex
+    counts: torch.Tensor  # (M,) corners per vertex
+    neighbours: torch.Tensor  # (d+1, 2, M) in [0, M]; M = no such vertex
 
-    Returns ``vertex`` (P, d+1) in [0, M) and ``neighbours`` (d+1, 2, M) in [0, M], where M
-    marks a neighbour that no point touches (its value is always zero).
-    """
-    num, d1, d = emb.keys.shape
-    codes, strides = _codes(emb.keys, group)
-    flat = codes.view(-1)
-    uniq, inverse = torch.unique(flat, return_inverse=True)
+
+def _hash(emb: Embedding, group: torch.Tensor) -> _Hashed:
+    """Number the distinct lattice vertices (one sort) and find their blur neighbours."""
+    num, d1 = emb.rem0.shape
+    d = d1 - 1
+    codes, strides = _codes(emb, group)
+    sorted_codes, order = torch.sort(codes.view(-1))
+    new = torch.ones_like(sorted_codes, dtype=torch.bool)
+    new[1:] = sorted_codes[1:] != sorted_codes[:-1]
+    uniq = sorted_codes[new]
     m = uniq.numel()
-    # Number vertices by first use in pixel order so that nearby pixels touch nearby memory.
-    first = torch.full_like(uniq, flat.numel()).scatter_reduce_(
-        0, inverse, torch.arange(flat.numel(), device=flat.device), "amin"
-    )
-    order = torch.argsort(first)
-    renumber = torch.empty_like(order)
-    renumber[order] = torch.arange(m, device=order.device)
-    renumber = torch.cat([renumber, renumber.new_full((1,), m)])
+    vertex = torch.empty_like(order)
+    vertex[order] = new.cumsum(0) - 1
+    counts = torch.bincount(vertex, minlength=m)
 
     # Along axis j a vertex's neighbours are key - 1 with coordinate j at +d, and the mirror
-    # image; axis d is the implicit last coordinate (sum of a key is 0), so all move by -1.
-    step = ((torch.eye(d1, d, dtype=torch.int64, device=flat.device) * d1 - 1) * strides).sum(1)
-    vcodes = uniq[order]
-    both = torch.stack([vcodes + step[:, None], vcodes - step[:, None]], 1)  # (d+1, 2, M)
+    # image; axis d is the implicit last coordinate (keys sum to 0), so all others move by -1.
+    eye = torch.eye(d1, d, dtype=torch.int64, device=codes.device)
+    step = ((eye * d1 - 1) * strides).sum(1)
+    both = torch.stack([uniq + step[:, None], uniq - step[:, None]], 1)  # (d+1, 2, M)
     pos = torch.searchsorted(uniq, both).clamp_(max=m - 1)
-    pos = torch.where(uniq[pos] == both, pos, m)
-    return renumber[inverse].view(num, d1), renumber[pos]
+    neighbours = torch.where(uniq[pos] == both, pos, m)
+    return _Hashed(vertex.view(num, d1), order, counts, neighbours)
 
 
 @dataclass(frozen=True)
 class Lattice:
     """Several permutohedral lattices (one per kernel and image) merged into one index space.
 
-    Point p has E vertices ``vertex[p]`` with barycentric weights ``weights[p]``; columns
-    ``columns[k]`` of those belong to kernel k. Vertices are numbered kernel by kernel in
-    order of increasing dimension; index M (``num_vertices``) is a vertex that stays zero.
-    ``neighbours[j]`` (2, M - starts[j]) lists both blur neighbours along axis j of vertices
-    ``starts[j]:M`` (lower-dimensional kernels have fewer axes).
+    Point p touches E vertices ``vertex[p]`` with barycentric weights ``weights[p]``; columns
+    ``columns[k]`` belong to kernel k, whose filter carries the constant ``alphas[k]``.
+    Vertices are numbered kernel by kernel in order of increasing dimension; vertex M
+    (``num_vertices``) stands for missing neighbours and stays zero. ``neighbours[j]``
+    (2, M - starts[j]) holds both blur neighbours along axis j of vertices ``starts[j]:M``
+    (lower-dimensional kernels have fewer axes). ``splat_order`` lists the flattened (P, E)
+    entries grouped by vertex, ``splat_crow`` delimits the groups.
     """
 
     vertex: torch.Tensor
@@ -134,7 +141,12 @@ class Lattice:
     alphas: tuple[float, ...]
     neighbours: tuple[torch.Tensor, ...]
     starts: tuple[int, ...]
-    num_vertices: int
+    splat_order: torch.Tensor
+    splat_crow: torch.Tensor
+
+    @property
+    def num_vertices(self) -> int:
+        return self.splat_crow.numel() - 2
 
     def blur(self, values: torch.Tensor) -> torch.Tensor:
         """Convolve (M+1, C) vertex values with ``[1/2, 1, 1/2]`` along every lattice axis."""
@@ -148,83 +160,89 @@ class Lattice:
     def operators(
         self, splat_scale: torch.Tensor, slice_scale: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sparse splat (M+1, P) and slice (P, M+1) matrices with per-entry scales (P, E).
+        """Sparse splat (M+1, P) and slice (P, M+1) matrices, entries scaled by (P, E) factors.
 
-        The slice already includes each kernel's magic constant alpha = 1 / (1 + 2^-d).
+        The slice includes each kernel's constant alpha = 1 / (1 + 2^-d), as pydensecrf's.
         """
         num, e = self.vertex.shape
-        alpha = torch.cat(
-            [
-                self.weights.new_full((c.stop - c.start,), a)
-                for c, a in zip(self.columns, self.alphas, strict=True)
-            ]
-        )
         m1 = self.num_vertices + 1
-        cols = self.vertex.reshape(-1)
-        crow = torch.arange(0, num * e + 1, e, device=cols.device)
-        slice_ = torch.sparse_csr_tensor(
-            crow, cols, (self.weights * alpha * slice_scale).reshape(-1), (num, m1)
-        )
-        order = torch.argsort(cols, stable=True)
-        counts = torch.bincount(cols, minlength=m1)
-        splat_crow = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
-        points = torch.arange(num, device=cols.device).repeat_interleave(e)[order]
-        splat = torch.sparse_csr_tensor(
-            splat_crow, points, (self.weights * splat_scale).reshape(-1)[order], (m1, num)
-        )
+        alpha = torch.empty(e, dtype=self.weights.dtype, device=self.weights.device)
+        for c, a in zip(self.columns, self.alphas, strict=True):
+            alpha[c] = a
+        slice_values = (self.weights * alpha * slice_scale).view(-1)
+        crow = torch.arange(0, num * e + 1, e, device=self.vertex.device)
+        slice_ = torch.sparse_csr_tensor(crow, self.vertex.view(-1), slice_values, (num, m1))
+        splat_values = (self.weights * splat_scale).view(-1)[self.splat_order]
+        points = torch.div(self.splat_order, e, rounding_mode="floor")
+        splat = torch.sparse_csr_tensor(self.splat_crow, points, splat_values, (m1, num))
         return splat, slice_
 
     def filter_each(self, values: torch.Tensor) -> list[torch.Tensor]:
-        """Unnormalised filter of (P, C) values by each kernel separately (for normalisation)."""
+        """Unnormalised filter of (P, C) values by each kernel separately."""
         ones = torch.ones_like(self.weights)
         splat, _ = self.operators(ones, ones)
         blurred = self.blur(splat @ values)
-        out = []
-        for c, a in zip(self.columns, self.alphas, strict=True):
-            gathered = blurred[self.vertex[:, c]]  # (P, d+1, C)
-            out.append(a * (self.weights[:, c, None] * gathered).sum(1))
-        return out
+        return [
+            a * (self.weights[:, c, None] * blurred[self.vertex[:, c]]).sum(1)
+            for c, a in zip(self.columns, self.alphas, strict=True)
+        ]
 
 
 def build(features: list[torch.Tensor], group: torch.Tensor) -> Lattice:
     """Build the merged lattice of several kernels over the same P points.
 
-    ``features[k]`` (P, d_k) are the kernel-k features (already divided by their stds);
-    ``group`` (P,) says which image each point belongs to (lattices never mix images).
+    ``features[k]`` (P, d_k) are kernel k's features, already divided by their stds;
+    ``group`` (P,) sorted image index of each point (lattices never connect two images).
     """
+    num = group.numel()
     dims = [f.shape[1] for f in features]
-    order = sorted(range(len(features)), key=dims.__getitem__)
-    vertex, weights, columns, alphas, neighbours, sizes = [], [], [], [], [], []
-    col = 0
-    for k in order:
-        emb = embed(features[k])
-        v, nbr = _hash(emb, group)
-        vertex.append(v)
-        weights.append(emb.weights)
-        columns.append(slice(col, col + dims[k] + 1))
-        alphas.append(1.0 / (1.0 + 2.0 ** -dims[k]))
-        neighbours.append(nbr)
-        sizes.append(nbr.shape[-1])
+    kernels = sorted(range(len(features)), key=dims.__getitem__)
+    e = sum(d + 1 for d in dims)
+    starts_k, col = {}, 0
+    for k in range(len(features)):
+        starts_k[k] = col
         col += dims[k] + 1
-    m = sum(sizes)
-    offsets = [sum(sizes[:i]) for i in range(len(sizes))]
-    for i, (off, size) in enumerate(zip(offsets, sizes, strict=True)):
-        vertex[i] = vertex[i] + off
-        nb = neighbours[i]
-        neighbours[i] = torch.where(nb == size, m, nb + off)
-    axes, starts = [], []
+
+    vertex = torch.empty(num, e, dtype=torch.int64, device=group.device)
+    weights = torch.empty(num, e, dtype=features[0].dtype, device=group.device)
+    offsets, hashed = [], []
+    m = 0
+    for k in kernels:
+        emb = embed(features[k])
+        h = _hash(emb, group)
+        c = slice(starts_k[k], starts_k[k] + dims[k] + 1)
+        vertex[:, c] = h.vertex + m
+        weights[:, c] = emb.weights
+        offsets.append(m)
+        hashed.append(h)
+        m += h.counts.numel()
+
+    orders, counts, axes, starts = [], [], [], []
+    for k, h in zip(kernels, hashed, strict=True):
+        d1 = dims[k] + 1
+        # Corner (p, r) of kernel k is entry p * E + start_k + r of the merged (P, E) layout.
+        orders.append(
+            torch.div(h.order, d1, rounding_mode="floor") * e + starts_k[k] + h.order % d1
+        )
+        counts.append(h.counts)
+    counts.append(counts[0].new_zeros(1))  # the always-zero vertex M
+    crow = torch.cat([counts[0].new_zeros(1), torch.cat(counts).cumsum(0)])
     for j in range(max(dims) + 1):
-        live = [i for i in range(len(order)) if dims[order[i]] + 1 > j]
-        axes.append(torch.cat([neighbours[i][j] for i in live], 1).contiguous())
+        live = [i for i, k in enumerate(kernels) if dims[k] + 1 > j]
+        parts = []
+        for i in live:
+            nbr = hashed[i].neighbours[j]
+            size = hashed[i].counts.numel()
+            parts.append(torch.where(nbr == size, m, nbr + offsets[i]))
+        axes.append(torch.cat(parts, 1).contiguous())
         starts.append(offsets[live[0]])
-    # Undo the sort so columns follow the callers' kernel order.
-    inv = [order.index(k) for k in range(len(features))]
     return Lattice(
-        vertex=torch.cat(vertex, 1).contiguous(),
-        weights=torch.cat(weights, 1).contiguous(),
-        columns=tuple(columns[i] for i in inv),
-        alphas=tuple(alphas[i] for i in inv),
+        vertex=vertex,
+        weights=weights,
+        columns=tuple(slice(starts_k[k], starts_k[k] + dims[k] + 1) for k in range(len(dims))),
+        alphas=tuple(1.0 / (1.0 + 2.0**-d) for d in dims),
         neighbours=tuple(axes),
         starts=tuple(starts),
-        num_vertices=m,
+        splat_order=torch.cat(orders),
+        splat_crow=crow,
     )
