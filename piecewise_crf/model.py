@@ -193,7 +193,7 @@ class DeepStructuredModel(nn.Module):
                 f"labels hold values {torch.unique(nodes[bad]).tolist()} outside "
                 f"0..{self.num_classes - 1}; set model.num_classes or map void to {self.ignore_index}"
             )
-        unary_nll = F.cross_entropy(unary.float(), nodes, ignore_index=self.ignore_index)
+        unary_nll = F.cross_entropy(_full_precision(unary), nodes, ignore_index=self.ignore_index)
         if not (nodes != self.ignore_index).any():
             unary_nll = unary.sum() * 0.0
 
@@ -227,11 +227,12 @@ class DeepStructuredModel(nn.Module):
         pairwise_scale: float = 1.0,
     ) -> Tensor:
         """Mean-field marginals (B, K, h, w) on the node grid; iterations=0 gives softmax(unary)."""
-        unary = potentials.unary.float()
+        unary = _full_precision(potentials.unary)
         if iterations == 0 or not potentials.pairwise:
             return unary.softmax(1)
         pairwise = [
-            (o, z.float()) for o, z in potentials.materialise(pairwise_mode, pairwise_scale)
+            (o, _full_precision(z))
+            for o, z in potentials.materialise(pairwise_mode, pairwise_scale)
         ]
         return grid_mean_field(unary, pairwise, iterations)
 
@@ -267,6 +268,11 @@ class DeepStructuredModel(nn.Module):
 
     def grid_size(self, height: int, width: int) -> tuple[int, int]:
         return grid_size(height, width, self.featmap.scales)
+
+
+def _full_precision(x: Tensor) -> Tensor:
+    """Half-precision scores from autocast -> float32; float64 stays float64."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
 def _labelled_edges(nodes: Tensor, offsets: Sequence[Offset], ignore_index: int) -> Tensor:

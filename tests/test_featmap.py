@@ -1,0 +1,46 @@
+import pytest
+import torch
+
+from piecewise_crf.backbones.tiny import TinyBackbone
+from piecewise_crf.config import PRESETS
+from piecewise_crf.featmap import FeatMapNet, SlidingPyramidPooling, grid_size
+from piecewise_crf.model import build_model
+
+
+def test_sliding_pyramid_pooling_by_hand():
+    x = torch.zeros(1, 1, 7, 7)
+    x[0, 0, 3, 3] = 1.0
+    out = SlidingPyramidPooling((3, 5))(x)
+    assert out.shape == (1, 3, 7, 7)
+    assert out[0, 0].sum() == 1  # the un-pooled map
+    assert out[0, 1].sum() == 9  # a 3x3 window around the peak
+    assert out[0, 2].sum() == 25
+    with pytest.raises(ValueError, match="odd"):
+        SlidingPyramidPooling((4,))
+
+
+@pytest.mark.parametrize(("h", "w"), [(33, 47), (64, 64), (17, 95)])
+@pytest.mark.parametrize("order", ["pool_then_concat", "concat_then_pool"])
+def test_output_is_the_largest_scales_grid(h, w, order):
+    net = FeatMapNet(TinyBackbone(8), scales=(1.2, 0.8, 0.4), block6_channels=6, pool_order=order)
+    out = net(torch.rand(2, 3, h, w))
+    assert out.shape == (2, 3 * 6 * 3, *grid_size(h, w, (1.2, 0.8, 0.4)))
+    # grid of the largest scale: ceil(round(1.2 * size) / 16)
+    assert out.shape[-2:] == (-(-round(1.2 * h) // 16), -(-round(1.2 * w) // 16))
+
+
+def test_pooling_off_and_single_scale():
+    net = FeatMapNet(TinyBackbone(8), scales=(1.0,), block6_channels=5, pool_windows=())
+    assert net(torch.rand(1, 3, 40, 50)).shape == (1, 5, 3, 4)
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_every_preset_builds_and_runs_on_an_odd_size(preset):
+    config = PRESETS[preset]().model
+    config.backbone_weights = None  # architecture only: no weight files in this test
+    model = build_model(config).eval()
+    h, w = 71, 53
+    with torch.no_grad():
+        potentials = model(torch.rand(1, 3, h, w))
+    assert potentials.unary.shape == (1, config.num_classes, *model.grid_size(h, w))
+    assert set(potentials.pairwise) == set(config.relations)

@@ -1,0 +1,131 @@
+"""The model's loss and prediction, checked against the general edge-list CRF functions."""
+
+import pytest
+import torch
+
+from piecewise_crf.backbones.tiny import TinyBackbone
+from piecewise_crf.crf import grid_to_edge_list, mean_field, piecewise_nll
+from piecewise_crf.featmap import FeatMapNet
+from piecewise_crf.model import DeepStructuredModel
+from piecewise_crf.relations import build_relations
+
+
+def tiny_model(k=4, scales=(1.0, 0.5), node_labels="nearest", max_edges=32768):
+    torch.manual_seed(0)
+    featmap = FeatMapNet(TinyBackbone(8), scales=scales, block6_channels=8, pool_windows=(3,))
+    relations = build_relations(["surrounding", "above_below"], fraction=0.5)
+    return DeepStructuredModel(
+        featmap, k, relations, hidden=16, node_labels=node_labels, max_edges=max_edges
+    )
+
+
+def batch(k=4, b=2, h=80, w=96, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    images = torch.rand(b, 3, h, w, generator=g)
+    labels = torch.randint(0, k, (b, h, w), generator=g)
+    labels[:, :10] = 255
+    return images, labels
+
+
+def test_gradients_reach_every_parameter():
+    model = tiny_model()
+    images, labels = batch()
+    model.loss(images, labels).total.backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_loss_equals_general_piecewise_nll():
+    model = tiny_model().double()
+    images, labels = batch()
+    terms = model.loss(images.double(), labels)
+    potentials = model(images.double())
+    h, w = potentials.unary.shape[-2:]
+    edges, scores = grid_to_edge_list(potentials.materialise(), h, w)
+    nodes = model.node_labels(labels, (h, w)).flatten(1)
+    unary = potentials.unary.flatten(2).transpose(1, 2)
+    expected_unary, expected_pair = piecewise_nll(unary, edges, scores, nodes)
+    torch.testing.assert_close(terms.unary, expected_unary)
+    torch.testing.assert_close(terms.pairwise, expected_pair)
+    torch.testing.assert_close(terms.total, expected_unary + expected_pair)
+
+
+def test_chunking_and_checkpointing_do_not_change_loss_or_gradients():
+    images, labels = batch()
+    results = []
+    for max_edges, memory_efficient in [(32768, False), (50, False), (50, True)]:
+        model = tiny_model(max_edges=max_edges)
+        loss = model.loss(images, labels, memory_efficient=memory_efficient).total
+        loss.backward()
+        results.append((loss.detach(), model.unary_net.fc1.weight.grad.clone()))
+    for loss, grad in results[1:]:
+        torch.testing.assert_close(loss, results[0][0])
+        torch.testing.assert_close(grad, results[0][1])
+
+
+def test_edge_sampling_is_unbiased():
+    model = tiny_model().eval()
+    images, labels = batch()
+    with torch.no_grad():
+        full = model.loss(images, labels).pairwise
+        torch.manual_seed(1)
+        draws = torch.stack(
+            [model.loss(images, labels, edge_fraction=0.3).pairwise for _ in range(300)]
+        )
+    assert not torch.allclose(draws[0], draws[1])
+    assert abs(draws.mean() - full) < 4 * draws.std() / 300**0.5
+
+
+def test_predict_is_mean_field_then_upsampling():
+    model = tiny_model().double().eval()
+    images, _ = batch(h=77, w=61)
+    images = images.double()
+    probs = model.predict(images, iterations=2)
+    assert probs.shape == (2, 4, 77, 61)
+    torch.testing.assert_close(probs.sum(1), torch.ones(2, 77, 61, dtype=torch.float64))
+
+    with torch.no_grad():
+        potentials = model(images)
+        h, w = potentials.unary.shape[-2:]
+        edges, scores = grid_to_edge_list(potentials.materialise(), h, w)
+        general = mean_field(potentials.unary.flatten(2).transpose(1, 2), edges, scores, 2)
+        grid = model.marginals(potentials, iterations=2)
+    torch.testing.assert_close(grid.flatten(2).transpose(1, 2), general)
+
+
+def test_pairwise_modes_and_scale():
+    model = tiny_model().eval()
+    images, _ = batch()
+    with torch.no_grad():
+        potentials = model(images)
+        unary_only = model.marginals(potentials, iterations=0)
+        assert torch.allclose(model.marginals(potentials, pairwise_scale=0.0), unary_only)
+        raw = model.marginals(potentials, pairwise_mode="raw")
+        centred = model.marginals(potentials, pairwise_mode="interaction")
+    assert not torch.allclose(raw, centred)
+    with pytest.raises(ValueError, match="pairwise mode"):
+        model.marginals(potentials, pairwise_mode="centred")
+
+
+def test_node_labels_nearest_and_majority_by_hand():
+    labels = torch.full((1, 32, 32), 255)
+    labels[0, :16, :16] = 1  # node (0, 0): all 1
+    labels[0, :16, 16:] = 2
+    labels[0, 8, 24] = 3  # the pixel under node (0, 1)'s centre differs from its majority
+    labels[0, 16:, :16] = 0
+    labels[0, 16:20, :16] = 3  # a quarter of node (1, 0)
+    # node (1, 1) stays unlabelled
+    near = tiny_model(scales=(1.0,), node_labels="nearest").node_labels(labels, (2, 2))
+    major = tiny_model(scales=(1.0,), node_labels="majority").node_labels(labels, (2, 2))
+    assert near.tolist() == [[[1, 3], [0, 255]]]
+    assert major.tolist() == [[[1, 2], [0, 255]]]
+
+
+def test_bad_labels_are_reported():
+    model = tiny_model()
+    images, labels = batch()
+    with pytest.raises(ValueError, match="matching images"):
+        model.loss(images, labels[:, :-1])
+    labels[0, 40, 40:] = 9
+    with pytest.raises(ValueError, match=r"\[9\]"):
+        model.loss(images, labels)
