@@ -129,6 +129,14 @@ def main() -> None:
     results["ours_normalisation_s"] = setup
     results["ours_iterations_s"] = full - setup
 
+    # The machine may be shared: intra-op threads then wait on each other, so also time 1 thread.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    results["ours_1thread_s"] = median_time(
+        lambda: dense_crf(image, probs, it, **PARAMS), args.repeats
+    )
+    torch.set_num_threads(threads)
+
     images = np.stack([f[0] for f in frames])
     batch = np.stack([f[1] for f in frames])
     results["batch"] = len(frames)

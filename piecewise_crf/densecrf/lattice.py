@@ -18,11 +18,14 @@ import torch
 
 @dataclass(frozen=True)
 class Embedding:
-    """Where P points land on a d-dimensional lattice: their enclosing simplex."""
+    """Where P points land on a d-dimensional lattice: their enclosing simplex.
 
-    rem0: torch.Tensor  # (P, d+1) int64: the nearest remainder-0 lattice point
-    rank: torch.Tensor  # (P, d+1) int64: rank of each coordinate's residual (0 = largest)
-    weights: torch.Tensor  # (P, d+1): barycentric weight of simplex vertex r (remainder r)
+    Coordinates come first (d+1, P) so that per-coordinate work runs on contiguous rows.
+    """
+
+    rem0: torch.Tensor  # (d+1, P) int64: the nearest remainder-0 lattice point
+    rank: torch.Tensor  # (d+1, P) int64: rank of each coordinate's residual (0 = largest)
+    weights: torch.Tensor  # (d+1, P): barycentric weight of simplex vertex r (remainder r)
 
 
 def embed(f: torch.Tensor) -> Embedding:
@@ -33,32 +36,34 @@ def embed(f: torch.Tensor) -> Embedding:
     """
     num, d = f.shape
     d1 = d + 1
-    i = torch.arange(d, device=f.device, dtype=f.dtype)
+    i = torch.arange(d, device=f.device, dtype=f.dtype)[:, None]
     # Elevation onto the hyperplane sum = 0, scaled so the blur has std 1 in feature space.
-    cf = f * (math.sqrt(2.0 / 3.0) * d1 / torch.sqrt((i + 2) * (i + 1)))
-    elevated = torch.zeros(num, d1, dtype=f.dtype, device=f.device)
-    elevated[:, :d] = cf.flip(1).cumsum(1).flip(1)  # sum_{k >= j} cf_k
-    elevated[:, 1:] -= (i + 1) * cf
+    cf = f.T * (math.sqrt(2.0 / 3.0) * d1 / torch.sqrt((i + 2) * (i + 1)))
+    elevated = torch.zeros(d1, num, dtype=f.dtype, device=f.device)
+    elevated[:d] = cf.flip(0).cumsum(0).flip(0)  # sum_{k >= j} cf_k
+    elevated[1:] -= (i + 1) * cf
 
     down = torch.round(elevated * (1.0 / d1))
     rem0 = down * d1
     resid = elevated - rem0
-    less = resid[:, :, None] < resid[:, None, :]  # less[p, a, b] = resid_a < resid_b
-    upper = torch.ones(d1, d1, dtype=torch.bool, device=f.device).triu(1)
-    # rank_a = #{b > a : r_a < r_b} + #{b < a : not r_b < r_a}: ties go to the lower index.
-    rank = (less & upper).sum(2) + (~less & upper).sum(1)
-    rank += down.sum(1, keepdim=True).to(torch.int64)
+    rank = torch.zeros(d1, num, dtype=torch.int64, device=f.device)
+    for a in range(d1):
+        for b in range(a + 1, d1):
+            less = resid[a] < resid[b]  # ties rank the lower index higher, as pydensecrf
+            rank[a] += less
+            rank[b] += ~less
+    rank += down.sum(0).to(torch.int64)
     # A point off the sum-0 plane is brought back by moving its extreme coordinates.
     wrap = (rank < 0).to(torch.int64) - (rank > d).to(torch.int64)
     rank += wrap * d1
     rem0 = rem0.to(torch.int64) + wrap * d1
 
     v = (elevated - rem0.to(f.dtype)) * (1.0 / d1)
-    bary = torch.zeros(num, d1 + 1, dtype=f.dtype, device=f.device)
-    bary.scatter_add_(1, d - rank, v)
-    bary.scatter_add_(1, d - rank + 1, -v)
-    bary[:, 0] += 1.0 + bary[:, d1]
-    return Embedding(rem0, rank, bary[:, :d1])
+    bary = torch.zeros(d1 + 1, num, dtype=f.dtype, device=f.device)
+    bary.scatter_add_(0, d - rank, v)
+    bary.scatter_add_(0, d - rank + 1, -v)
+    bary[0] += 1.0 + bary[d1]
+    return Embedding(rem0, rank, bary[:d1])
 
 
 def _codes(emb: Embedding, group: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -68,11 +73,11 @@ def _codes(emb: Embedding, group: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     they sum to 0). Every coordinate has 2(d+1) of headroom so that blur neighbours' codes are
     ``code + step @ strides`` and never alias. Returns the codes and the strides (d,).
     """
-    num, d1 = emb.rem0.shape
+    d1, num = emb.rem0.shape
     d = d1 - 1
-    rem0 = emb.rem0[:, :d]
-    lo = rem0.amin(0) - 2 * d1
-    radix = rem0.amax(0) + 2 * d1 - lo + 1
+    rem0 = emb.rem0[:d]
+    lo = rem0.amin(1) - 2 * d1
+    radix = rem0.amax(1) + 2 * d1 - lo + 1
     groups = int(group[-1]) + 1
     if math.prod(radix.tolist()) * groups >= 2**62:
         raise ValueError(
@@ -80,14 +85,14 @@ def _codes(emb: Embedding, group: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
             "image size or colour range; use larger stds or split the batch"
         )
     strides = torch.cumprod(torch.cat([radix.new_ones(1), radix[:-1]]), 0)
-    base = ((rem0 - lo) * strides).sum(1) + group * radix.prod()
+    base = ((rem0 - lo[:, None]) * strides[:, None]).sum(0) + group * radix.prod()
     # sum_i strides_i [rank_i > d - r] for every r, via a suffix sum over rank values.
-    by_rank = torch.zeros(num, d1 + 1, dtype=torch.int64, device=rem0.device)
-    by_rank.scatter_add_(1, emb.rank[:, :d], strides.expand(num, d))
-    above = by_rank.flip(1).cumsum(1).flip(1)  # above[t] = sum over ranks >= t
-    r = torch.arange(d1, device=rem0.device)
-    codes = base[:, None] + r * strides.sum() - d1 * above[:, d - r + 1]
-    return codes, strides
+    by_rank = torch.zeros(d1 + 1, num, dtype=torch.int64, device=rem0.device)
+    by_rank.scatter_add_(0, emb.rank[:d], strides[:, None].expand(d, num))
+    above = by_rank.flip(0).cumsum(0)[:d1]  # above[r] = sum over ranks >= d + 1 - r
+    r = torch.arange(d1, device=rem0.device)[:, None]
+    codes = base + r * strides.sum() - d1 * above
+    return codes.T.contiguous(), strides
 
 
 @dataclass(frozen=True)
@@ -100,7 +105,7 @@ class _Hashed:
 
 def _hash(emb: Embedding, group: torch.Tensor) -> _Hashed:
     """Number the distinct lattice vertices (one sort) and find their blur neighbours."""
-    num, d1 = emb.rem0.shape
+    d1, num = emb.rem0.shape
     d = d1 - 1
     codes, strides = _codes(emb, group)
     sorted_codes, order = torch.sort(codes.view(-1))
@@ -212,7 +217,7 @@ def build(features: list[torch.Tensor], group: torch.Tensor) -> Lattice:
         h = _hash(emb, group)
         c = slice(starts_k[k], starts_k[k] + dims[k] + 1)
         vertex[:, c] = h.vertex + m
-        weights[:, c] = emb.weights
+        weights[:, c] = emb.weights.T
         offsets.append(m)
         hashed.append(h)
         m += h.counts.numel()
