@@ -52,5 +52,9 @@ def test_real_camvid():
         image, label = ds.read_sample(0)
         assert image.size == (480, 360) and image.mode == "RGB"
         assert label.shape == (360, 480) and set(np.unique(label)) <= set(range(11)) | {255}
+    seen = set()
+    for i in range(len(val)):
+        seen |= set(np.unique(val.read_sample(i)[1]).tolist())
+    assert seen == set(range(11)) | {255}
     x, y = val[len(val) - 1]
     assert x.shape == (3, 360, 480) and int(y.max()) == 255 and int(y.min()) == 0

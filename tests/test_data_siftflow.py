@@ -43,3 +43,10 @@ def test_real_test_list(tmp_path):
     root = make_siftflow(tmp_path)
     with pytest.raises(FileNotFoundError, match="of 200 image files are missing"):
         SiftFlow(root, "test", test_list=REAL_LIST)
+
+
+def test_corrupt_mat_names_the_file(tmp_path):
+    root = make_siftflow(tmp_path)
+    (root / "SemanticLabels" / SIFT_DIR / f"{SIFT_NAMES[0]}.mat").write_bytes(b"not a mat file")
+    with pytest.raises(ValueError, match=f"cannot read MATLAB file .*{SIFT_NAMES[0]}.mat"):
+        SiftFlow(root, "test")[0]

@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+import scipy.io
 from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
@@ -111,6 +112,22 @@ def read_label_png(path: Path) -> np.ndarray:
             return np.array(image)
     except (OSError, SyntaxError) as err:
         raise ValueError(f"cannot read label image {path}: {err}. The file is corrupt.") from err
+
+
+def load_mat(path: Path, **kwargs: object) -> dict:
+    """Variables of a MATLAB v5 .mat file, with the path in any error."""
+    require(path, "MATLAB file")
+    try:
+        return scipy.io.loadmat(path, **kwargs)
+    # MatReadError is an Exception subclass of its own; NotImplementedError means a v7.3 file.
+    except (
+        scipy.io.matlab.MatReadError,
+        ValueError,
+        TypeError,
+        OSError,
+        NotImplementedError,
+    ) as err:
+        raise ValueError(f"cannot read MATLAB file {path}: {err}") from err
 
 
 def remap(label: np.ndarray, table: np.ndarray, source: object) -> np.ndarray:

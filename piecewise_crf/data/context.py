@@ -17,12 +17,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import scipy.io
 
 from piecewise_crf.data.base import (
     FilePairDataset,
     JointTransform,
     bit_palette,
+    load_mat,
     read_label_png,
     read_lines,
     remap,
@@ -126,7 +126,7 @@ class PascalContext(FilePairDataset):
     def decode_label(self, path: Path) -> np.ndarray:
         if self.table is None:
             return read_label_png(path)
-        mat = scipy.io.loadmat(path)
+        mat = load_mat(path)
         if "LabelMap" not in mat:
             raise ValueError(
                 f"{path} has no variable LabelMap; is it a PASCAL-Context trainval .mat?"

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-import scipy.io
 from PIL import Image
 
 from piecewise_crf.data.base import (
@@ -25,6 +24,7 @@ from piecewise_crf.data.base import (
     JointTransform,
     SegmentationDataset,
     bit_palette,
+    load_mat,
     read_label_png,
     read_lines,
     remap,
@@ -42,6 +42,7 @@ CLASSES = (
 PALETTE = bit_palette(len(CLASSES) + 1)[1:]
 SPLIT_KEYS = {"train": "trainNdxs", "test": "testNdxs"}
 LABELED_MAT = "nyu_depth_v2_labeled.mat"
+SPLITS_HINT = "It holds trainNdxs/testNdxs (1-based); the folder form also accepts <split>.txt"
 # 0 unlabelled -> ignore, 1..40 -> 0..39
 LABEL40_TABLE = np.array([IGNORE_INDEX, *range(len(CLASSES))], dtype=np.uint8)
 
@@ -50,7 +51,7 @@ def split_indices(splits_mat: Path, split: str) -> list[int]:
     """0-based sample indices of `split` ("train" or "test") from splits.mat."""
     if split not in SPLIT_KEYS:
         raise ValueError(f"NYUDv2 splits are {sorted(SPLIT_KEYS)}, got {split!r}")
-    mat = scipy.io.loadmat(require(splits_mat, "NYUDv2 splits.mat"))
+    mat = load_mat(require(splits_mat, "NYUDv2 splits.mat", SPLITS_HINT))
     if SPLIT_KEYS[split] not in mat:
         raise ValueError(f"{splits_mat} has no variable {SPLIT_KEYS[split]}")
     return [int(i) - 1 for i in np.asarray(mat[SPLIT_KEYS[split]]).ravel()]
@@ -58,7 +59,7 @@ def split_indices(splits_mat: Path, split: str) -> list[int]:
 
 def class_table(mapping_mat: Path) -> np.ndarray:
     """Lookup table 0..894 -> 255 (unlabelled) or 0..39, from classMapping40.mat's mapClass."""
-    mat = scipy.io.loadmat(require(mapping_mat, "NYUDv2 classMapping40.mat"))
+    mat = load_mat(require(mapping_mat, "NYUDv2 classMapping40.mat"))
     if "mapClass" not in mat:
         raise ValueError(f"{mapping_mat} has no variable mapClass")
     mapped = np.asarray(mat["mapClass"]).ravel().astype(np.int64)

@@ -15,13 +15,13 @@ from functools import cached_property
 from pathlib import Path, PureWindowsPath
 
 import numpy as np
-import scipy.io
 
 from piecewise_crf.data.base import (
     IGNORE_INDEX,
     FilePairDataset,
     JointTransform,
     bit_palette,
+    load_mat,
     read_lines,
     remap,
     require,
@@ -45,7 +45,7 @@ def read_test_names(path: Path) -> list[str]:
 
 
 def read_siftflow_mat(path: Path) -> np.ndarray:
-    mat = scipy.io.loadmat(path)
+    mat = load_mat(path)
     if "S" not in mat:
         raise ValueError(f"{path} has no variable S; is it a SIFT-flow SemanticLabels .mat?")
     return remap(mat["S"], LABEL_TABLE, path)

@@ -14,12 +14,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import scipy.io
 
 from piecewise_crf.data.base import (
     FilePairDataset,
     JointTransform,
     bit_palette,
+    load_mat,
     read_label_png,
     read_lines,
     require,
@@ -52,7 +52,7 @@ def read_ids(path: Path) -> list[str]:
 
 def read_sbd_mat(path: Path) -> np.ndarray:
     """SBD `cls/*.mat`: MATLAB v5 struct GTcls with the uint8 class map in field Segmentation."""
-    mat = scipy.io.loadmat(path, squeeze_me=True, struct_as_record=False)
+    mat = load_mat(path, squeeze_me=True, struct_as_record=False)
     if "GTcls" not in mat or not hasattr(mat["GTcls"], "Segmentation"):
         raise ValueError(f"{path} has no GTcls.Segmentation; is it an SBD cls/*.mat file?")
     return np.asarray(mat["GTcls"].Segmentation)
