@@ -148,9 +148,9 @@ def demo_config() -> Config:
         ),
         crf=CRFConfig(pairwise_mode="interaction", pairwise_scale=0.3),
         data=DataConfig(
-            dataset="synthetic", crop_size=(256, 256), scale_range=(1.0, 1.0), num_workers=0
+            dataset="synthetic", crop_size=(192, 192), scale_range=(1.0, 1.0), num_workers=0
         ),
-        train=TrainConfig(epochs=8, batch_size=8, lr=0.05, backbone_lr_mult=1.0, val_every=2),
+        train=TrainConfig(epochs=10, batch_size=8, lr=0.1, backbone_lr_mult=1.0, val_every=2),
     )
 
 

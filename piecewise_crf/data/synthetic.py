@@ -24,8 +24,10 @@ PALETTE = np.array(
     [[60, 90, 60], [230, 160, 40], [40, 200, 220], [220, 30, 30], [30, 30, 220]], dtype=np.uint8
 )
 MARKER_RGB = {3: (0.85, 0.15, 0.15), 4: (0.15, 0.15, 0.85)}
-MARKER_HEIGHT = 16
+MARKER_HEIGHT = 32
 GAP = (64, 80)  # vertical distance from a bar's bottom to its object's top, pixels
+# split -> (seed, number of samples); disjoint seeds keep the splits independent
+SPLITS = {"train": (0, 256), "val": (1, 32), "test": (2, 64)}
 
 
 def _smooth_noise(rng: np.random.Generator, size: int, cells: int, channels: int) -> np.ndarray:
@@ -34,7 +36,7 @@ def _smooth_noise(rng: np.random.Generator, size: int, cells: int, channels: int
     return np.kron(coarse, np.ones((size // cells + 1, size // cells + 1, 1)))[:size, :size]
 
 
-def generate(index: int, *, size: int = 256, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def generate(index: int, *, size: int = 192, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Image (size, size, 3) float32 in [0, 1] and labels (size, size) uint8 for one sample."""
     rng = np.random.default_rng([seed, index])
     base = np.array([0.35, 0.45, 0.3]) + rng.uniform(-0.08, 0.08, 3)
@@ -78,7 +80,7 @@ class SyntheticContext(Dataset):
         self,
         length: int = 200,
         *,
-        size: int = 256,
+        size: int = 192,
         seed: int = 0,
         transforms: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None,
     ) -> None:
@@ -88,6 +90,19 @@ class SyntheticContext(Dataset):
         self.size = size
         self.seed = seed
         self.transforms = transforms
+
+    @classmethod
+    def split(
+        cls,
+        split: str,
+        *,
+        transforms: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None,
+    ) -> SyntheticContext:
+        """The named split ("train", "val" or "test") of `SPLITS`."""
+        if split not in SPLITS:
+            raise ValueError(f"synthetic splits are {', '.join(SPLITS)}, got {split!r}")
+        seed, length = SPLITS[split]
+        return cls(length, seed=seed, transforms=transforms)
 
     def __len__(self) -> int:
         return self.length
