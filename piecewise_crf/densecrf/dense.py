@@ -13,6 +13,8 @@ j = i: the lattice filter cannot leave the centre out.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 
@@ -65,13 +67,33 @@ def dense_crf(
     _check_params(iterations, pos_xy_std, bi_xy_std, bi_rgb_std, pos_weight, bi_weight)
     mu = _compat(compat, k, q)
 
-    logp = q.permute(0, 2, 3, 1).reshape(-1, k).clamp(min=PROB_FLOOR).log()
+    logp = q.permute(0, 2, 3, 1).reshape(b, -1, k).clamp(min=PROB_FLOOR).log()
     if iterations == 0:
-        out = torch.softmax(logp, 1)
+        out = torch.softmax(logp, 2)
+    elif q.device.type == "cpu" or b == 1:
+        # On CPU one image at a time is faster than one joint lattice (measured: sorting and
+        # sparse products scale worse than linearly and fall out of cache), and each image
+        # reuses the cached Gaussian lattice.
+        gauss = _gaussian_lattice(1, h, w, pos_xy_std, q.dtype, q.device)
+        out = torch.stack(
+            [
+                mean_field(
+                    [gauss, _bilateral_lattice(img[i : i + 1], bi_xy_std, bi_rgb_std, q.dtype)],
+                    logp[i],
+                    [pos_weight, bi_weight],
+                    iterations,
+                    mu,
+                )
+                for i in range(b)
+            ]
+        )
     else:
-        feats = _features(img, pos_xy_std, bi_xy_std, bi_rgb_std, q.dtype)
-        lattice = build(feats, _groups(b, h, w, q))
-        out = mean_field(lattice, logp, [pos_weight, bi_weight], iterations, mu)
+        # On a GPU the whole batch is one lattice per kernel: fewer, larger kernels.
+        lattices = [
+            _gaussian_lattice(b, h, w, pos_xy_std, q.dtype, q.device),
+            _bilateral_lattice(img, bi_xy_std, bi_rgb_std, q.dtype),
+        ]
+        out = mean_field(lattices, logp.view(-1, k), [pos_weight, bi_weight], iterations, mu)
     out = out.view(b, h, w, k).permute(0, 3, 1, 2).contiguous()
     if not batched:
         out = out[0]
@@ -79,7 +101,7 @@ def dense_crf(
 
 
 def mean_field(
-    lattice: Lattice,
+    lattices: list[Lattice],
     logp: torch.Tensor,
     weights: list[float],
     iterations: int,
@@ -87,25 +109,33 @@ def mean_field(
 ) -> torch.Tensor:
     """Run ``iterations`` parallel mean-field updates from ``Q = softmax(logp)``.
 
-    ``logp`` (P, K) is minus the unary energy; ``weights[k]`` scales kernel k of ``lattice``;
-    ``mu`` (K, K) is a symmetric compatibility energy, None for Potts.
+    ``logp`` (P, K) is minus the unary energy; ``lattices[k]`` (normalised) is kernel k,
+    scaled by ``weights[k]``; ``mu`` (K, K) is a symmetric compatibility energy, None for
+    Potts. Everything stays on ``logp``'s device: no host round-trips inside the loop.
     """
-    ones = logp.new_ones(logp.shape[0], 1)
-    norms = [(n + 1e-20).rsqrt() for n in lattice.filter_each(ones)]
-    splat_scale = torch.empty_like(lattice.weights)
-    slice_scale = torch.empty_like(lattice.weights)
-    for c, n, wk in zip(lattice.columns, norms, weights, strict=True):
-        splat_scale[:, c] = n
-        slice_scale[:, c] = wk * n
-    splat, slice_ = lattice.operators(splat_scale, slice_scale)
-
     q = torch.softmax(logp, 1)
     for _ in range(iterations):
-        message = slice_ @ lattice.blur(splat @ q)
+        message = None
+        for lattice, weight in zip(lattices, weights, strict=True):
+            message = lattice.filter(q, weight, out=message)
         # Potts: -w [l != l'] and the equivalent -w ... + w [l == l'] differ by a per-pixel
         # constant, which softmax ignores, so the message enters with a plus sign.
-        q = torch.softmax(logp + message if mu is None else logp - message @ mu, 1)
+        q = torch.softmax(message.add_(logp) if mu is None else logp - message @ mu, 1)
     return q
+
+
+@functools.lru_cache(maxsize=4)
+def _gaussian_lattice(b: int, h: int, w: int, std: float, dtype, device) -> Lattice:
+    """The position-only lattice depends on the image size alone, so it is built once."""
+    xy = _positions(b, h, w, dtype, device) / std
+    return build(xy, _groups(b, h, w, device), b).normalised()
+
+
+def _bilateral_lattice(img: torch.Tensor, xy_std: float, rgb_std: float, dtype) -> Lattice:
+    b, h, w, _ = img.shape
+    xy = _positions(b, h, w, dtype, img.device)
+    feats = torch.cat([xy / xy_std, img.reshape(-1, 3).to(dtype) / rgb_std], 1)
+    return build(feats, _groups(b, h, w, img.device), b).normalised()
 
 
 def _as_tensor(x, name: str) -> torch.Tensor:
@@ -154,20 +184,15 @@ def _compat(compat, k: int, like: torch.Tensor) -> torch.Tensor | None:
     return 0.5 * (mu + mu.T)
 
 
-def _features(
-    img: torch.Tensor, pos_xy_std: float, bi_xy_std: float, bi_rgb_std: float, dtype
-) -> list[torch.Tensor]:
-    """pydensecrf's features: (x, y) / sxy and (x, y, r, g, b) / (sxy, sxy, srgb x 3)."""
-    b, h, w, _ = img.shape
+def _positions(b: int, h: int, w: int, dtype, device) -> torch.Tensor:
+    """pydensecrf's position features (x, y) of every pixel, (B H W, 2)."""
     y, x = torch.meshgrid(
-        torch.arange(h, dtype=dtype, device=img.device),
-        torch.arange(w, dtype=dtype, device=img.device),
+        torch.arange(h, dtype=dtype, device=device),
+        torch.arange(w, dtype=dtype, device=device),
         indexing="ij",
     )
-    xy = torch.stack([x, y], -1).expand(b, h, w, 2).reshape(-1, 2)
-    rgb = img.reshape(-1, 3).to(dtype)
-    return [xy / pos_xy_std, torch.cat([xy / bi_xy_std, rgb / bi_rgb_std], 1)]
+    return torch.stack([x, y], -1).expand(b, h, w, 2).reshape(-1, 2)
 
 
-def _groups(b: int, h: int, w: int, like: torch.Tensor) -> torch.Tensor:
-    return torch.arange(b, device=like.device).repeat_interleave(h * w)
+def _groups(b: int, h: int, w: int, device) -> torch.Tensor:
+    return torch.arange(b, device=device).repeat_interleave(h * w)
