@@ -1,0 +1,38 @@
+"""What train, evaluate and predict share: device choice, autocast dtype, datasets by name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+
+def open_dataset(name: str, root: str | Path | None, split: str, transforms: Any = None) -> Dataset:
+    """A dataset split by name (see `piecewise_crf.data.build_dataset`)."""
+    from piecewise_crf.data import build_dataset  # the readers pull in scipy/h5py: load on use
+
+    return build_dataset(name, root, split, transforms=transforms)
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """The torch device for a name: auto = CUDA when present, else CPU; bare cuda = the local GPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"device {name!r} asked for, but CUDA is not available; use cpu or auto"
+            )
+        if device.index is None:
+            device = torch.device("cuda", local_rank)
+    return device
+
+
+def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
+    """bfloat16 autocast where the GPU supports it, else float16 (with a GradScaler); none on CPU."""
+    if not enabled or device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16

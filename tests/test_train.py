@@ -1,0 +1,177 @@
+import csv
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+from tiny_run import tiny_config, tiny_run
+
+import piecewise_crf.train as train_module
+from piecewise_crf.checkpoint import atomic_save, load_checkpoint
+
+
+def test_run_folder_holds_checkpoints_log_config_and_curves(tmp_path):
+    result = tiny_run(tmp_path / "run")
+    run = tmp_path / "run"
+    for name in ("final.pt", "last.pt", "best.pt", "config.yaml", "log.csv", "curves.png"):
+        assert (run / name).is_file(), name
+    ckpt = load_checkpoint(run / "final.pt")
+    assert ckpt["format_version"] == 1
+    assert ckpt["classes"][1] == "object_a" and len(ckpt["palette"]) == 5
+    assert ckpt["epoch"] == 1 and ckpt["step"] == 2
+    assert {"val_unary_miou", "val_crf_miou"} <= set(ckpt["metrics"])
+    state = result.model.state_dict()
+    assert all(torch.equal(state[k].cpu(), v) for k, v in ckpt["model"].items())
+    rows = list(csv.DictReader((run / "log.csv").open()))
+    assert [r["epoch"] for r in rows] == ["1"] and float(rows[0]["unary_loss"]) > 0
+    assert set(rows[0]) == set(train_module.LOG_FIELDS)
+    last = torch.load(run / "last.pt", weights_only=True)  # no pickled code anywhere
+    assert {"optimizer", "rng", "scaler"} <= set(last)
+
+
+def test_resume_after_a_kill_gives_bitwise_identical_weights(tmp_path, monkeypatch):
+    straight = tiny_run(tmp_path / "straight", tiny_config(epochs=2)).model.state_dict()
+
+    # "Kill" the second run right after its first checkpoint, then resume it.
+    real_write_log = train_module.write_log
+
+    def killed(history, path):
+        real_write_log(history, path)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "write_log", killed)
+    with pytest.raises(KeyboardInterrupt):
+        tiny_run(tmp_path / "resumed", tiny_config(epochs=2))
+    monkeypatch.setattr(train_module, "write_log", real_write_log)
+    assert load_checkpoint(tmp_path / "resumed" / "last.pt")["epoch"] == 1
+    resumed = tiny_run(tmp_path / "resumed", tiny_config(epochs=2), resume=True).model.state_dict()
+
+    assert straight.keys() == resumed.keys()
+    for key in straight:
+        assert torch.equal(straight[key], resumed[key]), key
+    rows = list(csv.DictReader((tmp_path / "resumed" / "log.csv").open()))
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+
+
+def test_refuses_to_overwrite_a_run_unless_asked(tmp_path):
+    tiny_run(tmp_path / "run")
+    before = (tmp_path / "run" / "final.pt").read_bytes()
+    with pytest.raises(FileExistsError, match="--resume.*--overwrite"):
+        tiny_run(tmp_path / "run")
+    assert (tmp_path / "run" / "final.pt").read_bytes() == before
+    tiny_run(tmp_path / "run", overwrite=True)
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    real_forward = train_module.PiecewiseLoss.forward
+    calls = []
+
+    def poisoned(self, images, labels):
+        unary, pairwise, total = real_forward(self, images, labels)
+        calls.append(1)
+        return unary, pairwise, total * float("nan") if len(calls) == 3 else total
+
+    monkeypatch.setattr(train_module.PiecewiseLoss, "forward", poisoned)
+    with pytest.raises(FloatingPointError, match=r"step 3 \(epoch 2\).*last.pt \(epoch 1\)"):
+        tiny_run(tmp_path / "run", tiny_config(epochs=2))
+    ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert ckpt["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+    assert not (tmp_path / "run" / "final.pt").exists()
+
+
+def test_read_only_output_folder_fails_before_training(tmp_path, monkeypatch):
+    out = tmp_path / "locked"
+    out.mkdir()
+    if os.geteuid() == 0:  # root writes anywhere: simulate the refusal the OS would give
+
+        def refuse(*args, **kwargs):
+            raise PermissionError(13, "Permission denied")
+
+        monkeypatch.setattr(tempfile, "TemporaryFile", refuse)
+    else:
+        out.chmod(0o500)
+    with pytest.raises(PermissionError, match="cannot write to the output folder"):
+        tiny_run(out)
+    out.chmod(0o700)
+
+
+def test_dataset_and_config_class_counts_must_agree(tmp_path):
+    config = tiny_config()
+    config.model.num_classes = 3
+    with pytest.raises(ValueError, match="5 classes but model.num_classes is 3"):
+        tiny_run(tmp_path / "run", config)
+
+
+def test_resume_with_another_architecture_says_what_differs(tmp_path, monkeypatch):
+    real_write_log = train_module.write_log
+
+    def killed(history, path):
+        real_write_log(history, path)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "write_log", killed)
+    with pytest.raises(KeyboardInterrupt):
+        tiny_run(tmp_path / "run", tiny_config(epochs=2))
+    config = tiny_config(epochs=2)
+    config.model.hidden = 32
+    with pytest.raises(ValueError, match=r"hidden: 32 vs 16"):
+        tiny_run(tmp_path / "run", config, resume=True)
+
+
+def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch):
+    path = tmp_path / "ckpt.pt"
+    atomic_save({"a": torch.ones(2)}, path)
+
+    def broken(obj, f):
+        f.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken)
+    with pytest.raises(OSError, match="disk full"):
+        atomic_save({"a": torch.zeros(2)}, path)
+    assert torch.equal(torch.load(path, weights_only=True)["a"], torch.ones(2))
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]
+
+
+DDP_SCRIPT = """
+import sys, torch, torch.distributed as dist
+sys.path.insert(0, {tests!r})
+torch.set_num_threads(1)
+from tiny_run import tiny_config, tiny_run
+dist.init_process_group("gloo")
+result = tiny_run({out!r}, tiny_config(epochs=1))
+flat = torch.cat([p.detach().reshape(-1) for p in result.model.parameters()])
+gathered = [torch.empty_like(flat) for _ in range(dist.get_world_size())]
+dist.all_gather(gathered, flat)
+assert torch.equal(gathered[0], gathered[1]), "weights differ between ranks"
+print("rank", dist.get_rank(), "ok", flush=True)
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.slow
+def test_torchrun_two_cpu_processes_keep_weights_in_sync(tmp_path):
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    if torchrun is None:
+        pytest.skip("torchrun not installed")
+    script = tmp_path / "ddp.py"
+    script.write_text(
+        DDP_SCRIPT.format(tests=str(Path(__file__).parent), out=str(tmp_path / "run"))
+    )
+    cmd = [torchrun, "--standalone", "--nproc_per_node", "2", str(script)]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+    except subprocess.TimeoutExpired:
+        pytest.fail("torchrun did not finish in time")
+    if done.returncode != 0 and "rank" not in done.stdout and "Address" in done.stderr:
+        pytest.skip(f"torchrun cannot start here: {done.stderr[-300:]}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("ok") == 2
+    ckpt = load_checkpoint(tmp_path / "run" / "final.pt")
+    assert ckpt["epoch"] == 1 and ckpt["step"] == 2  # 8 images, 2 per rank and step
+    assert (tmp_path / "run" / "log.csv").is_file()
