@@ -146,7 +146,7 @@ def demo_config() -> Config:
             hidden=64,
             box_fraction=0.5,
         ),
-        crf=CRFConfig(pairwise_mode="interaction", pairwise_scale=0.3),
+        crf=CRFConfig(pairwise_mode="raw", pairwise_scale=1.0),
         data=DataConfig(
             dataset="synthetic", crop_size=(192, 192), scale_range=(1.0, 1.0), num_workers=0
         ),

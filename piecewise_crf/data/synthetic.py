@@ -43,12 +43,12 @@ def generate(index: int, *, size: int = 192, seed: int = 0) -> tuple[np.ndarray,
     image = base + 0.15 * (_smooth_noise(rng, size, 8, 3) - 0.5)
     labels = np.zeros((size, size), np.uint8)
 
-    n_objects = int(rng.integers(1, 4))
+    n_objects = int(rng.integers(2, 4))
     slots = size // n_objects
     for slot in range(n_objects):
         cls = int(rng.integers(1, 3))
         width = int(rng.integers(40, min(72, slots - 8) + 1))
-        height = int(rng.integers(32, 49))
+        height = int(rng.integers(48, 65))
         gap = int(rng.integers(GAP[0], GAP[1] + 1))
         x0 = slot * slots + int(rng.integers(4, slots - width - 3))
         y0 = int(rng.integers(0, size - MARKER_HEIGHT - gap - height + 1))
