@@ -36,7 +36,7 @@ EXAMPLES = 4
 
 def fit_epochs(config: Config, minutes: float) -> int:
     """Epochs that fit a time budget, from timing two training steps and one evaluation."""
-    data = training_set(config.data, config.data.root)
+    data = training_set(config, config.data.root)
     tc = config.train
     model = build_model(config.model, load_weights=False)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # timing only: weights stay put

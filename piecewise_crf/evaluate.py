@@ -310,7 +310,8 @@ def evaluate_checkpoint(
     ckpt = load_checkpoint(checkpoint)
     model, config = model_from_checkpoint(ckpt, str(checkpoint))
     name = dataset or config.data.dataset
-    data = open_dataset(name, root if root is not None else config.data.root, split)
+    root = root if root is not None else config.data.root
+    data = open_dataset(name, root, split, num_classes=config.model.num_classes)
     classes = list(data.classes)
     check_classes(ckpt, classes, f"dataset {name!r}")
     dev = resolve_device(device)

@@ -81,7 +81,7 @@ def predict_files(
     crf = {"crf": CRFSetting.from_config(config.crf)} if stage != "unary" else {}
     written, seen = [], set()
     for path in tqdm(files, desc="predict", disable=not progress, dynamic_ncols=True):
-        rgb = np.asarray(open_rgb(path))
+        rgb = np.array(open_rgb(path))  # a writable copy for torch.from_numpy
         image = torch.from_numpy(rgb).permute(2, 0, 1).float().div(255).to(dev)
         probs = predict_stages(
             model,

@@ -9,11 +9,20 @@ import torch
 from torch.utils.data import Dataset
 
 
-def open_dataset(name: str, root: str | Path | None, split: str, transforms: Any = None) -> Dataset:
-    """A dataset split by name (see `piecewise_crf.data.build_dataset`)."""
+def open_dataset(
+    name: str,
+    root: str | Path | None,
+    split: str,
+    transforms: Any = None,
+    *,
+    num_classes: int | None = None,
+) -> Dataset:
+    """A dataset split by name (see `piecewise_crf.data.build_dataset`). `num_classes` is for
+    "folder" datasets (users' own data), whose files do not say how many classes there are."""
     from piecewise_crf.data import build_dataset  # the readers pull in scipy/h5py: load on use
 
-    return build_dataset(name, root, split, transforms=transforms)
+    extra = {"num_classes": num_classes} if name == "folder" and num_classes else {}
+    return build_dataset(name, root, split, transforms=transforms, **extra)
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:

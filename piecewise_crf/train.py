@@ -42,7 +42,7 @@ from piecewise_crf.checkpoint import (
     load_checkpoint,
     load_model_state,
 )
-from piecewise_crf.config import Config, DataConfig, config_to_dict, load_config, save_config
+from piecewise_crf.config import Config, config_to_dict, load_config, save_config
 from piecewise_crf.data.transforms import train_transforms
 from piecewise_crf.evaluate import CRFSetting, evaluate_model
 from piecewise_crf.model import DeepStructuredModel, build_model
@@ -61,10 +61,13 @@ LOG_FIELDS = (
 RUN_FILES = ("last.pt", "best.pt", "final.pt", "log.csv", "curves.png", "config.yaml")
 
 
-def training_set(data: DataConfig, root: str | Path | None) -> Dataset:
+def training_set(config: Config, root: str | Path | None) -> Dataset:
     """The training split with the paper's augmentation (scale, flip, crop/pad)."""
+    data = config.data
     transforms = train_transforms(data.crop_size, data.scale_range, data.flip)
-    return open_dataset(data.dataset, root, data.train_split, transforms)
+    return open_dataset(
+        data.dataset, root, data.train_split, transforms, num_classes=config.model.num_classes
+    )
 
 
 @dataclass(frozen=True)
@@ -302,9 +305,11 @@ def _train(
 
     root = data_root if data_root is not None else config.data.root
     if train_set is None:
-        train_set = training_set(config.data, root)
+        train_set = training_set(config, root)
     if val_set is None and config.data.val_split:
-        val_set = open_dataset(config.data.dataset, root, config.data.val_split)
+        val_set = open_dataset(
+            config.data.dataset, root, config.data.val_split, num_classes=config.model.num_classes
+        )
     classes = list(train_set.classes)
     if len(classes) != config.model.num_classes:
         raise ValueError(

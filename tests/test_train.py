@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_run import tiny_config, tiny_run
+from tiny_run import one_thread, tiny_config, tiny_run  # noqa: F401  (one_thread: autouse fixture)
 
 import piecewise_crf.train as train_module
 from piecewise_crf.checkpoint import atomic_save, load_checkpoint

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+import torch
+
 from piecewise_crf.config import Config, demo_config
 from piecewise_crf.data.synthetic import SyntheticContext
 from piecewise_crf.data.transforms import train_transforms
@@ -42,3 +45,12 @@ def tiny_run(out: Path, config: Config | None = None, **kwargs) -> TrainResult:
         progress=False,
         **kwargs,
     )
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread: these tiny models only lose time to thread contention on a shared CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -1,0 +1,105 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from tiny_run import one_thread, tiny_run  # noqa: F401  (one_thread: autouse fixture)
+
+from piecewise_crf.checkpoint import check_classes, load_checkpoint, model_from_checkpoint
+from piecewise_crf.config import DenseCRFConfig
+from piecewise_crf.data import CamVid
+from piecewise_crf.data.synthetic import SyntheticContext
+from piecewise_crf.evaluate import (
+    CRFSetting,
+    crf_stages,
+    evaluate_checkpoint,
+    evaluate_model,
+    stage_probabilities,
+)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    tiny_run(out)
+    return out / "final.pt"
+
+
+@pytest.fixture(scope="module")
+def model(checkpoint):
+    return model_from_checkpoint(load_checkpoint(checkpoint))[0]
+
+
+def test_one_pass_scores_every_stage_and_the_sweep(model):
+    data = SyntheticContext(2, size=192, seed=1)
+    crf = crf_stages(CRFSetting(3, "raw", 1.0), sweep_scales=[0.3, 3], sweep_modes=["interaction"])
+    assert list(crf) == ["crf", "crf[interaction,0.3]", "crf[interaction,3]"]
+    matrices, notes = evaluate_model(model, data, crf, dense=DenseCRFConfig(iterations=2))
+    assert notes == []
+    assert set(matrices) == {"unary", *crf, "crf+dense"}
+    for cm in matrices.values():
+        assert cm.matrix.sum() == 2 * 192 * 192  # full resolution, nothing ignored
+
+
+def test_zero_iterations_is_the_unary_stage_and_tta_gives_distributions(model):
+    image = SyntheticContext(1, size=192, seed=3)[0][0]
+    probs = stage_probabilities(model, image, {"crf": CRFSetting(0, "raw", 1.0)})
+    torch.testing.assert_close(probs["crf"], probs["unary"])
+    assert probs["unary"].shape == (5, 192, 192)
+    tta = stage_probabilities(
+        model, image, {"crf": CRFSetting(3, "interaction", 0.3)}, scales=(0.75, 1.0), flip=True
+    )
+    torch.testing.assert_close(tta["crf"].sum(0), torch.ones(192, 192))
+
+
+def test_evaluate_checkpoint_writes_json_and_confusion_png(checkpoint, tmp_path, capsys):
+    results = evaluate_checkpoint(
+        checkpoint, dataset="synthetic", split="val", json_path=tmp_path / "m.json", progress=False
+    )
+    saved = json.loads((tmp_path / "m.json").read_text())
+    assert list(saved) == ["unary", "crf", "crf+dense"] == list(results)
+    for stage in saved.values():
+        assert {"pixel_accuracy", "mean_accuracy", "mean_iou", "frequency_weighted_iou"} <= set(
+            stage
+        )
+        assert len(stage["per_class_iou"]) == 5 and stage["classes"][0] == "background"
+    assert (tmp_path / "m_confusion.png").stat().st_size > 1000
+    table = capsys.readouterr().out
+    assert "object_a" in table and "mean IoU" in table
+
+
+def test_checkpoint_for_another_class_set_is_refused(checkpoint, tmp_path):
+    from fixtures_data import make_camvid
+
+    camvid = CamVid(make_camvid(tmp_path / "camvid"), "val")
+    with pytest.raises(ValueError, match="predicts 5 classes .* has 11"):
+        check_classes(load_checkpoint(checkpoint), camvid.classes, "dataset 'camvid'")
+    with pytest.raises(ValueError, match="predicts 5 classes"):
+        evaluate_checkpoint(
+            checkpoint, dataset="camvid", root=tmp_path / "camvid", split="val", progress=False
+        )
+
+
+def test_a_state_dict_of_another_architecture_says_what_differs(checkpoint):
+    ckpt = load_checkpoint(checkpoint)
+    ckpt["config"]["model"]["hidden"] = 32
+    with pytest.raises(ValueError, match=r"unary_net.*is \(.*16.*\) in .* but \(.*32"):
+        model_from_checkpoint(ckpt)
+    ckpt = load_checkpoint(checkpoint)
+    ckpt["config"]["model"]["relations"] = ["surrounding"]
+    with pytest.raises(ValueError, match="weights in the checkpoint the model lacks"):
+        model_from_checkpoint(ckpt)
+
+
+def test_unreadable_or_foreign_checkpoints_are_clear_errors(tmp_path):
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="cannot read checkpoint"):
+        load_checkpoint(tmp_path / "junk.pt")
+    torch.save({"weights": torch.ones(1)}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not a piecewise-crf checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+    torch.save({"model": {}, "config": {}, "f": np.float64}, tmp_path / "unsafe.pt")
+    with pytest.raises(ValueError, match="cannot read checkpoint"):  # weights_only refuses it
+        load_checkpoint(tmp_path / "unsafe.pt")
+    with pytest.raises(FileNotFoundError):
+        load_checkpoint(tmp_path / "missing.pt")
