@@ -97,8 +97,9 @@ def run_demo(out: str | Path = "demo_out", minutes: float | None = None) -> dict
         f"Demo preset on the synthetic context dataset: {config.train.epochs} epochs "
         f"({trained / 60:.1f} min on this machine), evaluated on the {len(val)} validation "
         "images at full resolution. An object's class (object_a / object_b) is decided only by "
-        "the coloured marker 64-80 px above it, beyond the unary net's receptive field: the "
-        "unary stage cannot separate the two object classes, the pairwise CRF can. CRF settings: "
+        "the coloured marker 64-80 px above it, beyond the unary net's receptive field, so "
+        "only the pairwise potentials can tell the two apart: compare the unary and CRF columns. "
+        "CRF settings: "
         f"{config.crf.iterations} mean-field iterations, {config.crf.pairwise_mode} pairwise "
         f"scores at scale {config.crf.pairwise_scale:g}."
     )

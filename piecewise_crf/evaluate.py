@@ -28,7 +28,7 @@ from piecewise_crf.checkpoint import check_classes, load_checkpoint, model_from_
 from piecewise_crf.config import CRFConfig, DenseCRFConfig
 from piecewise_crf.metrics import ConfusionMatrix
 from piecewise_crf.model import DeepStructuredModel
-from piecewise_crf.runtime import amp_dtype, open_dataset, resolve_device
+from piecewise_crf.runtime import amp_dtype, ensure_writable, open_dataset, resolve_device
 
 
 @dataclass(frozen=True)
@@ -307,6 +307,9 @@ def evaluate_checkpoint(
     checkpoint's config. Prints the per-class table, writes the JSON and the confusion PNG.
     """
 
+    for path in (json_path, confusion_path):
+        if path is not None:
+            ensure_writable(Path(path).parent)
     ckpt = load_checkpoint(checkpoint)
     model, config = model_from_checkpoint(ckpt, str(checkpoint))
     name = dataset or config.data.dataset

@@ -13,7 +13,7 @@ from tqdm import tqdm
 from piecewise_crf.checkpoint import load_checkpoint, model_from_checkpoint
 from piecewise_crf.data.base import IMAGE_SUFFIXES, open_rgb
 from piecewise_crf.evaluate import CRFSetting, dense_crf_function, predict_stages
-from piecewise_crf.runtime import amp_dtype, resolve_device
+from piecewise_crf.runtime import amp_dtype, ensure_writable, resolve_device
 
 STAGES = ("unary", "crf", "crf+dense")
 
@@ -76,8 +76,7 @@ def predict_files(
             raise ValueError(f"{note}; use --stage crf")
     dev = resolve_device(device)
     model.to(dev)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = ensure_writable(out)
     crf = {"crf": CRFSetting.from_config(config.crf)} if stage != "unary" else {}
     written, seen = [], set()
     for path in tqdm(files, desc="predict", disable=not progress, dynamic_ncols=True):

@@ -96,7 +96,9 @@ def write_report(
         if path.is_file():
             if path.resolve() != (out / path.name).resolve():
                 shutil.copy(path, out / path.name)
-            parts.append(f"<h2>{html.escape(caption)}</h2><img src='{path.name}' alt='{caption}'>")
+            parts.append(
+                f"<h2>{html.escape(caption)}</h2><img class='figure' src='{path.name}' alt='{caption}'>"
+            )
     if examples:
         columns = list(examples[0])
         parts.append("<h2>Examples</h2>" + legend(classes, palette))
@@ -112,7 +114,9 @@ def write_report(
 body { font-family: system-ui, sans-serif; margin: 2em; color: #222; max-width: 80em; }
 table { border-collapse: collapse; margin: 1em 0; }
 th, td { padding: 0.25em 0.7em; border-bottom: 1px solid #ddd; text-align: right; }
+th:first-child { text-align: left; }
 tr.summary { font-weight: bold; background: #f4f4f4; }
+img.figure { max-width: 100%; }
 table.examples td, table.examples th { text-align: center; }
 table.examples img { width: 192px; image-rendering: pixelated; }
 .legend { line-height: 2; }

@@ -21,7 +21,6 @@ import io
 import math
 import os
 import random
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +45,7 @@ from piecewise_crf.config import Config, config_to_dict, load_config, save_confi
 from piecewise_crf.data.transforms import train_transforms
 from piecewise_crf.evaluate import CRFSetting, evaluate_model
 from piecewise_crf.model import DeepStructuredModel, build_model
-from piecewise_crf.runtime import amp_dtype, open_dataset, resolve_device
+from piecewise_crf.runtime import amp_dtype, ensure_writable, open_dataset, resolve_device
 
 LOG_FIELDS = (
     "epoch",
@@ -107,15 +106,7 @@ class PiecewiseLoss(nn.Module):
 
 def prepare_run_dir(out: Path, *, resume: bool, overwrite: bool, main: bool) -> None:
     """Create RUN_DIR, check it is writable, and never silently replace a user's results."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out):
-            pass
-    except OSError as err:
-        raise PermissionError(
-            f"cannot write to the output folder {out}: {err.strerror or err}; "
-            "choose another --out or fix its permissions"
-        ) from err
+    ensure_writable(out)
     existing = [name for name in ("final.pt", "last.pt", "best.pt") if (out / name).exists()]
     if existing and not resume and not overwrite:
         raise FileExistsError(

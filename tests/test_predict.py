@@ -1,3 +1,6 @@
+import os
+import tempfile
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -60,3 +63,20 @@ def test_bad_inputs_are_clear_errors(checkpoint, tmp_path):
         predict_files(checkpoint, [tmp_path / "broken.png"], tmp_path / "o", progress=False)
     with pytest.raises(ValueError, match="stage must be one of"):
         predict_files(checkpoint, [tmp_path], tmp_path / "o", stage="dense")
+
+
+def test_read_only_output_folder_fails_before_predicting(checkpoint, images, tmp_path, monkeypatch):
+    out = tmp_path / "locked"
+    out.mkdir()
+    if os.geteuid() == 0:  # root writes anywhere: simulate the refusal the OS would give
+
+        def refuse(*args, **kwargs):
+            raise PermissionError(13, "Permission denied")
+
+        monkeypatch.setattr(tempfile, "TemporaryFile", refuse)
+    else:
+        out.chmod(0o500)
+    with pytest.raises(PermissionError, match="cannot write to the output folder .*locked"):
+        predict_files(checkpoint, [images], out, progress=False)
+    out.chmod(0o700)
+    assert list(out.iterdir()) == []
