@@ -7,8 +7,9 @@ Rows, all on the same FeatMap-Net:
   (a) fcn        unary-only fully convolutional baseline (no relations)
   (b) piecewise  the full model trained piecewise (unary + pairwise likelihoods, no inference)
   (c) joint      back-propagation through `--iterations` mean-field updates (inference in training)
-Each row runs in its own process so peak memory is its own. Prints a table with the ratios b/a and
-c/b (this machine is noisy, ratios from one run are what to compare) and writes JSON.
+Timed steps of the three rows are interleaved in one process (so load from elsewhere hits all
+alike); peak memory comes from a separate process per row. Prints a table with the ratios b/a and
+c/b (this machine is noisy: compare ratios from one run) and writes JSON.
 """
 
 from __future__ import annotations
@@ -47,78 +48,73 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def run_row(row: str, args: argparse.Namespace, out: mp.Queue) -> None:
-    torch.manual_seed(0)
-    device = torch.device(args.device)
-    config = PRESETS[args.preset]()
-    config.model.backbone_weights = None  # timing only: random weights cost the same
-    config.model.num_classes = args.classes
-    if row == "fcn":
-        config.model.relations = ()
-    model = build_model(config.model, max_edges=config.train.max_edges).to(device).train()
-    opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
-    h, w = args.size
-    images = torch.rand(args.batch, 3, h, w, device=device)
-    labels = torch.randint(0, args.classes, (args.batch, h, w), device=device)
+class Row:
+    """One row's model, optimizer and inputs; `step()` runs and times one training step."""
 
-    def step() -> dict[str, float]:
+    def __init__(self, row: str, args: argparse.Namespace) -> None:
+        torch.manual_seed(0)
+        self.row = row
+        self.args = args
+        self.device = torch.device(args.device)
+        config = PRESETS[args.preset]()
+        config.model.backbone_weights = None  # timing only: random weights cost the same
+        config.model.num_classes = args.classes
+        if row == "fcn":
+            config.model.relations = ()
+        self.config = config
+        self.model = build_model(config.model, max_edges=config.train.max_edges)
+        self.model.to(self.device).train()
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=1e-4, momentum=0.9)
+        h, w = args.size
+        self.images = torch.rand(args.batch, 3, h, w, device=self.device)
+        self.labels = torch.randint(0, args.classes, (args.batch, h, w), device=self.device)
+
+    def step(self) -> dict[str, float]:
         t0 = time.perf_counter()
-        if row == "joint":
-            loss = model.mean_field_loss(images, labels, iterations=args.iterations)
+        if self.row == "joint":
+            loss = self.model.mean_field_loss(
+                self.images, self.labels, iterations=self.args.iterations
+            )
         else:
-            loss = model.loss(
-                images,
-                labels,
-                pairwise_weight=config.train.pairwise_weight,
-                edge_fraction=config.train.edge_fraction,
+            loss = self.model.loss(
+                self.images,
+                self.labels,
+                pairwise_weight=self.config.train.pairwise_weight,
+                edge_fraction=self.config.train.edge_fraction,
             ).total
-        sync(device)
+        sync(self.device)
         t1 = time.perf_counter()
-        opt.zero_grad(set_to_none=True)
+        self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        opt.step()
-        sync(device)
+        self.opt.step()
+        sync(self.device)
         t2 = time.perf_counter()
         return {"forward": t1 - t0, "backward": t2 - t1, "step": t2 - t0}
 
-    # the features alone, forward and backward: the share of the step FeatMap-Net takes
-    def featmap_step() -> float:
-        t0 = time.perf_counter()
-        model.featmap(images).sum().backward()
-        sync(device)
-        return time.perf_counter() - t0
+    def grid_and_edges(self) -> tuple[tuple[int, int], int]:
+        grid = self.model.grid_size(*self.args.size)
+        edges = sum(
+            (grid[0] - abs(dy)) * (grid[1] - abs(dx))
+            for r in self.model.relations
+            for dy, dx in r.offsets(*grid)
+            if abs(dy) < grid[0] and abs(dx) < grid[1]
+        )
+        return grid, edges
 
-    for _ in range(args.warmup):
-        step()
-    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    times = [step() for _ in range(args.steps)]
-    featmap = statistics.median(featmap_step() for _ in range(max(2, args.steps // 2)))
-    if device.type == "cuda":
-        peak_mb = torch.cuda.max_memory_allocated(device) / 2**20
+
+def peak_memory(row: str, args: argparse.Namespace, out: mp.Queue) -> None:
+    """Peak memory of two steps of one row, in a fresh process so the peak is its own (MB)."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    r = Row(row, args)
+    if r.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(r.device)
+    for _ in range(2):
+        r.step()
+    if r.device.type == "cuda":
+        out.put(torch.cuda.max_memory_allocated(r.device) / 2**20)
     else:
-        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
-    grid = model.grid_size(h, w)
-    edges = sum(
-        (grid[0] - abs(dy)) * (grid[1] - abs(dx))
-        for r in model.relations
-        for dy, dx in r.offsets(*grid)
-        if abs(dy) < grid[0] and abs(dx) < grid[1]
-    )
-    out.put(
-        {
-            "row": row,
-            "step_s": statistics.median(t["step"] for t in times),
-            "forward_s": statistics.median(t["forward"] for t in times),
-            "backward_s": statistics.median(t["backward"] for t in times),
-            "featmap_fwd_bwd_s": featmap,
-            "peak_mem_mb": peak_mb,
-            "rss_before_timing_mb": base_rss / 1024,
-            "grid": list(grid),
-            "edges_per_image": edges,
-        }
-    )
+        out.put(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # kB on Linux
 
 
 def main() -> None:
@@ -131,31 +127,53 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--json", default="benchmarks/results/train_step.json")
     args = parser.parse_args()
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     ctx = mp.get_context("spawn")
-    results = {}
+    peaks = {}
     for row in ROWS:
         queue = ctx.Queue()
-        proc = ctx.Process(target=run_row, args=(row, args, queue))
+        proc = ctx.Process(target=peak_memory, args=(row, args, queue))
         proc.start()
-        results[row] = queue.get()
+        peaks[row] = queue.get()
         proc.join()
+
+    # Steps of the three rows are interleaved so that load from elsewhere hits all of them alike.
+    rows = {row: Row(row, args) for row in ROWS}
+    for _ in range(args.warmup):
+        for r in rows.values():
+            r.step()
+    times: dict[str, list[dict[str, float]]] = {row: [] for row in ROWS}
+    for _ in range(args.steps):
+        for row, r in rows.items():
+            times[row].append(r.step())
+    grid, edges = rows["piecewise"].grid_and_edges()
+    results = {
+        row: {
+            "step_s": statistics.median(t["step"] for t in times[row]),
+            "forward_s": statistics.median(t["forward"] for t in times[row]),
+            "backward_s": statistics.median(t["backward"] for t in times[row]),
+            "peak_mem_mb": peaks[row],
+        }
+        for row in ROWS
+    }
 
     print(f"machine: {machine()}; device {args.device}")
     print(
         f"preset {args.preset}, {args.size[0]}x{args.size[1]}, batch {args.batch}, "
-        f"K={args.classes}, grid {results['piecewise']['grid']}, "
-        f"{results['piecewise']['edges_per_image']} edges/image"
+        f"K={args.classes}, grid {grid}, {edges} edges/image"
     )
-    header = f"{'row':<10} {'step s':>8} {'fwd s':>8} {'bwd s':>8} {'featmap s':>10} {'peak MB':>9}"
+    header = f"{'row':<10} {'step s':>8} {'fwd s':>8} {'bwd s':>8} {'peak MB':>9}"
     print(header)
     for row in ROWS:
         r = results[row]
         print(
             f"{row:<10} {r['step_s']:>8.3f} {r['forward_s']:>8.3f} {r['backward_s']:>8.3f} "
-            f"{r['featmap_fwd_bwd_s']:>10.3f} {r['peak_mem_mb']:>9.0f}"
+            f"{r['peak_mem_mb']:>9.0f}"
         )
     ratios = {
         "piecewise/fcn": results["piecewise"]["step_s"] / results["fcn"]["step_s"],
@@ -166,7 +184,15 @@ def main() -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(
         json.dumps(
-            {"machine": machine(), "args": vars(args), "rows": results, "ratios": ratios}, indent=2
+            {
+                "machine": machine(),
+                "args": vars(args),
+                "grid": grid,
+                "edges_per_image": edges,
+                "rows": results,
+                "ratios": ratios,
+            },
+            indent=2,
         )
     )
     print(f"wrote {path}")

@@ -126,7 +126,7 @@ def cpu_config() -> Config:
             hidden=128,
         ),
         data=DataConfig(crop_size=(240, 320)),
-        train=TrainConfig(batch_size=4, edge_fraction=0.5),
+        train=TrainConfig(batch_size=4, edge_fraction=0.25),
     )
 
 

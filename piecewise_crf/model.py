@@ -18,7 +18,7 @@ from torch.utils.checkpoint import checkpoint
 
 from piecewise_crf.backbones import build_backbone
 from piecewise_crf.config import ModelConfig
-from piecewise_crf.crf import GridPairwise, centre_interactions, grid_mean_field, grid_pairwise_nll
+from piecewise_crf.crf import GridPairwise, centre_interactions, grid_mean_field
 from piecewise_crf.featmap import FeatMapNet, grid_size
 from piecewise_crf.potentials import PairwiseNet, UnaryNet, offset_chunks
 from piecewise_crf.relations import Offset, Relation, build_relations, offset_slices
@@ -296,6 +296,21 @@ def _labelled_edges(nodes: Tensor, offsets: Sequence[Offset], ignore_index: int)
     return count
 
 
+def _edge_labels(
+    nodes: Tensor, offsets: Sequence[Offset], num_classes: int, ignore_index: int
+) -> tuple[Tensor, Tensor]:
+    """Pair targets y_p * K + y_q (B, S) and whether both ends are labelled, in `flat_scores` order."""
+    h, w = nodes.shape[-2:]
+    valid = nodes != ignore_index
+    safe = nodes.masked_fill(~valid, 0)
+    targets, masks = [], []
+    for dy, dx in offsets:
+        (pr, pc), (qr, qc) = offset_slices(h, w, dy, dx)
+        targets.append((safe[:, pr, pc] * num_classes + safe[:, qr, qc]).flatten(1))
+        masks.append((valid[:, pr, pc] & valid[:, qr, qc]).flatten(1))
+    return torch.cat(targets, 1), torch.cat(masks, 1)
+
+
 def _chunk_nll(
     net: PairwiseNet,
     maps: tuple[Tensor, Tensor],
@@ -304,14 +319,16 @@ def _chunk_nll(
     ignore_index: int,
     memory_efficient: bool,
 ) -> tuple[Tensor, Tensor]:
-    def run(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
-        return grid_pairwise_nll(
-            zip(chunk, net.chunk_scores((a, b), chunk), strict=True), nodes, ignore_index
-        )
+    """Sum and count of the pairwise NLL terms of one chunk of offsets (all edges at once)."""
+    target, valid = _edge_labels(nodes, chunk, net.num_classes, ignore_index)
+
+    def run(a: Tensor, b: Tensor) -> Tensor:
+        log_probs = _full_precision(net.flat_scores((a, b), chunk)).log_softmax(1)
+        return -(log_probs.gather(1, target.unsqueeze(1)).squeeze(1) * valid).sum()
 
     if memory_efficient and torch.is_grad_enabled():
-        return checkpoint(run, *maps, use_reentrant=False)
-    return run(*maps)
+        return checkpoint(run, *maps, use_reentrant=False), valid.sum()
+    return run(*maps), valid.sum()
 
 
 def build_model(

@@ -79,26 +79,34 @@ class PairwiseNet(nn.Module):
             )
         return F.conv2d(features, weight[:, :c], self.fc1.bias), F.conv2d(features, weight[:, c:])
 
-    def chunk_scores(self, maps: tuple[Tensor, Tensor], offsets: Sequence[Offset]) -> list[Tensor]:
-        """Scores (B, K, K, h', w') for each offset, over the p region where q is inside the grid.
+    def flat_scores(self, maps: tuple[Tensor, Tensor], offsets: Sequence[Offset]) -> Tensor:
+        """Scores (B, K*K, S) of all edges of `offsets`, offset-major then row-major over p.
 
         The offsets' hidden activations are concatenated so the K*K layer runs as one matmul.
         """
         a, b = maps
-        batch, hidden, h, w = a.shape
-        k = self.num_classes
-        parts, shapes = [], []
+        _, hidden, h, w = a.shape
+        parts = []
         for dy, dx in offsets:
             (pr, pc), (qr, qc) = offset_slices(h, w, dy, dx)
-            part = F.relu(a[:, :, pr, pc] + b[:, :, qr, qc])
-            shapes.append(part.shape[-2:])
-            parts.append(part.flatten(2))
+            parts.append(F.relu(a[:, :, pr, pc] + b[:, :, qr, qc]).flatten(2))
         flat = torch.cat(parts, dim=2)
-        z = torch.matmul(self.fc2.weight.view(k * k, hidden), flat) + self.fc2.bias.view(-1, 1)
-        sizes = [hh * ww for hh, ww in shapes]
+        kk = self.fc2.out_channels
+        return torch.matmul(self.fc2.weight.view(kk, hidden), flat) + self.fc2.bias.view(-1, 1)
+
+    def chunk_scores(self, maps: tuple[Tensor, Tensor], offsets: Sequence[Offset]) -> list[Tensor]:
+        """Scores (B, K, K, h', w') for each offset, over the p region where q is inside the grid."""
+        _, _, h, w = maps[0].shape
+        k = self.num_classes
+        shapes = []
+        for dy, dx in offsets:
+            (pr, pc), _ = offset_slices(h, w, dy, dx)
+            shapes.append((pr.stop - pr.start, pc.stop - pc.start))
+        z = self.flat_scores(maps, offsets)
+        pieces = z.split([hh * ww for hh, ww in shapes], dim=2)
         return [
-            piece.view(batch, k, k, hh, ww)
-            for piece, (hh, ww) in zip(z.split(sizes, dim=2), shapes, strict=True)
+            piece.view(z.shape[0], k, k, hh, ww)
+            for piece, (hh, ww) in zip(pieces, shapes, strict=True)
         ]
 
     def grid_scores(
