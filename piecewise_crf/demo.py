@@ -8,6 +8,7 @@ potentials' contribution.
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -35,25 +36,26 @@ EXAMPLES = 4
 
 
 def fit_epochs(config: Config, minutes: float) -> int:
-    """Epochs that fit a time budget, from timing two training steps and one evaluation."""
+    """Epochs that fit a time budget, from timing a few training steps and one evaluation."""
     data = training_set(config, config.data.root)
     tc = config.train
     model = build_model(config.model, load_weights=False)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # timing only: weights stay put
-    batch = [data[i] for i in range(min(tc.batch_size, len(data)))]
-    images, labels = torch.stack([b[0] for b in batch]), torch.stack([b[1] for b in batch])
     times = []
-    for _ in range(2):
+    for k in range(6):  # the first two steps are slow (lazy imports, allocator): skip them
         tic = time.perf_counter()
+        batch = [data[(k * tc.batch_size + i) % len(data)] for i in range(tc.batch_size)]
+        images, labels = torch.stack([b[0] for b in batch]), torch.stack([b[1] for b in batch])
         model.loss(images, labels, pairwise_weight=tc.pairwise_weight).total.backward()
         optimizer.step()
         times.append(time.perf_counter() - tic)
+    step = statistics.median(times[2:])
     model.eval()
     tic = time.perf_counter()
     predict_stages(model, images[0], {"crf": CRFSetting.from_config(config.crf)}, None)
     per_image = time.perf_counter() - tic
     val_size = len(open_dataset(config.data.dataset, None, config.data.val_split))
-    epoch = math.ceil(len(data) / tc.batch_size) * times[-1] + val_size * per_image / tc.val_every
+    epoch = math.ceil(len(data) / tc.batch_size) * step + val_size * per_image / tc.val_every
     final = val_size * (per_image + 0.3)  # the last evaluation adds the dense CRF
     return max(1, int((60 * minutes - final) / epoch))
 
