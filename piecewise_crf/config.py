@@ -93,6 +93,9 @@ class TrainConfig:
     pairwise_weight: float = 1.0  # loss = unary_nll + pairwise_weight * pairwise_nll
     edge_fraction: float = 1.0  # < 1: sample this fraction of offsets per step (unbiased estimate)
     max_edges: int = 32768  # edges per chunk of the K*K layer (bounds peak memory)
+    memory_efficient: bool = (
+        False  # recompute each chunk in backward: memory of one chunk, ~1.3x time
+    )
     val_every: int = 5  # validate every N epochs and keep the best checkpoint
     seed: int = 0
     device: str = "auto"  # "auto" (CUDA when present), "cpu", "cuda", "cuda:1", ...

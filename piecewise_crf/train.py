@@ -88,11 +88,18 @@ class Rank:
 class PiecewiseLoss(nn.Module):
     """The model's loss as a forward pass, so DistributedDataParallel sees (and syncs) it."""
 
-    def __init__(self, model: DeepStructuredModel, pairwise_weight: float, edge_fraction: float):
+    def __init__(
+        self,
+        model: DeepStructuredModel,
+        pairwise_weight: float,
+        edge_fraction: float,
+        memory_efficient: bool = False,
+    ):
         super().__init__()
         self.model = model
         self.pairwise_weight = pairwise_weight
         self.edge_fraction = edge_fraction
+        self.memory_efficient = memory_efficient
 
     def forward(self, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         terms = self.model.loss(
@@ -100,6 +107,7 @@ class PiecewiseLoss(nn.Module):
             labels,
             pairwise_weight=self.pairwise_weight,
             edge_fraction=self.edge_fraction,
+            memory_efficient=self.memory_efficient,
         )
         return terms.unary, terms.pairwise, terms.total
 
@@ -339,7 +347,7 @@ def _train(
             print(f"note: {len(states)} processes saved RNG states, {rank.world} run now; "
                   "training continues but will not repeat the original run bit for bit")  # fmt: skip
 
-    net: nn.Module = PiecewiseLoss(model, tc.pairwise_weight, tc.edge_fraction)
+    net: nn.Module = PiecewiseLoss(model, tc.pairwise_weight, tc.edge_fraction, tc.memory_efficient)
     if rank.world > 1:
         net = DistributedDataParallel(
             net, device_ids=[device.index] if device.type == "cuda" else None
