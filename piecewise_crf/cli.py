@@ -1,4 +1,4 @@
-"""The `piecewise-crf` command: train, evaluate, predict, demo.
+"""The `piecewise-crf` command: train, evaluate, predict, tune-dense-crf, demo.
 
 Errors a user can fix (missing files, bad labels, unknown config keys, a checkpoint that does not
 fit, a diverged run) print one `error: ...` line and exit with status 2.
@@ -12,6 +12,16 @@ from collections.abc import Sequence
 
 from piecewise_crf.config import load_config
 
+# DeepLab's search ranges (Chen et al. 2015); piecewise_crf.tune.DEFAULT_GRID is the same, kept
+# here so that parsing arguments does not import torch.
+DEFAULT_DENSE_GRID = {
+    "bi_weight": (3.0, 4.0, 5.0),
+    "bi_xy_std": (50.0, 67.0, 80.0),
+    "bi_rgb_std": (3.0, 5.0, 10.0, 13.0),
+    "pos_weight": (3.0,),
+    "pos_xy_std": (1.0, 3.0),
+    "iterations": (5,),
+}
 USER_ERRORS = (ValueError, OSError, FloatingPointError)
 
 
@@ -77,6 +87,31 @@ def _predict(args: argparse.Namespace) -> None:
     print(f"{len(written)} predictions written to {args.out}")
 
 
+def _tune_dense_crf(args: argparse.Namespace) -> None:
+    from piecewise_crf.tune import dense_grid, tune_dense_crf_checkpoint
+
+    grid = dense_grid(
+        args.bi_weights,
+        args.bi_xy_stds,
+        args.bi_rgb_stds,
+        args.pos_weights,
+        args.pos_xy_stds,
+        args.iterations,
+    )
+    tune_dense_crf_checkpoint(
+        args.checkpoint,
+        dataset=args.dataset,
+        root=args.root,
+        split=args.split,
+        limit=args.limit,
+        grid=grid,
+        json_path=args.json,
+        device=args.device,
+        top=args.top,
+        progress=not args.quiet,
+    )
+
+
 def _demo(args: argparse.Namespace) -> None:
     from piecewise_crf.demo import run_demo
 
@@ -137,6 +172,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stage", default="crf+dense", choices=["unary", "crf", "crf+dense"])
     p.add_argument("--save-probs", action="store_true", help="also save <name>_probs.npy (K,H,W)")
     p.set_defaults(run=_predict)
+
+    p = commands.add_parser(
+        "tune-dense-crf", help="grid-search the dense-CRF parameters on a validation subset"
+    )
+    p.add_argument("--checkpoint", required=True, help="a .pt file written by train")
+    p.add_argument("--dataset", help="dataset name (default: the checkpoint's)")
+    p.add_argument("--root", help="dataset folder (default: the checkpoint's data.root)")
+    p.add_argument("--split", default="val")
+    p.add_argument("--limit", type=int, help="use this many images, spread over the split")
+    for key, values in DEFAULT_DENSE_GRID.items():
+        if key != "iterations":
+            p.add_argument(
+                "--" + key.replace("_", "-") + "s",
+                type=float,
+                nargs="+",
+                default=list(values),
+                metavar="V",
+                help=f"values to try (default: {' '.join(f'{v:g}' for v in values)})",
+            )
+    p.add_argument(
+        "--iterations",
+        type=int,
+        nargs="+",
+        default=list(DEFAULT_DENSE_GRID["iterations"]),
+        metavar="N",
+        help="dense-CRF mean-field iterations to try (default: 5)",
+    )
+    p.add_argument("--json", help="write every result here")
+    p.add_argument("--top", type=int, default=10, help="rows of the printed table")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=_tune_dense_crf)
 
     p = commands.add_parser("demo", help="train on generated data and write an HTML report")
     p.add_argument("--out", default="demo_out")

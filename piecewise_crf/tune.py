@@ -1,0 +1,333 @@
+"""`piecewise-crf tune-dense-crf`: grid search of the dense-CRF parameters on validation images.
+
+As DeepLab did, the model is fixed and only the boundary-refinement parameters are searched. For
+each image the model's CRF marginals (the checkpoint's crf settings, upsampled to full
+resolution) are computed once; the dense CRF then runs for every parameter combination, and
+each combination (plus the no-dense baseline, the "crf" stage) accumulates its own confusion
+matrix. Lattices are shared: the bilateral lattice is built once per image and (xy, rgb) std,
+the Gaussian one once per image size and xy std, so weights and iterations come almost free.
+The dense CRF itself is `piecewise_crf.densecrf` run exactly as the "crf+dense" stage of
+`evaluate` runs it (on the CPU the numbers are identical).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+from tqdm import tqdm
+
+from piecewise_crf.checkpoint import check_classes, load_checkpoint, model_from_checkpoint
+from piecewise_crf.config import DenseCRFConfig
+from piecewise_crf.evaluate import CRFSetting, stage_probabilities, summarise, write_json
+from piecewise_crf.metrics import ConfusionMatrix
+from piecewise_crf.model import DeepStructuredModel
+from piecewise_crf.runtime import amp_dtype, ensure_writable, open_dataset, resolve_device
+
+BASELINE = "crf (no dense)"
+
+# DeepLab's search (Chen et al. 2015, sec. 4.1): w1 in 3..5, sigma_alpha (xy) 50..80,
+# sigma_beta (rgb) 3..13 for the bilateral kernel; the Gaussian kernel fixed near w2 = 3, 1..3.
+DEFAULT_GRID = {
+    "bi_weight": (3.0, 4.0, 5.0),
+    "bi_xy_std": (50.0, 67.0, 80.0),
+    "bi_rgb_std": (3.0, 5.0, 10.0, 13.0),
+    "pos_weight": (3.0,),
+    "pos_xy_std": (1.0, 3.0),
+    "iterations": (5,),
+}
+
+
+@dataclass(frozen=True)
+class DenseSetting:
+    """One grid point: the parameters of `dense_crf` (the config's `dense_crf` section)."""
+
+    bi_weight: float
+    bi_xy_std: float
+    bi_rgb_std: float
+    pos_weight: float
+    pos_xy_std: float
+    iterations: int
+
+    def config(self) -> DenseCRFConfig:
+        return DenseCRFConfig(enabled=True, **asdict(self))
+
+    def set_line(self) -> str:
+        """Ready to paste after a command's `--set`."""
+        return " ".join(f"dense_crf.{k}={_num(v)}" for k, v in asdict(self).items())
+
+    def yaml(self) -> str:
+        return "dense_crf:\n" + "".join(f"  {k}: {_num(v)}\n" for k, v in asdict(self).items())
+
+
+def _num(v: float) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def dense_grid(
+    bi_weights: Sequence[float] = DEFAULT_GRID["bi_weight"],
+    bi_xy_stds: Sequence[float] = DEFAULT_GRID["bi_xy_std"],
+    bi_rgb_stds: Sequence[float] = DEFAULT_GRID["bi_rgb_std"],
+    pos_weights: Sequence[float] = DEFAULT_GRID["pos_weight"],
+    pos_xy_stds: Sequence[float] = DEFAULT_GRID["pos_xy_std"],
+    iterations: Sequence[int] = DEFAULT_GRID["iterations"],
+) -> list[DenseSetting]:
+    """Every combination of the given values (duplicates dropped), validated."""
+
+    def values(name: str, given: Sequence[Any], positive: bool, integer: bool = False) -> list:
+        flag = "--" + name.replace("_", "-") + ("" if name == "iterations" else "s")
+        given = list(given)
+        if not given:
+            raise ValueError(f"{flag}: the grid needs at least one value")
+        out = []
+        for v in given:
+            if integer:
+                if isinstance(v, bool) or not float(v).is_integer() or v < 0:
+                    raise ValueError(f"{flag}: iterations must be non-negative integers, got {v!r}")
+                v = int(v)
+            else:
+                v = float(v)
+                if not math.isfinite(v) or v < 0 or (positive and v == 0):
+                    kind = "positive" if positive else "non-negative"
+                    raise ValueError(f"{flag}: values must be finite and {kind}, got {v!r}")
+            if v not in out:
+                out.append(v)
+        return out
+
+    axes = [
+        values("bi_weight", bi_weights, positive=False),
+        values("bi_xy_std", bi_xy_stds, positive=True),
+        values("bi_rgb_std", bi_rgb_stds, positive=True),
+        values("pos_weight", pos_weights, positive=False),
+        values("pos_xy_std", pos_xy_stds, positive=True),
+        values("iterations", iterations, positive=False, integer=True),
+    ]
+    return [DenseSetting(*combo) for combo in itertools.product(*axes)]
+
+
+def subset_indices(n: int, limit: int | None) -> list[int]:
+    """`limit` images spread evenly over a split of `n` (all of them without a limit).
+
+    Spread rather than the first ones: validation sets are often ordered by sequence or scene.
+    """
+    if n == 0:
+        raise ValueError("the split has no images")
+    if limit is None or limit >= n:
+        return list(range(n))
+    if limit < 1:
+        raise ValueError(f"--limit must be a positive number of images, got {limit}")
+    return sorted({int(i) for i in np.linspace(0, n - 1, limit).round()})
+
+
+def _refine_grid(
+    image: Tensor, probs: Tensor, grid: Sequence[DenseSetting], device: torch.device
+) -> list[Tensor]:
+    """Labels (H, W) for every grid point: `dense_crf` on one image, lattices shared.
+
+    Same steps as `dense_crf(rgb, probs, ...)` for one image: uint8 RGB as `evaluate.refine`
+    makes it, unary log(max(p, 1e-5)), Potts mean-field over the Gaussian + bilateral lattices.
+    """
+    from piecewise_crf.densecrf import dense as dcrf
+
+    k, h, w = probs.shape
+    rgb = (image.permute(1, 2, 0) * 255).round().clamp(0, 255).to(torch.uint8).to(device)[None]
+    q = probs.float().to(device)
+    logp = q.permute(1, 2, 0).reshape(-1, k).clamp(min=dcrf.PROB_FLOOR).log()
+    labels: list[Tensor | None] = [None] * len(grid)
+    order = sorted(range(len(grid)), key=lambda i: (grid[i].bi_xy_std, grid[i].bi_rgb_std))
+    for (xy, rgb_std), group in itertools.groupby(
+        order, key=lambda i: (grid[i].bi_xy_std, grid[i].bi_rgb_std)
+    ):
+        bilateral = dcrf._bilateral_lattice(rgb, xy, rgb_std, q.dtype)
+        for i in group:
+            s = grid[i]
+            gauss = dcrf._gaussian_lattice(1, h, w, s.pos_xy_std, q.dtype, q.device)
+            out = dcrf.mean_field(
+                [gauss, bilateral], logp, [s.pos_weight, s.bi_weight], s.iterations
+            )
+            labels[i] = out.argmax(1).view(h, w).cpu()
+    return labels  # type: ignore[return-value]
+
+
+@torch.no_grad()
+def tune_dense_crf(
+    model: DeepStructuredModel,
+    dataset: Dataset,
+    grid: Sequence[DenseSetting],
+    crf: CRFSetting,
+    *,
+    device: str | torch.device = "cpu",
+    indices: Sequence[int] | None = None,
+    amp_dtype: torch.dtype | None = None,
+    progress: bool = False,
+) -> tuple[ConfusionMatrix, list[ConfusionMatrix]]:
+    """Confusion matrices of the baseline (crf marginals, no dense CRF) and of every grid point.
+
+    The model runs once per image; the dense CRF runs on `device` for each grid point.
+    """
+    if not grid:
+        raise ValueError("the dense-CRF grid is empty")
+    device = torch.device(device)
+    k = model.num_classes
+    ignore = getattr(dataset, "ignore_index", model.ignore_index)
+    baseline = ConfusionMatrix(k, ignore)
+    matrices = [ConfusionMatrix(k, ignore) for _ in grid]
+    indices = list(range(len(dataset)) if indices is None else indices)
+    was_training = model.training
+    model.eval()
+    try:
+        for i in tqdm(indices, desc="tune dense CRF", disable=not progress, dynamic_ncols=True):
+            image, label = dataset[i]
+            image = image.to(device)
+            probs = stage_probabilities(model, image, {"crf": crf}, amp_dtype=amp_dtype)["crf"]
+            baseline.update(probs.argmax(0).cpu(), label)
+            for cm, pred in zip(matrices, _refine_grid(image, probs, grid, device), strict=True):
+                cm.update(pred, label)
+    finally:
+        model.train(was_training)
+    return baseline, matrices
+
+
+def rank_results(
+    baseline: ConfusionMatrix,
+    matrices: Sequence[ConfusionMatrix],
+    grid: Sequence[DenseSetting],
+    classes: Sequence[str],
+    mean_classes: Sequence[int] | None = None,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Baseline metrics and one row per grid point (params + metrics), best mean IoU first."""
+    names = [BASELINE, *(str(i) for i in range(len(grid)))]
+    summary = summarise(dict(zip(names, [baseline, *matrices], strict=True)), classes, mean_classes)
+    rows = []
+    for i, setting in enumerate(grid):
+        metrics = summary[str(i)]
+        metrics.pop("classes")
+        rows.append({"params": asdict(setting), **metrics})
+
+    def key(row: dict[str, Any]) -> float:
+        v = row["mean_iou"]
+        return -math.inf if v is None else v
+
+    rows.sort(key=key, reverse=True)  # stable: ties keep grid order
+    base = summary[BASELINE]
+    base.pop("classes")
+    return base, rows
+
+
+def format_ranking(baseline: dict[str, Any], rows: Sequence[dict[str, Any]], top: int = 10) -> str:
+    """Top `top` grid points by mean IoU, then the baseline; metrics in %."""
+    head = (
+        f"{'rank':>4}  {'bi_w':>5} {'bi_xy':>6} {'bi_rgb':>6} {'pos_w':>5} {'pos_xy':>6} "
+        f"{'iters':>5}  {'mIoU':>6} {'d mIoU':>7} {'pix acc':>7} {'mean acc':>8}"
+    )
+    lines = [head, "-" * len(head)]
+
+    def pct(v: float | None) -> str:
+        return "-" if v is None else f"{100 * v:.2f}"
+
+    def delta(v: float | None) -> str:
+        b = baseline["mean_iou"]
+        return "-" if v is None or b is None else f"{100 * (v - b):+.2f}"
+
+    def metrics(r: dict[str, Any]) -> str:
+        return (
+            f"{pct(r['mean_iou']):>6} {delta(r['mean_iou']):>7} {pct(r['pixel_accuracy']):>7} "
+            f"{pct(r['mean_accuracy']):>8}"
+        )
+
+    for rank, r in enumerate(rows[:top], 1):
+        p = r["params"]
+        lines.append(
+            f"{rank:>4}  {p['bi_weight']:>5g} {p['bi_xy_std']:>6g} {p['bi_rgb_std']:>6g} "
+            f"{p['pos_weight']:>5g} {p['pos_xy_std']:>6g} {p['iterations']:>5}  {metrics(r)}"
+        )
+    if len(rows) > top:
+        lines.append(f"{'...':>4}  ({len(rows) - top} more in the JSON)")
+    lines.append("-" * len(head))
+    lines.append(f"{'':>4}  {BASELINE:<37}  {metrics(baseline)}")
+    return "\n".join(lines)
+
+
+def tune_dense_crf_checkpoint(
+    checkpoint: str | Path,
+    *,
+    dataset: str | None = None,
+    root: str | Path | None = None,
+    split: str = "val",
+    limit: int | None = None,
+    grid: Sequence[DenseSetting] | None = None,
+    json_path: str | Path | None = None,
+    device: str = "auto",
+    top: int = 10,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """`piecewise-crf tune-dense-crf`: grid-search the dense CRF for a checkpoint on a split.
+
+    Prints the ranking, the best setting as a `--set` line and as YAML; writes every result to
+    `json_path`. Returns what the JSON holds.
+    """
+    grid = dense_grid() if grid is None else list(grid)
+    if not grid:
+        raise ValueError("the dense-CRF grid is empty")
+    if top < 1:
+        raise ValueError(f"--top must be at least 1, got {top}")
+    if limit is not None and limit < 1:
+        raise ValueError(f"--limit must be a positive number of images, got {limit}")
+    if json_path is not None:
+        ensure_writable(Path(json_path).parent)
+    ckpt = load_checkpoint(checkpoint)
+    model, config = model_from_checkpoint(ckpt, str(checkpoint))
+    name = dataset or config.data.dataset
+    root = root if root is not None else config.data.root
+    data = open_dataset(name, root, split, num_classes=config.model.num_classes)
+    classes = list(data.classes)
+    check_classes(ckpt, classes, f"dataset {name!r}")
+    indices = subset_indices(len(data), limit)
+    dev = resolve_device(device)
+    model.to(dev)
+    crf = CRFSetting.from_config(config.crf)
+    print(
+        f"{name} {split}: {len(indices)} of {len(data)} images, CRF {crf}, "
+        f"{len(grid)} dense-CRF settings"
+    )
+    baseline, matrices = tune_dense_crf(
+        model,
+        data,
+        grid,
+        crf,
+        device=dev,
+        indices=indices,
+        amp_dtype=amp_dtype(dev, config.train.amp),
+        progress=progress,
+    )
+    mean_classes = data.mean_classes() if hasattr(data, "mean_classes") else None
+    base, rows = rank_results(baseline, matrices, grid, classes, mean_classes)
+    best = DenseSetting(**rows[0]["params"])
+    result = {
+        "dataset": name,
+        "split": split,
+        "images": len(indices),
+        "indices": indices,
+        "classes": classes,
+        "crf": asdict(crf),
+        "checkpoint_dense_crf": asdict(config.dense_crf),
+        "baseline": base,
+        "best": rows[0],
+        "results": rows,
+    }
+    print(format_ranking(base, rows, top))
+    print(f"best dense CRF (mean IoU {100 * (rows[0]['mean_iou'] or 0):.2f}):")
+    print(f"  --set {best.set_line()}")
+    print(best.yaml().rstrip())
+    if json_path is not None:
+        write_json(result, json_path)
+        print(f"all {len(rows)} results written to {json_path}")
+    return result
