@@ -282,6 +282,28 @@ def write_json(results: dict[str, Any], path: str | Path) -> None:
     path.write_text(json.dumps(results, indent=2))
 
 
+def open_for_inference(
+    checkpoint: str | Path,
+    dataset: str | None,
+    root: str | Path | None,
+    split: str,
+    device: str,
+) -> tuple[DeepStructuredModel, Any, Dataset, str, torch.device]:
+    """Load a checkpoint's model onto `device` and open a split of its (or the named) dataset.
+
+    Returns (model, config, dataset, dataset name, device); the dataset's classes must match
+    the checkpoint's.
+    """
+    ckpt = load_checkpoint(checkpoint)
+    model, config = model_from_checkpoint(ckpt, str(checkpoint))
+    name = dataset or config.data.dataset
+    root = root if root is not None else config.data.root
+    data = open_dataset(name, root, split, num_classes=config.model.num_classes)
+    check_classes(ckpt, list(data.classes), f"dataset {name!r}")
+    dev = resolve_device(device)
+    return model.to(dev), config, data, name, dev
+
+
 def evaluate_checkpoint(
     checkpoint: str | Path,
     *,
@@ -310,15 +332,8 @@ def evaluate_checkpoint(
     for path in (json_path, confusion_path):
         if path is not None:
             ensure_writable(Path(path).parent)
-    ckpt = load_checkpoint(checkpoint)
-    model, config = model_from_checkpoint(ckpt, str(checkpoint))
-    name = dataset or config.data.dataset
-    root = root if root is not None else config.data.root
-    data = open_dataset(name, root, split, num_classes=config.model.num_classes)
+    model, config, data, name, dev = open_for_inference(checkpoint, dataset, root, split, device)
     classes = list(data.classes)
-    check_classes(ckpt, classes, f"dataset {name!r}")
-    dev = resolve_device(device)
-    model.to(dev)
     main = CRFSetting(
         config.crf.iterations if iterations is None else iterations,
         pairwise_mode or config.crf.pairwise_mode,

@@ -25,12 +25,17 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from piecewise_crf.checkpoint import check_classes, load_checkpoint, model_from_checkpoint
 from piecewise_crf.config import DenseCRFConfig
-from piecewise_crf.evaluate import CRFSetting, stage_probabilities, summarise, write_json
+from piecewise_crf.evaluate import (
+    CRFSetting,
+    open_for_inference,
+    stage_probabilities,
+    summarise,
+    write_json,
+)
 from piecewise_crf.metrics import ConfusionMatrix
 from piecewise_crf.model import DeepStructuredModel
-from piecewise_crf.runtime import amp_dtype, ensure_writable, open_dataset, resolve_device
+from piecewise_crf.runtime import amp_dtype, ensure_writable
 
 BASELINE = "crf (no dense)"
 
@@ -283,16 +288,9 @@ def tune_dense_crf_checkpoint(
         raise ValueError(f"--limit must be a positive number of images, got {limit}")
     if json_path is not None:
         ensure_writable(Path(json_path).parent)
-    ckpt = load_checkpoint(checkpoint)
-    model, config = model_from_checkpoint(ckpt, str(checkpoint))
-    name = dataset or config.data.dataset
-    root = root if root is not None else config.data.root
-    data = open_dataset(name, root, split, num_classes=config.model.num_classes)
+    model, config, data, name, dev = open_for_inference(checkpoint, dataset, root, split, device)
     classes = list(data.classes)
-    check_classes(ckpt, classes, f"dataset {name!r}")
     indices = subset_indices(len(data), limit)
-    dev = resolve_device(device)
-    model.to(dev)
     crf = CRFSetting.from_config(config.crf)
     print(
         f"{name} {split}: {len(indices)} of {len(data)} images, CRF {crf}, "
