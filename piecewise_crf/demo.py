@@ -20,7 +20,6 @@ from piecewise_crf.checkpoint import load_checkpoint, model_from_checkpoint
 from piecewise_crf.config import Config, demo_config
 from piecewise_crf.evaluate import (
     CRFSetting,
-    dense_crf_function,
     evaluate_model,
     plot_confusion,
     predict_stages,
@@ -75,7 +74,7 @@ def run_demo(out: str | Path = "demo_out", minutes: float | None = None) -> dict
     model, config = model_from_checkpoint(ckpt)
     val = open_dataset(config.data.dataset, None, config.data.val_split)
     crf = {"crf": CRFSetting.from_config(config.crf)}
-    matrices, notes = evaluate_model(model, val, crf, dense=config.dense_crf, progress=True)
+    matrices = evaluate_model(model, val, crf, dense=config.dense_crf, progress=True)
     results = summarise(matrices, val.classes)
     report = out / "report"
     report.mkdir(parents=True, exist_ok=True)
@@ -83,11 +82,10 @@ def run_demo(out: str | Path = "demo_out", minutes: float | None = None) -> dict
     plot_confusion(matrices, val.classes, report / "confusion.png")
 
     palette = np.asarray(ckpt["palette"], dtype=np.uint8)
-    dense_crf, _ = dense_crf_function()
     examples = []
     for i in range(min(EXAMPLES, len(val))):
         image, label = val[i]
-        probs = predict_stages(model, image, crf, config.dense_crf, dense_crf=dense_crf)
+        probs = predict_stages(model, image, crf, config.dense_crf)
         rgb = (image.permute(1, 2, 0) * 255).round().byte().numpy()
         predictions = {s: p.argmax(0).numpy() for s, p in probs.items()}
         examples.append(
@@ -117,7 +115,6 @@ def run_demo(out: str | Path = "demo_out", minutes: float | None = None) -> dict
             ("Training curves", out / "run" / "curves.png"),
             ("Confusion matrices (rows: true class, normalised)", report / "confusion.png"),
         ],
-        notes=notes,
     )
     line = f"mean IoU on val: unary {100 * unary:.1f}, CRF {100 * crf_miou:.1f}"
     if "crf+dense" in results:

@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from piecewise_crf.checkpoint import check_classes, load_checkpoint, model_from_checkpoint
 from piecewise_crf.config import CRFConfig, DenseCRFConfig
+from piecewise_crf.densecrf import dense_crf
 from piecewise_crf.metrics import ConfusionMatrix
 from piecewise_crf.model import DeepStructuredModel
 from piecewise_crf.runtime import amp_dtype, ensure_writable, open_dataset, resolve_device
@@ -101,21 +102,12 @@ def stage_probabilities(
     return {name: (total / len(variants))[0] for name, total in sums.items()}
 
 
-def dense_crf_function():
-    """`piecewise_crf.densecrf.dense_crf`, or None (with the reason) when it cannot be imported."""
-    try:
-        from piecewise_crf.densecrf import dense_crf
-    except ImportError as err:
-        return None, f"crf+dense skipped: piecewise_crf.densecrf is not available ({err})"
-    return dense_crf, ""
-
-
-def refine(image: Tensor, probs: Tensor, dense: DenseCRFConfig, dense_crf) -> Tensor:
-    """The crf+dense stage: dense CRF on the full-resolution uint8 image."""
-    rgb = (image.permute(1, 2, 0) * 255).round().clamp(0, 255).to(torch.uint8).cpu()
+def refine(image: Tensor, probs: Tensor, dense: DenseCRFConfig) -> Tensor:
+    """The crf+dense stage: dense CRF on the full-resolution uint8 image, on probs' device."""
+    rgb = (image.permute(1, 2, 0) * 255).round().clamp(0, 255).to(torch.uint8)
     return dense_crf(
         rgb,
-        probs.float().cpu(),
+        probs.float(),
         iterations=dense.iterations,
         pos_xy_std=dense.pos_xy_std,
         pos_weight=dense.pos_weight,
@@ -134,12 +126,11 @@ def predict_stages(
     scales: Sequence[float] = (1.0,),
     flip: bool = False,
     amp_dtype: torch.dtype | None = None,
-    dense_crf=None,
 ) -> dict[str, Tensor]:
-    """All stages for one image, "crf+dense" included when `dense` and `dense_crf` are given."""
+    """All stages for one image, "crf+dense" included when `dense` settings are given."""
     probs = stage_probabilities(model, image, crf, scales=scales, flip=flip, amp_dtype=amp_dtype)
-    if dense is not None and dense_crf is not None and "crf" in probs:
-        probs["crf+dense"] = refine(image, probs["crf"], dense, dense_crf)
+    if dense is not None and "crf" in probs:
+        probs["crf+dense"] = refine(image, probs["crf"], dense)
     return probs
 
 
@@ -155,22 +146,16 @@ def evaluate_model(
     flip: bool = False,
     amp_dtype: torch.dtype | None = None,
     progress: bool = False,
-) -> tuple[dict[str, ConfusionMatrix], list[str]]:
-    """Confusion matrices per stage over `dataset` (or the given `indices` of it), plus notes.
+) -> dict[str, ConfusionMatrix]:
+    """Confusion matrices per stage over `dataset` (or the given `indices` of it).
 
     Items are (image (3, H, W) in [0, 1], label (H, W)) at full resolution, one at a time (images
     may differ in size). In distributed runs pass each rank its shard of indices and call
     `ConfusionMatrix.all_reduce` on the result.
     """
-    notes = []
-    dense_crf = None
-    if dense is not None:
-        dense_crf, note = dense_crf_function()
-        if note:
-            notes.append(note)
     k = model.num_classes
     ignore = getattr(dataset, "ignore_index", model.ignore_index)
-    stages = ["unary", *crf] + (["crf+dense"] if dense_crf is not None and "crf" in crf else [])
+    stages = ["unary", *crf] + (["crf+dense"] if dense is not None and "crf" in crf else [])
     matrices = {name: ConfusionMatrix(k, ignore) for name in stages}
     indices = list(range(len(dataset)) if indices is None else indices)
     was_training = model.training
@@ -186,13 +171,12 @@ def evaluate_model(
                 scales=scales,
                 flip=flip,
                 amp_dtype=amp_dtype,
-                dense_crf=dense_crf,
             )
             for name, p in probs.items():
                 matrices[name].update(p.argmax(0).cpu(), label)
     finally:
         model.train(was_training)
-    return matrices, notes
+    return matrices
 
 
 def summarise(
@@ -341,7 +325,8 @@ def evaluate_checkpoint(
     )
     crf = crf_stages(main, sweep_scales, sweep_modes if sweep_scales else ())
     use_dense = dense and config.dense_crf.enabled
-    matrices, notes = evaluate_model(
+    notes = []
+    matrices = evaluate_model(
         model,
         data,
         crf,

@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from piecewise_crf.checkpoint import load_checkpoint, model_from_checkpoint
 from piecewise_crf.data.base import IMAGE_SUFFIXES, open_rgb
-from piecewise_crf.evaluate import CRFSetting, dense_crf_function, predict_stages
+from piecewise_crf.evaluate import CRFSetting, predict_stages
 from piecewise_crf.runtime import amp_dtype, ensure_writable, resolve_device
 
 STAGES = ("unary", "crf", "crf+dense")
@@ -69,11 +69,6 @@ def predict_files(
     ckpt = load_checkpoint(checkpoint)
     model, config = model_from_checkpoint(ckpt, str(checkpoint))
     palette = np.asarray(ckpt["palette"], dtype=np.uint8)
-    dense_crf = None
-    if stage == "crf+dense":
-        dense_crf, note = dense_crf_function()
-        if dense_crf is None:
-            raise ValueError(f"{note}; use --stage crf")
     dev = resolve_device(device)
     model.to(dev)
     out = ensure_writable(out)
@@ -86,11 +81,10 @@ def predict_files(
             model,
             image,
             crf,
-            config.dense_crf if dense_crf is not None else None,
+            config.dense_crf if stage == "crf+dense" else None,
             scales=scales,
             flip=flip,
             amp_dtype=amp_dtype(dev, config.train.amp),
-            dense_crf=dense_crf,
         )[stage]
         stem = path.stem
         while stem in seen:  # the same file name in two input folders

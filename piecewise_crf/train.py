@@ -222,9 +222,7 @@ def validate(
     """Unary and CRF mIoU on the validation split, each rank scoring its own shard."""
     crf = {"crf": CRFSetting.from_config(config.crf)} if model.relations else {}
     indices = range(rank.rank, len(dataset), rank.world)
-    matrices, _ = evaluate_model(
-        model, dataset, crf, device=device, indices=indices, amp_dtype=dtype
-    )
+    matrices = evaluate_model(model, dataset, crf, device=device, indices=indices, amp_dtype=dtype)
     mean_classes = dataset.mean_classes() if hasattr(dataset, "mean_classes") else None
     out = {}
     for name, cm in matrices.items():

@@ -52,9 +52,7 @@ def test_grid_point_equals_the_crf_dense_stage_of_evaluate(checkpoint):
     # Independently: evaluate with the same parameters, on the same images.
     for i in (0, 5):
         setting = grid[i]
-        expected, _ = evaluate_model(
-            model, data, {"crf": crf}, dense=setting.config(), indices=[0, 2]
-        )
+        expected = evaluate_model(model, data, {"crf": crf}, dense=setting.config(), indices=[0, 2])
         np.testing.assert_array_equal(matrices[i].matrix, expected["crf+dense"].matrix)
         np.testing.assert_array_equal(baseline.matrix, expected["crf"].matrix)
         row = next(r for r in rows if r["params"] == asdict(setting))
