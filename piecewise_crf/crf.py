@@ -5,17 +5,16 @@ P(y | x) = exp(sum_p z_p(y_p) + sum_(p,q) z_pq(y_p, y_q)) / Z(x). Energies are t
 
 Two forms of the same maths:
 - the general edge-list form (`mean_field`, `piecewise_nll`), the public API for any graph;
-- the grid fast path (`grid_mean_field`, `grid_pairwise_nll`) used by the model, where pairwise
+- the grid fast path (`grid_mean_field`) used by the model, where pairwise
   scores come per grid offset as compact maps and messages are computed with shifted slices
   instead of gathers. Tests check that both give the same numbers.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from piecewise_crf.relations import Offset, offset_edges, offset_slices
@@ -132,33 +131,6 @@ def grid_mean_field(unary: Tensor, pairwise: Sequence[GridPairwise], iterations:
             messages[:, :, qr, qc] += torch.einsum("bijhw,bihw->bjhw", z, marginals[:, :, pr, pc])
         marginals = (unary + messages).softmax(1)
     return marginals
-
-
-def grid_pairwise_nll(
-    pairwise: Iterable[GridPairwise], labels: Tensor, ignore_index: int = 255
-) -> tuple[Tensor, Tensor]:
-    """Sum and count of the pairwise piecewise terms on a grid, consuming `pairwise` once.
-
-    labels (B, h, w) node labels. Returns (sum of -log softmax_{K*K}(z_pq)[y_p * K + y_q] over
-    edges with both ends labelled, number of such edges). Consuming a generator chunk by chunk
-    keeps only one chunk of K*K scores alive when gradients are not needed.
-    """
-    _, h, w = labels.shape
-    valid = labels != ignore_index
-    safe = labels.masked_fill(~valid, 0)
-    total = labels.new_zeros((), dtype=torch.float32)
-    count = labels.new_zeros((), dtype=torch.float32)
-    for (dy, dx), z in pairwise:
-        z = z.to(torch.promote_types(z.dtype, torch.float32))  # half precision under AMP
-        b, k, _, hh, ww = z.shape
-        (pr, pc), (qr, qc) = offset_slices(h, w, dy, dx)
-        target = safe[:, pr, pc] * k + safe[:, qr, qc]
-        edge_valid = valid[:, pr, pc] & valid[:, qr, qc]
-        log_probs = F.log_softmax(z.reshape(b, k * k, hh, ww), dim=1)
-        terms = -log_probs.gather(1, target.unsqueeze(1)).squeeze(1)
-        total = (terms * edge_valid).sum() + total
-        count = count + edge_valid.sum()
-    return total, count
 
 
 def grid_to_edge_list(
