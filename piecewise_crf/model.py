@@ -167,13 +167,15 @@ class DeepStructuredModel(nn.Module):
         pairwise_weight: float = 1.0,
         edge_fraction: float = 1.0,
         memory_efficient: bool = False,
+        class_weights: Tensor | None = None,
     ) -> LossTerms:
         """Piecewise training loss (no inference, no partition function).
 
         edge_fraction < 1 samples that fraction of each relation's offsets and reweights them, an
         unbiased estimate of the pairwise sum (the edge count is exact). memory_efficient
         recomputes each chunk's K*K scores in the backward pass, so training memory is bounded by
-        one chunk instead of all edges.
+        one chunk instead of all edges. class_weights (K,) turns both terms into weighted means:
+        node p counts w[y_p], edge (p, q) counts sqrt(w[y_p] * w[y_q]).
         """
         if (
             labels.dim() != 3
@@ -193,8 +195,24 @@ class DeepStructuredModel(nn.Module):
                 f"labels hold values {torch.unique(nodes[bad]).tolist()} outside "
                 f"0..{self.num_classes - 1}; set model.num_classes or map void to {self.ignore_index}"
             )
-        unary_nll = F.cross_entropy(_full_precision(unary), nodes, ignore_index=self.ignore_index)
-        if not (nodes != self.ignore_index).any():
+        valid = nodes != self.ignore_index
+        if class_weights is None:
+            node_weights = valid.float()
+        else:
+            if class_weights.shape != (self.num_classes,):
+                raise ValueError(
+                    f"class_weights must have one entry per class ({self.num_classes}), "
+                    f"got shape {tuple(class_weights.shape)}"
+                )
+            node_weights = class_weights.to(unary.device, torch.float32)[
+                nodes.masked_fill(~valid, 0)
+            ]
+            node_weights = node_weights * valid
+        unary_nll = F.cross_entropy(
+            _full_precision(unary), nodes, ignore_index=self.ignore_index, reduction="none"
+        )
+        unary_nll = (unary_nll * node_weights).sum() / node_weights.sum().clamp(min=1e-12)
+        if not valid.any():
             unary_nll = unary.sum() * 0.0
 
         total = unary.new_zeros((), dtype=torch.float32)
@@ -206,16 +224,16 @@ class DeepStructuredModel(nn.Module):
                 m = max(1, math.ceil(edge_fraction * len(offsets)))
                 keep = torch.randperm(len(offsets))[:m].sort().values.tolist()
                 weight = len(offsets) / m
-                count = count + _labelled_edges(nodes, offsets, self.ignore_index)
+                count = count + _labelled_edges(node_weights, offsets)
                 offsets = [offsets[i] for i in keep]
             for chunk in scores.chunks(offsets):
                 s, c = _chunk_nll(
-                    scores.net, scores.maps, chunk, nodes, self.ignore_index, memory_efficient
+                    scores.net, scores.maps, chunk, nodes, node_weights, memory_efficient
                 )
                 total = total + weight * s
                 if edge_fraction >= 1.0:
                     count = count + c
-        pairwise_nll = total / count.clamp(min=1)
+        pairwise_nll = total / count.clamp(min=1e-12)
         return LossTerms(unary_nll, pairwise_nll, unary_nll + pairwise_weight * pairwise_nll)
 
     def mean_field_loss(self, images: Tensor, labels: Tensor, *, iterations: int = 3) -> Tensor:
@@ -286,29 +304,30 @@ def _full_precision(x: Tensor) -> Tensor:
     return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
-def _labelled_edges(nodes: Tensor, offsets: Sequence[Offset], ignore_index: int) -> Tensor:
-    _, h, w = nodes.shape
-    valid = nodes != ignore_index
-    count = nodes.new_zeros((), dtype=torch.float32)
+def _labelled_edges(node_weights: Tensor, offsets: Sequence[Offset]) -> Tensor:
+    """Total weight of the edges at `offsets` (an edge weighs sqrt(w_p * w_q); 0 if unlabelled)."""
+    h, w = node_weights.shape[-2:]
+    count = node_weights.new_zeros(())
     for dy, dx in offsets:
         (pr, pc), (qr, qc) = offset_slices(h, w, dy, dx)
-        count = count + (valid[:, pr, pc] & valid[:, qr, qc]).sum()
+        count = count + (node_weights[:, pr, pc] * node_weights[:, qr, qc]).sqrt().sum()
     return count
 
 
 def _edge_labels(
-    nodes: Tensor, offsets: Sequence[Offset], num_classes: int, ignore_index: int
+    nodes: Tensor, node_weights: Tensor, offsets: Sequence[Offset], num_classes: int
 ) -> tuple[Tensor, Tensor]:
-    """Pair targets y_p * K + y_q (B, S) and whether both ends are labelled, in `flat_scores` order."""
+    """Pair targets y_p * K + y_q (B, S) and edge weights sqrt(w_p * w_q), in `flat_scores` order.
+
+    Unlabelled nodes have weight 0, so an edge with an unlabelled end has weight 0."""
     h, w = nodes.shape[-2:]
-    valid = nodes != ignore_index
-    safe = nodes.masked_fill(~valid, 0)
-    targets, masks = [], []
+    safe = nodes.masked_fill(node_weights == 0, 0)
+    targets, weights = [], []
     for dy, dx in offsets:
         (pr, pc), (qr, qc) = offset_slices(h, w, dy, dx)
         targets.append((safe[:, pr, pc] * num_classes + safe[:, qr, qc]).flatten(1))
-        masks.append((valid[:, pr, pc] & valid[:, qr, qc]).flatten(1))
-    return torch.cat(targets, 1), torch.cat(masks, 1)
+        weights.append((node_weights[:, pr, pc] * node_weights[:, qr, qc]).sqrt().flatten(1))
+    return torch.cat(targets, 1), torch.cat(weights, 1)
 
 
 def _chunk_nll(
@@ -316,19 +335,19 @@ def _chunk_nll(
     maps: tuple[Tensor, Tensor],
     chunk: list[Offset],
     nodes: Tensor,
-    ignore_index: int,
+    node_weights: Tensor,
     memory_efficient: bool,
 ) -> tuple[Tensor, Tensor]:
-    """Sum and count of the pairwise NLL terms of one chunk of offsets (all edges at once)."""
-    target, valid = _edge_labels(nodes, chunk, net.num_classes, ignore_index)
+    """Weighted sum of the pairwise NLL terms of one chunk of offsets, and the weights' sum."""
+    target, weight = _edge_labels(nodes, node_weights, chunk, net.num_classes)
 
     def run(a: Tensor, b: Tensor) -> Tensor:
         log_probs = _full_precision(net.flat_scores((a, b), chunk)).log_softmax(1)
-        return -(log_probs.gather(1, target.unsqueeze(1)).squeeze(1) * valid).sum()
+        return -(log_probs.gather(1, target.unsqueeze(1)).squeeze(1) * weight).sum()
 
     if memory_efficient and torch.is_grad_enabled():
-        return checkpoint(run, *maps, use_reentrant=False), valid.sum()
-    return run(*maps), valid.sum()
+        return checkpoint(run, *maps, use_reentrant=False), weight.sum()
+    return run(*maps), weight.sum()
 
 
 def build_model(

@@ -42,6 +42,7 @@ from piecewise_crf.checkpoint import (
     load_model_state,
 )
 from piecewise_crf.config import Config, config_to_dict, load_config, save_config
+from piecewise_crf.data.balancing import class_frequencies, median_frequency_weights
 from piecewise_crf.data.transforms import train_transforms
 from piecewise_crf.evaluate import CRFSetting, evaluate_model
 from piecewise_crf.model import DeepStructuredModel, build_model
@@ -94,12 +95,14 @@ class PiecewiseLoss(nn.Module):
         pairwise_weight: float,
         edge_fraction: float,
         memory_efficient: bool = False,
+        class_weights: Tensor | None = None,
     ):
         super().__init__()
         self.model = model
         self.pairwise_weight = pairwise_weight
         self.edge_fraction = edge_fraction
         self.memory_efficient = memory_efficient
+        self.class_weights = class_weights
 
     def forward(self, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         terms = self.model.loss(
@@ -108,6 +111,7 @@ class PiecewiseLoss(nn.Module):
             pairwise_weight=self.pairwise_weight,
             edge_fraction=self.edge_fraction,
             memory_efficient=self.memory_efficient,
+            class_weights=self.class_weights,
         )
         return terms.unary, terms.pairwise, terms.total
 
@@ -345,7 +349,16 @@ def _train(
             print(f"note: {len(states)} processes saved RNG states, {rank.world} run now; "
                   "training continues but will not repeat the original run bit for bit")  # fmt: skip
 
-    net: nn.Module = PiecewiseLoss(model, tc.pairwise_weight, tc.edge_fraction, tc.memory_efficient)
+    class_weights = None
+    if tc.class_balance:
+        weights = median_frequency_weights(class_frequencies(train_set), tc.class_balance)
+        class_weights = torch.tensor(weights, dtype=torch.float32, device=device)
+        if rank.main:
+            shown = ", ".join(f"{c} {w:.2f}" for c, w in zip(classes, weights, strict=True))
+            print(f"class weights (train.class_balance={tc.class_balance}): {shown}")
+    net: nn.Module = PiecewiseLoss(
+        model, tc.pairwise_weight, tc.edge_fraction, tc.memory_efficient, class_weights
+    )
     if rank.world > 1:
         net = DistributedDataParallel(
             net, device_ids=[device.index] if device.type == "cuda" else None

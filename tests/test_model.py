@@ -50,6 +50,33 @@ def test_loss_equals_general_piecewise_nll():
     torch.testing.assert_close(terms.total, expected_unary + expected_pair)
 
 
+def test_class_weighted_loss_by_hand():
+    model = tiny_model().double()
+    images, labels = batch()
+    w = torch.tensor([0.5, 1.0, 2.0, 4.0], dtype=torch.float64)
+    terms = model.loss(images.double(), labels, class_weights=w)
+    potentials = model(images.double())
+    h, w_grid = potentials.unary.shape[-2:]
+    edges, scores = grid_to_edge_list(potentials.materialise(), h, w_grid)
+    nodes = model.node_labels(labels, (h, w_grid)).flatten(1)
+    valid = nodes != 255
+    safe = nodes.masked_fill(~valid, 0)
+    node_w = w[safe] * valid
+    unary = potentials.unary.flatten(2).transpose(1, 2).log_softmax(-1)
+    unary_terms = -unary.gather(-1, safe.unsqueeze(-1)).squeeze(-1)
+    p, q = edges[:, 0], edges[:, 1]
+    edge_w = (node_w[:, p] * node_w[:, q]).sqrt()
+    pair = scores.flatten(2).log_softmax(-1)
+    pair_terms = -pair.gather(-1, (safe[:, p] * 4 + safe[:, q]).unsqueeze(-1)).squeeze(-1)
+    torch.testing.assert_close(terms.unary, (unary_terms * node_w).sum() / node_w.sum())
+    torch.testing.assert_close(terms.pairwise, (pair_terms * edge_w).sum() / edge_w.sum())
+    ones = model.loss(images.double(), labels, class_weights=torch.ones(4, dtype=torch.float64))
+    plain = model.loss(images.double(), labels)
+    torch.testing.assert_close(ones.total, plain.total)
+    with pytest.raises(ValueError, match="one entry per class"):
+        model.loss(images.double(), labels, class_weights=torch.ones(3))
+
+
 def test_chunking_and_checkpointing_do_not_change_loss_or_gradients():
     images, labels = batch()
     results = []

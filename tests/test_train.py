@@ -33,6 +33,20 @@ def test_run_folder_holds_checkpoints_log_config_and_curves(tmp_path):
     assert {"optimizer", "rng", "scaler"} <= set(last)
 
 
+def test_class_balance_weights_the_loss_by_training_frequencies(tmp_path, capsys):
+    config = tiny_config()
+    config.train.class_balance = 1.0
+    result = tiny_run(tmp_path / "run", config)
+    printed = capsys.readouterr().out
+    assert "class weights (train.class_balance=1.0): background " in printed
+    # the background fills most pixels, so it weighs least
+    weights = dict(
+        part.rsplit(" ", 1) for part in printed.split(": ", 1)[1].split("\n")[0].split(", ")
+    )
+    assert float(weights["background"]) == min(float(v) for v in weights.values()) < 1.0
+    assert torch.isfinite(torch.tensor(result.history[-1]["unary_loss"]))
+
+
 def test_resume_after_a_kill_gives_bitwise_identical_weights(tmp_path, monkeypatch):
     straight = tiny_run(tmp_path / "straight", tiny_config(epochs=2)).model.state_dict()
 

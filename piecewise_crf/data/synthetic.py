@@ -110,6 +110,10 @@ class SyntheticContext(Dataset):
     def name(self, index: int) -> str:
         return f"synthetic_{self.seed}_{index:05d}"
 
+    def load_label(self, index: int) -> tuple[np.ndarray, str]:
+        """The untransformed label map (H, W) and its name, as file-backed datasets give it."""
+        return generate(index, size=self.size, seed=self.seed)[1], self.name(index)
+
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
         if not 0 <= index < self.length:
             raise IndexError(f"index {index} out of range for {self.length} samples")
