@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import time
 import warnings
@@ -18,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import commit, describe, machine
 from PIL import Image
 
 from piecewise_crf.densecrf import dense_crf
@@ -69,25 +68,6 @@ def pydensecrf_run(image: np.ndarray, probs: np.ndarray, iterations: int) -> np.
     return np.asarray(crf.inference(iterations)).reshape(k, h, w)
 
 
-def machine() -> dict:
-    cpu = platform.processor()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        names = [
-            x.split(":", 1)[1].strip()
-            for x in cpuinfo.read_text().split("\n")
-            if x.startswith("model name")
-        ]
-        cpu = names[0] if names else cpu
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "load_average": os.getloadavg(),
-    }
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
@@ -105,7 +85,13 @@ def main() -> None:
     image, probs = frames[0]
     h, w = image.shape[:2]
 
-    results: dict = {"machine": machine(), "size": [w, h], "labels": k, "iterations": it}
+    results: dict = {
+        "machine": machine(),
+        "commit": commit(),
+        "size": [w, h],
+        "labels": k,
+        "iterations": it,
+    }
     results["params"] = PARAMS
     try:
         ref = pydensecrf_run(image, probs, it)
@@ -163,7 +149,7 @@ def main() -> None:
             results["ours_batch_s"] / results["pydensecrf_batch_s"]
         )
 
-    print(f"machine: {results['machine']}")
+    print(f"machine: {describe(results['machine'])}")
     print(f"{w}x{h}, K={k}, {it} iterations, median of {args.repeats}")
     print(f"{'':32}{'seconds':>10}")
     for key in sorted(x for x in results if x.endswith("_s")):

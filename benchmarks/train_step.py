@@ -17,30 +17,18 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
-import platform
 import resource
 import statistics
 import time
 from pathlib import Path
 
 import torch
+from common import commit, describe, machine
 
 from piecewise_crf.config import PRESETS
 from piecewise_crf.model import build_model
 
 ROWS = ("fcn", "piecewise", "joint")
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
 
 
 def sync(device: torch.device) -> None:
@@ -162,7 +150,7 @@ def main() -> None:
         for row in ROWS
     }
 
-    print(f"machine: {machine()}; device {args.device}")
+    print(f"machine: {describe(machine(args.device))}; device {args.device}")
     print(
         f"preset {args.preset}, {args.size[0]}x{args.size[1]}, batch {args.batch}, "
         f"K={args.classes}, grid {grid}, {edges} edges/image"
@@ -185,7 +173,8 @@ def main() -> None:
     path.write_text(
         json.dumps(
             {
-                "machine": machine(),
+                "machine": machine(args.device),
+                "commit": commit(),
                 "args": vars(args),
                 "grid": grid,
                 "edges_per_image": edges,

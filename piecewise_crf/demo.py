@@ -7,17 +7,14 @@ potentials' contribution.
 
 from __future__ import annotations
 
-import math
-import statistics
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from piecewise_crf.checkpoint import load_checkpoint, model_from_checkpoint
-from piecewise_crf.config import Config, demo_config
+from piecewise_crf.config import demo_config
 from piecewise_crf.evaluate import (
     CRFSetting,
     evaluate_model,
@@ -26,37 +23,11 @@ from piecewise_crf.evaluate import (
     summarise,
     write_json,
 )
-from piecewise_crf.model import build_model
 from piecewise_crf.report import save_example, write_report
 from piecewise_crf.runtime import open_dataset
-from piecewise_crf.train import train, training_set
+from piecewise_crf.train import fit_epochs, train
 
 EXAMPLES = 4
-
-
-def fit_epochs(config: Config, minutes: float) -> int:
-    """Epochs that fit a time budget, from timing a few training steps and one evaluation."""
-    data = training_set(config, config.data.root)
-    tc = config.train
-    model = build_model(config.model, load_weights=False)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # timing only: weights stay put
-    times = []
-    for k in range(6):  # the first two steps are slow (lazy imports, allocator): skip them
-        tic = time.perf_counter()
-        batch = [data[(k * tc.batch_size + i) % len(data)] for i in range(tc.batch_size)]
-        images, labels = torch.stack([b[0] for b in batch]), torch.stack([b[1] for b in batch])
-        model.loss(images, labels, pairwise_weight=tc.pairwise_weight).total.backward()
-        optimizer.step()
-        times.append(time.perf_counter() - tic)
-    step = statistics.median(times[2:])
-    model.eval()
-    tic = time.perf_counter()
-    predict_stages(model, images[0], {"crf": CRFSetting.from_config(config.crf)}, None)
-    per_image = time.perf_counter() - tic
-    val_size = len(open_dataset(config.data.dataset, None, config.data.val_split))
-    epoch = math.ceil(len(data) / tc.batch_size) * step + val_size * per_image / tc.val_every
-    final = val_size * (per_image + 0.3)  # the last evaluation adds the dense CRF
-    return max(1, int((60 * minutes - final) / epoch))
 
 
 def run_demo(out: str | Path = "demo_out", minutes: float | None = None) -> dict[str, Any]:

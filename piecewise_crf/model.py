@@ -236,16 +236,34 @@ class DeepStructuredModel(nn.Module):
         pairwise_nll = total / count.clamp(min=1e-12)
         return LossTerms(unary_nll, pairwise_nll, unary_nll + pairwise_weight * pairwise_nll)
 
-    def mean_field_loss(self, images: Tensor, labels: Tensor, *, iterations: int = 3) -> Tensor:
-        """Joint-training loss: mean -log Q_p(y_p) of the mean-field marginals over labelled nodes.
+    def mean_field_loss(
+        self,
+        images: Tensor,
+        labels: Tensor,
+        *,
+        iterations: int = 3,
+        pairwise_mode: str = "raw",
+        pairwise_scale: float = 1.0,
+        class_weights: Tensor | None = None,
+    ) -> Tensor:
+        """Joint-training loss: mean -log Q_p(y_p) of the mean-field marginals over labelled nodes
+        (weighted by class_weights[y_p] when given).
 
         Back-propagates through `iterations` mean-field updates (inference inside training), the
         cost that piecewise training avoids; used for comparisons.
         """
         potentials = self(images)
         nodes = self.node_labels(labels, potentials.unary.shape[-2:])
-        q = self.marginals(potentials, iterations=iterations)
-        return F.nll_loss(q.clamp(min=1e-8).log(), nodes, ignore_index=self.ignore_index)
+        q = self.marginals(
+            potentials,
+            iterations=iterations,
+            pairwise_mode=pairwise_mode,
+            pairwise_scale=pairwise_scale,
+        )
+        weight = None if class_weights is None else class_weights.to(q.device, q.dtype)
+        return F.nll_loss(
+            q.clamp(min=1e-8).log(), nodes, weight=weight, ignore_index=self.ignore_index
+        )
 
     def marginals(
         self,

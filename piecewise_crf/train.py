@@ -21,6 +21,7 @@ import io
 import math
 import os
 import random
+import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +45,7 @@ from piecewise_crf.checkpoint import (
 from piecewise_crf.config import Config, config_to_dict, load_config, save_config
 from piecewise_crf.data.balancing import class_frequencies, median_frequency_weights
 from piecewise_crf.data.transforms import train_transforms
-from piecewise_crf.evaluate import CRFSetting, evaluate_model
+from piecewise_crf.evaluate import CRFSetting, evaluate_model, predict_stages
 from piecewise_crf.model import DeepStructuredModel, build_model
 from piecewise_crf.runtime import amp_dtype, ensure_writable, open_dataset, resolve_device
 
@@ -68,6 +69,36 @@ def training_set(config: Config, root: str | Path | None) -> Dataset:
     return open_dataset(
         data.dataset, root, data.train_split, transforms, num_classes=config.model.num_classes
     )
+
+
+def fit_epochs(config: Config, minutes: float, data_root: str | Path | None = None) -> int:
+    """Epochs that fit a time budget (training, its validations and a final evaluation with the
+    dense CRF), from timing a few training steps and one prediction on this machine."""
+    root = data_root if data_root is not None else config.data.root
+    data = training_set(config, root)
+    tc = config.train
+    model = build_model(config.model, load_weights=False)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # timing only: weights stay put
+    times = []
+    for k in range(6):  # the first two steps are slow (lazy imports, allocator): skip them
+        tic = time.perf_counter()
+        batch = [data[(k * tc.batch_size + i) % len(data)] for i in range(tc.batch_size)]
+        images, labels = torch.stack([b[0] for b in batch]), torch.stack([b[1] for b in batch])
+        terms = model.loss(
+            images, labels, pairwise_weight=tc.pairwise_weight, edge_fraction=tc.edge_fraction
+        )
+        terms.total.backward()
+        optimizer.step()
+        times.append(time.perf_counter() - tic)
+    step = statistics.median(times[2:])
+    val = open_dataset(config.data.dataset, root, config.data.val_split)
+    model.eval()
+    tic = time.perf_counter()
+    predict_stages(model, val[0][0], {"crf": CRFSetting.from_config(config.crf)}, None)
+    per_image = time.perf_counter() - tic
+    epoch = math.ceil(len(data) / tc.batch_size) * step + len(val) * per_image / tc.val_every
+    final = len(val) * (per_image + 0.3)  # the last evaluation adds the dense CRF
+    return max(1, int((60 * minutes - final) / epoch))
 
 
 @dataclass(frozen=True)

@@ -120,6 +120,28 @@ def test_predict_is_mean_field_then_upsampling():
     torch.testing.assert_close(grid.flatten(2).transpose(1, 2), general)
 
 
+def test_mean_field_loss_is_weighted_nll_of_general_mean_field():
+    model = tiny_model().double()
+    images, labels = batch()
+    w = torch.tensor([0.5, 1.0, 2.0, 4.0], dtype=torch.float64)
+    loss = model.mean_field_loss(
+        images.double(), labels, iterations=2, pairwise_mode="interaction", pairwise_scale=0.5,
+        class_weights=w,
+    )  # fmt: skip
+    potentials = model(images.double())
+    h, wg = potentials.unary.shape[-2:]
+    edges, scores = grid_to_edge_list(potentials.materialise("interaction", 0.5), h, wg)
+    q = mean_field(potentials.unary.flatten(2).transpose(1, 2), edges, scores, 2)
+    nodes = model.node_labels(labels, (h, wg)).flatten(1)
+    valid = nodes != 255
+    safe = nodes.masked_fill(~valid, 0)
+    terms = -q.log().gather(-1, safe.unsqueeze(-1)).squeeze(-1)
+    weights = w[safe] * valid
+    torch.testing.assert_close(loss, (terms * weights).sum() / weights.sum())
+    loss.backward()
+    assert model.pairwise_nets["above_below"].fc1.weight.grad.abs().sum() > 0
+
+
 def test_pairwise_modes_and_scale():
     model = tiny_model().eval()
     images, _ = batch()

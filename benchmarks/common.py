@@ -1,0 +1,53 @@
+"""What every benchmark records beside its numbers: the machine and the commit they came from."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+import torch
+
+
+def machine(device: str | torch.device = "cpu") -> dict:
+    """CPU model, cores, torch threads and version, load average, and the GPU when one is used."""
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        names = [
+            line.split(":", 1)[1].strip()
+            for line in cpuinfo.read_text().splitlines()
+            if line.startswith("model name")
+        ]
+        cpu = names[0] if names else cpu
+    info = {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+    }
+    device = torch.device(device)
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def describe(info: dict) -> str:
+    text = f"{info['cpu']}, {info['cores']} cores, {info['torch_threads']} torch threads"
+    text += f", torch {info['torch']}, load {info['load_average'][0]:.1f}"
+    return text + (f", GPU {info['gpu']}" if "gpu" in info else "")
+
+
+def commit() -> str:
+    """HEAD's short hash, with "+changes" when the working tree differs from it."""
+    root = Path(__file__).parents[1]
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=root, capture_output=True, text=True, check=False
+        ).stdout.strip()
+
+    head = git("rev-parse", "--short", "HEAD") or "unknown"
+    return head + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else "")
