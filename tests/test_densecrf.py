@@ -8,10 +8,14 @@ import torch
 from PIL import Image
 
 from piecewise_crf.densecrf import dense_crf
-from piecewise_crf.densecrf.dense import PROB_FLOOR
+from piecewise_crf.densecrf.dense import (
+    PROB_FLOOR,
+    _bilateral_lattice,
+    _gaussian_lattice,
+    _softmax_rows,
+)
+from piecewise_crf.densecrf.lattice import stack
 from piecewise_crf.densecrf.reference import dense_crf_exact
-
-pytestmark = pytest.mark.filterwarnings("ignore:.*[Ss]parse.*:UserWarning")
 
 CAMVID = Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid"
 DEEPLAB = dict(pos_xy_std=1.0, pos_weight=3.0, bi_xy_std=67.0, bi_rgb_std=3.0, bi_weight=4.0)
@@ -169,3 +173,31 @@ def test_agrees_with_pydensecrf_on_camvid(params):
         assert (ref.argmax(0) == probs.argmax(0)).mean() < 0.9  # the CRF changes many labels
         assert (ours.argmax(0) == ref.argmax(0)).mean() >= 0.99
         assert np.abs(ours - ref).max() < 1e-3
+
+
+def test_stacked_reordered_lattices_filter_like_each_alone():
+    img, _ = toy()
+    h, w, _ = img.shape
+    bilateral = _bilateral_lattice(img[None], 5.0, 20.0, torch.float64)
+    gauss = _gaussian_lattice(1, h, w, 1.5, torch.float64, torch.device("cpu"))
+    values = torch.rand(h * w, 3, dtype=torch.float64)
+
+    def alone(lattice):  # filter in the lattice's own order, back to pixel order
+        out = lattice.filter(values[lattice.order])
+        return torch.empty_like(out).index_copy_(0, lattice.order, out)
+
+    expected = 2.0 * alone(gauss) + 0.5 * alone(bilateral)
+    kernels = stack([bilateral, gauss.reordered(bilateral.order)])
+    got = kernels.filter(values[bilateral.order], [0.5, 2.0])
+    torch.testing.assert_close(torch.empty_like(got).index_copy_(0, bilateral.order, got), expected)
+    with pytest.raises(ValueError, match="share one point order"):
+        stack([bilateral, gauss])
+
+
+def test_softmax_rows_matches_torch_and_survives_underflow():
+    x = torch.randn(50, 7) * 4
+    torch.testing.assert_close(_softmax_rows(x), torch.softmax(x, 1))
+    x[0] -= 500.0  # this row's exp underflows after the global shift: the fallback handles it
+    out = _softmax_rows(x)
+    torch.testing.assert_close(out, torch.softmax(x, 1))
+    assert torch.isfinite(out).all()

@@ -18,7 +18,7 @@ import functools
 import numpy as np
 import torch
 
-from piecewise_crf.densecrf.lattice import Lattice, build
+from piecewise_crf.densecrf.lattice import Lattice, build, stack
 
 PROB_FLOOR = 1e-5
 """Probabilities are clamped to this before the log, as pydensecrf's ``unary_from_softmax``."""
@@ -113,15 +113,37 @@ def mean_field(
     scaled by ``weights[k]``; ``mu`` (K, K) is a symmetric compatibility energy, None for
     Potts. Everything stays on ``logp``'s device: no host round-trips inside the loop.
     """
-    q = torch.softmax(logp, 1)
+    # One point order for all kernels: the order of the lattice with the most corners (the
+    # bilateral one); the others are re-expressed in it, so nothing is permuted per iteration,
+    # and all kernels filter together (one splat and one slice product per iteration).
+    home = max(lattices, key=lambda lattice: lattice.num_corners)
+    kernels = stack([lat if lat is home else lat.reordered(home.order) for lat in lattices])
+    logp = logp.index_select(0, home.order)
+    q = _softmax_rows(logp)
     for _ in range(iterations):
-        message = None
-        for lattice, weight in zip(lattices, weights, strict=True):
-            message = lattice.filter(q, weight, out=message)
+        message = kernels.filter(q, weights)
         # Potts: -w [l != l'] and the equivalent -w ... + w [l == l'] differ by a per-pixel
         # constant, which softmax ignores, so the message enters with a plus sign.
-        q = torch.softmax(message.add_(logp) if mu is None else logp - message @ mu, 1)
-    return q
+        q = _softmax_rows(message.add_(logp) if mu is None else logp - message @ mu)
+    position = torch.empty_like(home.order)
+    position[home.order] = torch.arange(home.order.numel(), device=home.order.device)
+    return q.index_select(0, position)  # back to the points' order (a gather beats a scatter)
+
+
+def _softmax_rows(x: torch.Tensor) -> torch.Tensor:
+    """Softmax over the K labels of (P, K) scores.
+
+    On CPU ``torch.softmax`` over a short last dimension measured 2x slower than shifting by the
+    global maximum, one exp and a matrix-vector row sum. The shift is safe unless some row lies
+    ~87 below the global maximum (its sum underflows in float32); then torch.softmax is used.
+    """
+    if x.device.type != "cpu":
+        return torch.softmax(x, 1)
+    e = (x - x.max()).exp_()
+    sums = e @ x.new_ones(x.shape[1], 1)
+    if sums.min() < 1e-30:
+        return torch.softmax(x, 1)
+    return e.div_(sums)
 
 
 @functools.lru_cache(maxsize=4)

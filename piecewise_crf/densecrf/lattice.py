@@ -6,15 +6,19 @@ v_j`` with a constant ``c`` that symmetric normalisation cancels.
 Speed. Every point lies in one lattice simplex, and real images put many points (pixels) in
 the same simplex: for a 480x360 CamVid frame the bilateral kernel (d = 5) has ~173k points but
 only a few ten thousand simplices and ~10k vertices. So the build hashes one key per *point*
-(its simplex) and the (d+1)-fold vertex keys only once per *simplex*; and splatting runs in
-two sparse products, points -> (simplex, corner) rows, whose columns are the points sorted by
-simplex (memory-friendly, no sort of the P (d+1) corners), then (simplex, corner) -> vertex.
-Slicing is one sparse product from the (simplex, corner) rows back to the points.
+(its simplex) and the (d+1)-fold vertex keys only once per *simplex*. The lattice then works on
+the points *sorted by simplex*: the splat is one sparse product whose vertex rows read runs of
+consecutive points, and the slice one product whose rows are the sorted points and whose
+columns are vertices (a small, cache-resident array). Reading values in that order instead of
+the image's made the splat ~6x and the slice ~2.5x faster (CPU, measured). Several kernels are
+re-expressed in one point order and stacked (``stack``), so a mean-field step permutes nothing
+and costs two sparse products in all.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, replace
 
 import torch
@@ -64,12 +68,14 @@ def embed(f: torch.Tensor) -> Embedding:
     rank = rank.to(torch.int64)
     rem0 = rem0.to(torch.int64) + wrap * d1
 
+    # Barycentric weights: with y[d - rank_a] = v_a (rank is a permutation, so one scatter),
+    # vertex r gets y[r] - y[r - 1], and vertex 0 gets 1 + y[0] - y[d] (Adams et al.).
     v = (elevated - rem0.to(f.dtype)) * (1.0 / d1)
-    bary = torch.zeros(d1 + 1, num, dtype=f.dtype, device=f.device)
-    bary.scatter_add_(0, d - rank, v)
-    bary.scatter_add_(0, d - rank + 1, -v)
-    bary[0] += 1.0 + bary[d1]
-    return Embedding(rem0, rank, bary[:d1])
+    y = torch.empty_like(v).scatter_(0, d - rank, v)
+    bary = torch.empty_like(v)
+    torch.sub(y[1:], y[:-1], out=bary[1:])
+    torch.sub(y[0], y[d], out=bary[0]).add_(1.0)
+    return Embedding(rem0, rank, bary)
 
 
 def _check_size(cells: int, groups: int) -> None:
@@ -106,8 +112,8 @@ def _codes(rem0: torch.Tensor, rank: torch.Tensor, group: torch.Tensor, groups: 
 def _simplices(emb: Embedding, group: torch.Tensor, groups: int):
     """Sort the points by enclosing simplex (one int64 key per point).
 
-    Returns the order, the simplex index of every point (P,), the points per simplex (S,) and
-    one representative point per simplex (S,).
+    Returns the order (sorted position -> point), the simplex of every sorted point (P,),
+    nondecreasing, the points per simplex (S,) and one representative point per simplex (S,).
     """
     d1, num = emb.rank.shape
     d = d1 - 1
@@ -119,38 +125,41 @@ def _simplices(emb: Embedding, group: torch.Tensor, groups: int):
     _check_size(math.prod(sizes), groups)
     strides = [math.prod(sizes[:j]) for j in range(2 * d)]
     offset = sum(int(lo_j) * st for lo_j, st in zip(lo.tolist(), strides, strict=False))
-    digits = torch.cat([cell, emb.rank[:d]])
-    key = (digits * digits.new_tensor(strides)[:, None]).sum(0)
-    key += group * math.prod(sizes) - offset
+    key = group * math.prod(sizes) - offset
+    for digit, stride in zip([*cell, *emb.rank[:d]], strides, strict=True):
+        key.add_(digit, alpha=stride)
     sorted_key, order = torch.sort(key)
     new = torch.ones_like(sorted_key, dtype=torch.bool)
     new[1:] = sorted_key[1:] != sorted_key[:-1]
     first = new.nonzero().squeeze(1)
     counts = torch.diff(first, append=first.new_tensor([num]))
-    simplex = torch.empty_like(order)
-    simplex[order] = new.cumsum(0) - 1
-    return order, simplex, counts, order[first]
+    return order, new.cumsum(0) - 1, counts, order[first]
 
 
 def _csr(crow, col, values, shape) -> torch.Tensor:
-    return torch.sparse_csr_tensor(crow, col, values, shape, check_invariants=False)
+    """A CSR matrix, with int32 indices when they fit: MKL's sparse products take int32, and
+    int64 indices would be converted on every product (measured ~1 ms each on a CamVid frame)."""
+    if values.numel() < 2**31 and max(shape) < 2**31:
+        crow, col = crow.to(torch.int32), col.to(torch.int32)
+    with warnings.catch_warnings():  # torch calls sparse CSR "beta"; users need not hear it
+        warnings.filterwarnings("ignore", ".*[Ss]parse.*", UserWarning)
+        return torch.sparse_csr_tensor(crow, col, values, shape, check_invariants=False)
 
 
 @dataclass(frozen=True)
 class Lattice:
     """One kernel's permutohedral lattice over P points (one image or several).
 
-    With S simplices, E = d+1 corners each and M vertices (index M is a zero "missing" vertex):
-    ``splat_points`` (E*S, P) sums each simplex's barycentric-weighted points per corner
-    (row r*S + s); ``splat_vertices`` (M+1, E*S) adds the corners into their vertices;
-    ``corner_vertex`` (E*S,) is the vertex of each corner; ``slice_`` (P, E*S) interpolates
-    corner values back to the points; ``neighbours`` (d+1, 2, M) in [0, M] are the blur
-    neighbours along each lattice axis. ``alpha = 1 / (1 + 2^-d)`` is pydensecrf's constant.
+    It works on the points in ``order`` (sorted by simplex): ``filter`` takes and returns values
+    in that order (``values[i]`` belongs to point ``order[i]``). With M vertices (index M is a
+    zero "missing" vertex): ``splat`` (M+1, P) sums the barycentric-weighted points into the
+    vertices, ``slice_`` (P, M+1) interpolates vertex values back to the points, and
+    ``neighbours`` (d+1, 2, M) in [0, M] are the blur neighbours along each lattice axis.
+    ``alpha = 1 / (1 + 2^-d)`` is pydensecrf's constant.
     """
 
-    splat_points: torch.Tensor
-    splat_vertices: torch.Tensor
-    corner_vertex: torch.Tensor
+    order: torch.Tensor
+    splat: torch.Tensor
     slice_: torch.Tensor
     neighbours: torch.Tensor
     alpha: float
@@ -158,6 +167,11 @@ class Lattice:
     @property
     def num_vertices(self) -> int:
         return self.neighbours.shape[2]
+
+    @property
+    def num_corners(self) -> int:
+        """Point-vertex pairs, (d+1) P: the work of one splat or slice."""
+        return self.slice_.values().numel()
 
     def blur(self, values: torch.Tensor) -> torch.Tensor:
         """Convolve (M+1, C) vertex values in place with ``[1/2, 1, 1/2]`` along every axis."""
@@ -169,36 +183,112 @@ class Lattice:
         return values
 
     def filter(self, values: torch.Tensor, scale: float = 1.0, out=None) -> torch.Tensor:
-        """``out + scale * alpha * (slice . blur . splat)(values)`` for (P, C) values."""
-        vertex = self.blur(self.splat_vertices @ (self.splat_points @ values))
-        corners = vertex.index_select(0, self.corner_vertex)
+        """``out + scale * alpha * (slice . blur . splat)(values)`` for (P, C) values, both in
+        ``order`` (sorted points)."""
+        vertex = self.blur(self.splat @ values)
         if out is None:
-            return self.slice_ @ corners.mul_(scale * self.alpha)
-        return out.addmm_(self.slice_, corners, alpha=scale * self.alpha)
+            return self.slice_ @ vertex.mul_(scale * self.alpha)
+        return out.addmm_(self.slice_, vertex, alpha=scale * self.alpha)
+
+    def reordered(self, order: torch.Tensor) -> Lattice:
+        """The same lattice working on the points in another ``order``: two kernels' lattices can
+        then filter one array without permuting it for each (splat columns and slice rows move;
+        the splat then reads points out of order, which costs less than permuting them)."""
+        num = order.numel()
+        position = torch.empty_like(order)
+        position[order] = torch.arange(num, device=order.device)
+        rows = torch.empty_like(self.order)
+        rows[self.order] = torch.arange(num, device=order.device)
+        rows = rows.index_select(0, order)  # our sorted position of each point, in `order`
+        splat = _csr(
+            self.splat.crow_indices(),
+            position.index_select(0, self.order.index_select(0, self.splat.col_indices())),
+            self.splat.values(),
+            self.splat.shape,
+        )
+        slice_ = _csr(
+            self.slice_.crow_indices(),
+            self.slice_.col_indices().view(num, -1).index_select(0, rows).view(-1),
+            self.slice_.values().view(num, -1).index_select(0, rows).view(-1),
+            self.slice_.shape,
+        )
+        return replace(self, order=order, splat=splat, slice_=slice_)
 
     def normalised(self) -> Lattice:
         """pydensecrf's symmetric normalisation: ``n_i = (sum_j k(f_i, f_j))^-1/2`` applied to
         the splat (each point's values) and to the slice (each point's result)."""
         num = self.slice_.shape[0]
         ones = torch.ones(num, 1, dtype=self.slice_.dtype, device=self.slice_.device)
-        norm = (self.filter(ones)[:, 0] + 1e-20).rsqrt()
-        cols = self.splat_points.col_indices()
-        e = self.slice_.values().numel() // num
-        # The splat's columns are the same sorted points repeated for every corner.
-        sorted_norm = norm.index_select(0, cols[:num])
+        norm = (self.filter(ones)[:, 0] + 1e-20).rsqrt()  # in sorted order, like both matrices
+        cols = self.splat.col_indices()
         splat = _csr(
-            self.splat_points.crow_indices(),
+            self.splat.crow_indices(),
             cols,
-            (self.splat_points.values().view(e, num) * sorted_norm).view(-1),
-            self.splat_points.shape,
+            self.splat.values() * norm.index_select(0, cols),
+            self.splat.shape,
         )
         slice_ = _csr(
             self.slice_.crow_indices(),
             self.slice_.col_indices(),
-            (self.slice_.values().view(num, e) * norm[:, None]).view(-1),
+            (self.slice_.values().view(num, -1) * norm[:, None]).view(-1),
             self.slice_.shape,
         )
-        return replace(self, splat_points=splat, slice_=slice_)
+        return replace(self, splat=splat, slice_=slice_)
+
+
+@dataclass(frozen=True)
+class Stacked:
+    """Several kernels' lattices over the same points in the same ``order``, filtered together:
+    one splat product into all their vertices (stacked), a blur per lattice, and one slice
+    product that also sums the kernels (two products per step instead of two per kernel)."""
+
+    order: torch.Tensor
+    splat: torch.Tensor  # (sum (M_k + 1), P)
+    slice_: torch.Tensor  # (P, sum (M_k + 1))
+    lattices: tuple[Lattice, ...]
+    starts: tuple[int, ...]  # first stacked vertex row of each lattice
+
+    def filter(self, values: torch.Tensor, scales: list[float]) -> torch.Tensor:
+        """``sum_k scales[k] * lattice_k.filter(values)`` for (P, C) values in ``order``."""
+        vertex = self.splat @ values
+        for lattice, start, scale in zip(self.lattices, self.starts, scales, strict=True):
+            block = vertex[start : start + lattice.num_vertices + 1]
+            lattice.blur(block).mul_(scale * lattice.alpha)
+        return self.slice_ @ vertex
+
+
+def stack(lattices: list[Lattice]) -> Stacked:
+    """Stack lattices that share one point ``order`` (see ``Lattice.reordered``)."""
+    order = lattices[0].order
+    if any(lat.order is not order and not torch.equal(lat.order, order) for lat in lattices):
+        raise ValueError("stacked lattices must share one point order; reorder them first")
+    num = order.numel()
+    sizes = [lat.num_vertices + 1 for lat in lattices]
+    starts = [sum(sizes[:k]) for k in range(len(sizes))]
+    crows, nnz = [lattices[0].splat.crow_indices()], lattices[0].splat.values().numel()
+    for lat in lattices[1:]:
+        crows.append(lat.splat.crow_indices()[1:] + nnz)
+        nnz += lat.splat.values().numel()
+    splat = _csr(
+        torch.cat(crows),
+        torch.cat([lat.splat.col_indices() for lat in lattices]),
+        torch.cat([lat.splat.values() for lat in lattices]),
+        (sum(sizes), num),
+    )
+    corners = sum(lat.num_corners // num for lat in lattices)
+    slice_ = _csr(
+        torch.arange(0, num * corners + 1, corners, device=order.device),
+        torch.cat(
+            [
+                lat.slice_.col_indices().view(num, -1) + start
+                for lat, start in zip(lattices, starts, strict=True)
+            ],
+            1,
+        ).view(-1),
+        torch.cat([lat.slice_.values().view(num, -1) for lat in lattices], 1).view(-1),
+        (num, sum(sizes)),
+    )
+    return Stacked(order, splat, slice_, tuple(lattices), tuple(starts))
 
 
 def build(f: torch.Tensor, group: torch.Tensor | None = None, groups: int = 1) -> Lattice:
@@ -212,7 +302,7 @@ def build(f: torch.Tensor, group: torch.Tensor | None = None, groups: int = 1) -
     if group is None:
         group = torch.zeros(num, dtype=torch.int64, device=f.device)
     emb = embed(f)
-    order, simplex, counts, rep = _simplices(emb, group, groups)
+    order, simplex, counts, rep = _simplices(emb, group, groups)  # simplex: of sorted points
     s = counts.numel()
 
     codes, strides = _codes(
@@ -223,8 +313,9 @@ def build(f: torch.Tensor, group: torch.Tensor | None = None, groups: int = 1) -
     new[1:] = sorted_codes[1:] != sorted_codes[:-1]
     uniq = sorted_codes[new]
     m = uniq.numel()
-    corner_vertex = torch.empty_like(corner_order)
-    corner_vertex[corner_order] = new.cumsum(0) - 1
+    vertex_of_sorted = new.cumsum(0) - 1
+    corner_vertex = torch.empty_like(corner_order)  # vertex of corner r*S + s
+    corner_vertex[corner_order] = vertex_of_sorted
 
     # Along axis j a vertex's neighbours are key - 1 with coordinate j at +d, and the mirror
     # image; axis d is the implicit last coordinate (keys sum to 0), so all others move by -1.
@@ -234,22 +325,36 @@ def build(f: torch.Tensor, group: torch.Tensor | None = None, groups: int = 1) -
     pos = torch.searchsorted(uniq, both).clamp_(max=m - 1)
     neighbours = torch.where(uniq[pos] == both, pos, m)
 
-    e = torch.arange(d1, device=f.device)
-    ends = counts.cumsum(0)
-    splat_crow = torch.cat([ends.new_zeros(1), (ends + e[:, None] * num).view(-1)])
-    splat_points = _csr(
-        splat_crow, order.repeat(d1), emb.weights.index_select(1, order).view(-1), (d1 * s, num)
+    # Splat: vertex rows, each the runs of sorted points of the simplices that have it as a
+    # corner (corners taken in vertex order), weighted by the barycentric weight of that corner.
+    # Entry (r, i) goes to its corner's run start plus i's place in its simplex (a counting
+    # sort: one scatter, no sort of the (d+1) P entries).
+    weights = emb.weights.index_select(1, order)  # (d+1, P), sorted points
+    lengths = counts[corner_order % s]
+    run_start = torch.empty_like(corner_order)
+    run_start[corner_order] = lengths.cumsum(0) - lengths
+    first = counts.cumsum(0) - counts
+    place = torch.arange(num, device=f.device) - first.index_select(0, simplex)
+    dest = (run_start.view(d1, s).index_select(1, simplex) + place).view(-1)
+    splat_cols = torch.empty_like(dest)
+    splat_cols[dest] = torch.arange(num, device=f.device).repeat(d1)
+    splat_values = torch.empty_like(weights).view(-1)
+    splat_values[dest] = weights.view(-1)
+    per_vertex = torch.zeros(m + 1, dtype=torch.int64, device=f.device)
+    per_vertex.index_add_(0, vertex_of_sorted, lengths)
+    splat = _csr(
+        torch.cat([per_vertex.new_zeros(1), per_vertex.cumsum(0)]),
+        splat_cols,
+        splat_values,
+        (m + 1, num),
     )
-    per_vertex = torch.bincount(corner_vertex, minlength=m + 1)
-    vertex_crow = torch.cat([per_vertex.new_zeros(1), per_vertex.cumsum(0)])
-    splat_vertices = _csr(vertex_crow, corner_order, f.new_ones(d1 * s), (m + 1, d1 * s))
-    slice_cols = (simplex[:, None] + e * s).view(-1)
+    # Slice: each sorted point reads the d+1 vertices of its simplex.
+    slice_cols = corner_vertex.view(d1, s).T.contiguous().index_select(0, simplex).view(-1)
     slice_crow = torch.arange(0, num * d1 + 1, d1, device=f.device)
-    slice_ = _csr(slice_crow, slice_cols, emb.weights.T.reshape(-1), (num, d1 * s))
+    slice_ = _csr(slice_crow, slice_cols, weights.T.reshape(-1), (num, m + 1))
     return Lattice(
-        splat_points=splat_points,
-        splat_vertices=splat_vertices,
-        corner_vertex=corner_vertex,
+        order=order,
+        splat=splat,
         slice_=slice_,
         neighbours=neighbours,
         alpha=1.0 / (1.0 + 2.0**-d),
