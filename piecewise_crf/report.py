@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from piecewise_crf.predict import colorize
 
@@ -60,6 +60,29 @@ def save_example(
         files[STAGE_TITLES.get(stage, stage)] = f"{name}_{stage.replace('+', '_')}.png"
         colorize(labels, palette).save(folder / files[STAGE_TITLES.get(stage, stage)])
     return files
+
+
+def example_grid(
+    rows: Sequence[Sequence[np.ndarray]], titles: Sequence[str], scale: float = 0.5
+) -> Image.Image:
+    """One image of examples side by side: ``rows[i][j]`` is an (H, W, 3) uint8 panel, column j
+    titled ``titles[j]``; panels are resized by ``scale`` (nearest, so labels stay crisp)."""
+    if not rows or any(len(r) != len(titles) for r in rows):
+        raise ValueError(f"every row needs one panel per title ({len(titles)})")
+    h, w = rows[0][0].shape[:2]
+    ph, pw = max(1, round(h * scale)), max(1, round(w * scale))
+    gap, head = 4, 18
+    grid = Image.new(
+        "RGB", (len(titles) * (pw + gap) - gap, head + len(rows) * (ph + gap)), "white"
+    )
+    draw = ImageDraw.Draw(grid)
+    for j, title in enumerate(titles):
+        draw.text((j * (pw + gap) + 4, 3), title, fill="black")
+    for i, row in enumerate(rows):
+        for j, panel in enumerate(row):
+            tile = Image.fromarray(panel).resize((pw, ph), Image.Resampling.NEAREST)
+            grid.paste(tile, (j * (pw + gap), head + i * (ph + gap)))
+    return grid
 
 
 def legend(classes: Sequence[str], palette: np.ndarray) -> str:
