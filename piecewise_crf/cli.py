@@ -105,6 +105,8 @@ def _tune_dense_crf(args: argparse.Namespace) -> None:
         split=args.split,
         limit=args.limit,
         grid=grid,
+        pairwise_mode=args.pairwise_mode,
+        pairwise_scale=args.pairwise_scale,
         json_path=args.json,
         device=args.device,
         top=args.top,
@@ -199,6 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="dense-CRF mean-field iterations to try (default: 5)",
     )
+    p.add_argument("--pairwise-mode", choices=["raw", "interaction"], help="default: checkpoint's")
+    p.add_argument("--pairwise-scale", type=float, help="default: the checkpoint's")
     p.add_argument("--json", help="write every result here")
     p.add_argument("--top", type=int, default=10, help="rows of the printed table")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")

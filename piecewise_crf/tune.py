@@ -269,6 +269,8 @@ def tune_dense_crf_checkpoint(
     split: str = "val",
     limit: int | None = None,
     grid: Sequence[DenseSetting] | None = None,
+    pairwise_mode: str | None = None,
+    pairwise_scale: float | None = None,
     json_path: str | Path | None = None,
     device: str = "auto",
     top: int = 10,
@@ -276,8 +278,9 @@ def tune_dense_crf_checkpoint(
 ) -> dict[str, Any]:
     """`piecewise-crf tune-dense-crf`: grid-search the dense CRF for a checkpoint on a split.
 
-    Prints the ranking, the best setting as a `--set` line and as YAML; writes every result to
-    `json_path`. Returns what the JSON holds.
+    The CRF marginals use the checkpoint's crf settings, or `pairwise_mode` / `pairwise_scale`
+    when given (tune the dense CRF on the CRF you will use). Prints the ranking, the best setting
+    as a `--set` line and as YAML; writes every result to `json_path`. Returns what the JSON holds.
     """
     grid = dense_grid() if grid is None else list(grid)
     if not grid:
@@ -291,7 +294,11 @@ def tune_dense_crf_checkpoint(
     model, config, data, name, dev = open_for_inference(checkpoint, dataset, root, split, device)
     classes = list(data.classes)
     indices = subset_indices(len(data), limit)
-    crf = CRFSetting.from_config(config.crf)
+    crf = CRFSetting(
+        config.crf.iterations,
+        pairwise_mode or config.crf.pairwise_mode,
+        config.crf.pairwise_scale if pairwise_scale is None else pairwise_scale,
+    )
     print(
         f"{name} {split}: {len(indices)} of {len(data)} images, CRF {crf}, "
         f"{len(grid)} dense-CRF settings"

@@ -130,3 +130,20 @@ def test_grid_validation_and_subsets():
     assert subset_indices(10, 3) == [0, 4, 9]
     with pytest.raises(ValueError, match="no images"):
         subset_indices(0, 3)
+
+
+def test_checkpoint_search_uses_the_given_pairwise_mode_and_scale(checkpoint):
+    model, config = model_from_checkpoint(load_checkpoint(checkpoint))
+    small = dense_grid(**{**GRID, "bi_weights": [4], "bi_xy_stds": [67], "bi_rgb_stds": [3]})
+    result = tune_dense_crf_checkpoint(
+        checkpoint, dataset="synthetic", split="val", limit=2, grid=small,
+        pairwise_mode="interaction", pairwise_scale=0.3, progress=False,
+    )  # fmt: skip
+    val = SyntheticContext.split("val")
+    crf = CRFSetting(config.crf.iterations, "interaction", 0.3)
+    expected = evaluate_model(model, val, {"crf": crf}, indices=result["indices"])
+    assert result["baseline"]["mean_iou"] == expected["crf"].compute()["mean_iou"]
+    default = evaluate_model(
+        model, val, {"crf": CRFSetting.from_config(config.crf)}, indices=result["indices"]
+    )
+    assert not np.array_equal(default["crf"].matrix, expected["crf"].matrix)  # the flags matter
