@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -55,17 +55,23 @@ class GridPotentials:
 
     unary: Tensor
     pairwise: dict[str, RelationScores]
+    _raw: list[GridPairwise] | None = field(default=None, repr=False)
 
     def materialise(self, mode: str = "raw", scale: float = 1.0) -> list[GridPairwise]:
-        """All pairwise scores of all relations, in the form `grid_mean_field` takes."""
+        """All pairwise scores of all relations, in the form `grid_mean_field` takes.
+
+        The Pairwise-Nets run once per forward pass: their raw scores are kept, so trying
+        several modes and scales on one image (a validation sweep) costs no more net evaluations.
+        """
         if mode not in PAIRWISE_MODES:
             raise ValueError(f"pairwise mode must be one of {PAIRWISE_MODES}, got {mode!r}")
+        if self._raw is None:
+            self._raw = [item for scores in self.pairwise.values() for item in scores]
         out = []
-        for scores in self.pairwise.values():
-            for offset, z in scores:
-                if mode == "interaction":
-                    z = centre_interactions(z)
-                out.append((offset, z * scale if scale != 1.0 else z))
+        for offset, z in self._raw:
+            if mode == "interaction":
+                z = centre_interactions(z)
+            out.append((offset, z * scale if scale != 1.0 else z))
         return out
 
 
