@@ -65,6 +65,7 @@ def _evaluate(args: argparse.Namespace) -> None:
         dense=not args.no_dense,
         scales=args.scales,
         flip=args.flip,
+        limit=args.limit,
         device=args.device,
         progress=not args.quiet,
     )
@@ -165,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--sweep-modes", nargs="+", default=["raw", "interaction"], choices=["raw", "interaction"]
     )
     p.add_argument("--no-dense", action="store_true", help="skip the dense-CRF stage")
+    p.add_argument("--limit", type=int, help="use this many images, spread over the split")
     p.set_defaults(run=_evaluate)
 
     p = commands.add_parser("predict", help="label images: palette PNGs and overlays")

@@ -288,6 +288,20 @@ def open_for_inference(
     return model.to(dev), config, data, name, dev
 
 
+def subset_indices(n: int, limit: int | None) -> list[int]:
+    """`limit` images spread evenly over a split of `n` (all of them without a limit).
+
+    Spread rather than the first ones: validation sets are often ordered by sequence or scene.
+    """
+    if n == 0:
+        raise ValueError("the split has no images")
+    if limit is None or limit >= n:
+        return list(range(n))
+    if limit < 1:
+        raise ValueError(f"--limit must be a positive number of images, got {limit}")
+    return sorted({int(i) for i in np.linspace(0, n - 1, limit).round()})
+
+
 def evaluate_checkpoint(
     checkpoint: str | Path,
     *,
@@ -304,10 +318,12 @@ def evaluate_checkpoint(
     dense: bool = True,
     scales: Sequence[float] = (1.0,),
     flip: bool = False,
+    limit: int | None = None,
     device: str = "auto",
     progress: bool = True,
 ) -> dict[str, dict[str, Any]]:
-    """`piecewise-crf evaluate`: score every stage of a checkpoint on a dataset split.
+    """`piecewise-crf evaluate`: score every stage of a checkpoint on a dataset split (or on
+    `limit` images spread over it, e.g. for a quick pairwise sweep).
 
     The dataset defaults to the one the checkpoint was trained on; CRF settings default to the
     checkpoint's config. Prints the per-class table, writes the JSON and the confusion PNG.
@@ -326,12 +342,14 @@ def evaluate_checkpoint(
     crf = crf_stages(main, sweep_scales, sweep_modes if sweep_scales else ())
     use_dense = dense and config.dense_crf.enabled
     notes = []
+    indices = subset_indices(len(data), limit)
     matrices = evaluate_model(
         model,
         data,
         crf,
         dense=config.dense_crf if use_dense else None,
         device=dev,
+        indices=indices,
         scales=scales,
         flip=flip,
         amp_dtype=amp_dtype(dev, config.train.amp),
@@ -341,7 +359,7 @@ def evaluate_checkpoint(
         notes.append("crf+dense skipped: dense CRF disabled")
     mean_classes = data.mean_classes() if hasattr(data, "mean_classes") else None
     results = summarise(matrices, classes, mean_classes)
-    print(f"{name} {split}: {len(data)} images, CRF {main}")
+    print(f"{name} {split}: {len(indices)} of {len(data)} images, CRF {main}")
     print(format_table(results, classes))
     for note in notes:
         print(f"note: {note}")

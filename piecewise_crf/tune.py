@@ -19,7 +19,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
@@ -30,6 +29,7 @@ from piecewise_crf.evaluate import (
     CRFSetting,
     open_for_inference,
     stage_probabilities,
+    subset_indices,
     summarise,
     write_json,
 )
@@ -116,20 +116,6 @@ def dense_grid(
         values("iterations", iterations, positive=False, integer=True),
     ]
     return [DenseSetting(*combo) for combo in itertools.product(*axes)]
-
-
-def subset_indices(n: int, limit: int | None) -> list[int]:
-    """`limit` images spread evenly over a split of `n` (all of them without a limit).
-
-    Spread rather than the first ones: validation sets are often ordered by sequence or scene.
-    """
-    if n == 0:
-        raise ValueError("the split has no images")
-    if limit is None or limit >= n:
-        return list(range(n))
-    if limit < 1:
-        raise ValueError(f"--limit must be a positive number of images, got {limit}")
-    return sorted({int(i) for i in np.linspace(0, n - 1, limit).round()})
 
 
 def _refine_grid(

@@ -67,6 +67,18 @@ def test_evaluate_checkpoint_writes_json_and_confusion_png(checkpoint, tmp_path,
     assert "object_a" in table and "mean IoU" in table
 
 
+def test_limit_scores_images_spread_over_the_split(checkpoint, model, capsys):
+    results = evaluate_checkpoint(
+        checkpoint, dataset="synthetic", split="val", limit=3, dense=False, progress=False
+    )
+    assert "3 of 32 images" in capsys.readouterr().out
+    val = SyntheticContext.split("val")
+    config = model_from_checkpoint(load_checkpoint(checkpoint))[1]
+    crf = {"crf": CRFSetting.from_config(config.crf)}
+    expected = evaluate_model(model, val, crf, indices=[0, 16, 31])  # spread, not the first 3
+    assert results["crf"]["mean_iou"] == expected["crf"].compute()["mean_iou"]
+
+
 def test_checkpoint_for_another_class_set_is_refused(checkpoint, tmp_path):
     from fixtures_data import make_camvid
 
