@@ -44,7 +44,7 @@ from piecewise_crf.train import fit_epochs, train
 ROWS = ("fcn", "pool", "multiscale", "pairwise", "dense")
 TRAINED = ROWS[:-1]
 RESULTS = Path(__file__).parent / "results"
-SWEEP_SCALES = (0.01, 0.03, 0.1, 0.3, 1.0)
+SWEEP_SCALES = (0.001, 0.003, 0.01, 0.1, 1.0)
 METRICS = ("mean_iou", "pixel_accuracy", "mean_accuracy")
 
 
