@@ -5,8 +5,8 @@
 
 Writes OUT/camvid_val_examples.png (input, ground truth, unary, CRF, CRF + dense CRF for a few
 val images spread over the split) and copies the run's curves.png to OUT/camvid_curves.png.
-The CRF stage uses the checkpoint's pairwise mode and scale unless --pairwise-mode/-scale say
-otherwise.
+The CRF and dense-CRF stages use the checkpoint's settings, or the crf and dense_crf sections
+of --config (settings chosen on val after training).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from piecewise_crf.checkpoint import load_checkpoint, model_from_checkpoint
+from piecewise_crf.config import load_config
 from piecewise_crf.evaluate import CRFSetting, predict_stages
 from piecewise_crf.predict import colorize
 from piecewise_crf.report import example_grid
@@ -33,8 +34,7 @@ def main() -> None:
     parser.add_argument("--data-root", type=Path, default=Path("../shared/data/camvid"))
     parser.add_argument("--split", default="val")
     parser.add_argument("--count", type=int, default=4, help="examples (rows)")
-    parser.add_argument("--pairwise-mode", choices=["raw", "interaction"])
-    parser.add_argument("--pairwise-scale", type=float)
+    parser.add_argument("--config", help="YAML whose crf and dense_crf sections to use instead")
     parser.add_argument("--out", type=Path, default=Path("docs"))
     args = parser.parse_args()
 
@@ -44,11 +44,10 @@ def main() -> None:
     data = open_dataset(
         config.data.dataset, args.data_root, args.split, num_classes=config.model.num_classes
     )
-    crf = CRFSetting(
-        config.crf.iterations,
-        args.pairwise_mode or config.crf.pairwise_mode,
-        config.crf.pairwise_scale if args.pairwise_scale is None else args.pairwise_scale,
-    )
+    if args.config:
+        chosen = load_config(args.config)
+        config.crf, config.dense_crf = chosen.crf, chosen.dense_crf
+    crf = CRFSetting.from_config(config.crf)
     palette = np.asarray(ckpt["palette"], dtype=np.uint8)
 
     def rgb(labels: np.ndarray) -> np.ndarray:
