@@ -30,10 +30,9 @@ import torch
 from common import commit, describe, machine
 
 from piecewise_crf.checkpoint import load_checkpoint, model_from_checkpoint
-from piecewise_crf.data.balancing import class_frequencies, median_frequency_weights
 from piecewise_crf.evaluate import CRFSetting, evaluate_model, summarise
 from piecewise_crf.runtime import open_dataset, resolve_device
-from piecewise_crf.train import training_set
+from piecewise_crf.train import balancing_weights, sgd, training_set
 
 METHODS = {"piecewise": 0, "joint3": 3, "joint5": 5}  # name -> mean-field iterations in training
 
@@ -48,18 +47,8 @@ def fine_tune(method: str, args: argparse.Namespace, out: mp.Queue) -> None:
     model.to(device).train()
     tc = config.train
     data = training_set(config, args.data_root)
-    weights = None
-    if tc.class_balance:
-        w = median_frequency_weights(class_frequencies(data), tc.class_balance)
-        weights = torch.tensor(w, dtype=torch.float32, device=device)
-    lr = tc.lr * args.lr_mult
-    groups = [
-        {"params": [p for n, p in model.named_parameters() if n.startswith("featmap.backbone.")],
-         "base_lr": lr * tc.backbone_lr_mult},
-        {"params": [p for n, p in model.named_parameters() if not n.startswith("featmap.backbone.")],
-         "base_lr": lr},
-    ]  # fmt: skip
-    optimizer = torch.optim.SGD(groups, lr=lr, momentum=tc.momentum, weight_decay=tc.weight_decay)
+    weights = balancing_weights(tc, data, device)
+    optimizer = sgd(model, tc, lr=tc.lr * args.lr_mult)
     loader = torch.utils.data.DataLoader(
         data,
         batch_size=tc.batch_size,

@@ -42,7 +42,7 @@ from piecewise_crf.checkpoint import (
     load_checkpoint,
     load_model_state,
 )
-from piecewise_crf.config import Config, config_to_dict, load_config, save_config
+from piecewise_crf.config import Config, TrainConfig, config_to_dict, load_config, save_config
 from piecewise_crf.data.balancing import class_frequencies, median_frequency_weights
 from piecewise_crf.data.transforms import train_transforms
 from piecewise_crf.evaluate import CRFSetting, evaluate_model, predict_stages
@@ -99,6 +99,27 @@ def fit_epochs(config: Config, minutes: float, data_root: str | Path | None = No
     epoch = math.ceil(len(data) / tc.batch_size) * step + len(val) * per_image / tc.val_every
     final = len(val) * (per_image + 0.3)  # the last evaluation adds the dense CRF
     return max(1, int((60 * minutes - final) / epoch))
+
+
+def sgd(model: nn.Module, tc: TrainConfig, lr: float | None = None) -> torch.optim.SGD:
+    """SGD over two groups: the backbone at `lr * backbone_lr_mult`, the new heads at `lr`
+    (default `tc.lr`); each group keeps its `base_lr` for the poly schedule."""
+    lr = tc.lr if lr is None else lr
+    backbone = [p for n, p in model.named_parameters() if n.startswith("featmap.backbone.")]
+    heads = [p for n, p in model.named_parameters() if not n.startswith("featmap.backbone.")]
+    groups = [
+        {"params": backbone, "lr": lr * tc.backbone_lr_mult, "base_lr": lr * tc.backbone_lr_mult},
+        {"params": heads, "lr": lr, "base_lr": lr},
+    ]
+    return torch.optim.SGD(groups, momentum=tc.momentum, weight_decay=tc.weight_decay)
+
+
+def balancing_weights(tc: TrainConfig, data: Dataset, device: torch.device) -> Tensor | None:
+    """Class weights (K,) for `train.class_balance` from the training labels; None when off."""
+    if not tc.class_balance:
+        return None
+    weights = median_frequency_weights(class_frequencies(data), tc.class_balance)
+    return torch.tensor(weights, dtype=torch.float32, device=device)
 
 
 @dataclass(frozen=True)
@@ -356,13 +377,7 @@ def _train(
     torch.manual_seed(tc.seed + rank.rank)  # DDP copies rank 0's initial weights to the others
     model = build_model(config.model, load_weights=ckpt is None, max_edges=tc.max_edges)
     model.to(device)
-    backbone = [p for n, p in model.named_parameters() if n.startswith("featmap.backbone.")]
-    heads = [p for n, p in model.named_parameters() if not n.startswith("featmap.backbone.")]
-    groups = [
-        {"params": backbone, "lr": tc.lr * tc.backbone_lr_mult, "base_lr": tc.lr * tc.backbone_lr_mult},
-        {"params": heads, "lr": tc.lr, "base_lr": tc.lr},
-    ]  # fmt: skip
-    optimizer = torch.optim.SGD(groups, momentum=tc.momentum, weight_decay=tc.weight_decay)
+    optimizer = sgd(model, tc)
     dtype = amp_dtype(device, tc.amp)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
 
@@ -380,13 +395,10 @@ def _train(
             print(f"note: {len(states)} processes saved RNG states, {rank.world} run now; "
                   "training continues but will not repeat the original run bit for bit")  # fmt: skip
 
-    class_weights = None
-    if tc.class_balance:
-        weights = median_frequency_weights(class_frequencies(train_set), tc.class_balance)
-        class_weights = torch.tensor(weights, dtype=torch.float32, device=device)
-        if rank.main:
-            shown = ", ".join(f"{c} {w:.2f}" for c, w in zip(classes, weights, strict=True))
-            print(f"class weights (train.class_balance={tc.class_balance}): {shown}")
+    class_weights = balancing_weights(tc, train_set, device)
+    if class_weights is not None and rank.main:
+        shown = ", ".join(f"{c} {w:.2f}" for c, w in zip(classes, class_weights, strict=True))
+        print(f"class weights (train.class_balance={tc.class_balance}): {shown}")
     net: nn.Module = PiecewiseLoss(
         model, tc.pairwise_weight, tc.edge_fraction, tc.memory_efficient, class_weights
     )
