@@ -97,6 +97,8 @@ class TrainConfig:
     memory_efficient: bool = (
         False  # recompute each chunk in backward: memory of one chunk, ~1.3x time
     )
+    minutes: float = 0.0  # > 0: stop after this many minutes of training steps (validation not
+    # counted), whichever of this and `epochs` comes first; the poly lr then follows elapsed time
     val_every: int = 5  # validate every N epochs and keep the best checkpoint
     seed: int = 0
     device: str = "auto"  # "auto" (CUDA when present), "cpu", "cuda", "cuda:1", ...

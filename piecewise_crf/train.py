@@ -381,13 +381,14 @@ def _train(
     dtype = amp_dtype(device, tc.amp)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
 
-    epoch, step, history, best = 0, 0, [], -math.inf
+    epoch, step, history, best, elapsed = 0, 0, [], -math.inf, 0.0
     if ckpt is not None:
         load_model_state(model, ckpt["model"], str(out / "last.pt"))
         optimizer.load_state_dict(ckpt["optimizer"])
         scaler.load_state_dict(ckpt["scaler"])
         epoch, step, history = ckpt["epoch"], ckpt["step"], list(ckpt["history"])
         best = ckpt.get("best", -math.inf)
+        elapsed = ckpt.get("train_seconds", 0.0)
         states = ckpt["rng"]
         if len(states) == rank.world:
             set_rng_state(states[rank.rank])
@@ -420,6 +421,9 @@ def _train(
     if len(loader) == 0:
         raise ValueError("the training split is empty")
     total_steps = tc.epochs * len(loader)
+    budget = 60 * tc.minutes
+    if tc.minutes < 0:
+        raise ValueError(f"train.minutes must be >= 0 (0 = no time limit), got {tc.minutes}")
     writer = _summary_writer(out) if rank.main else None
     bar = tqdm(
         total=total_steps, initial=step, desc="train", dynamic_ncols=True,
@@ -427,15 +431,20 @@ def _train(
     )  # fmt: skip
     row: dict[str, Any] = history[-1] if history else {}
 
-    while epoch < tc.epochs:
+    stop = budget > 0 and elapsed >= budget
+    while epoch < tc.epochs and not stop:
         epoch += 1
         tic = time.perf_counter()
         sampler.set_epoch(epoch)
         loader.generator.manual_seed(_seed_for(tc.seed, epoch, rank.rank))  # worker seeds
         net.train()
-        sums = [0.0, 0.0]
+        sums, steps = [0.0, 0.0], 0
         for images, labels in loader:
-            factor = (1 - step / total_steps) ** tc.lr_power
+            started = time.perf_counter()
+            done = step / total_steps
+            if budget:
+                done = max(done, elapsed / budget)
+            factor = max(0.0, 1 - done) ** tc.lr_power
             for group in optimizer.param_groups:
                 group["lr"] = group["base_lr"] * factor
             images = images.to(device, non_blocking=True)
@@ -460,18 +469,33 @@ def _train(
             scaler.step(optimizer)
             scaler.update()
             step += 1
+            steps += 1
+            elapsed += time.perf_counter() - started
             sums[0] += unary.item()
             sums[1] += pairwise.item()
             bar.update()
-            bar.set_postfix(
-                epoch=epoch, unary=f"{unary.item():.3f}", pairwise=f"{pairwise.item():.3f}"
-            )
+            shown = {
+                "epoch": epoch,
+                "unary": f"{unary.item():.3f}",
+                "pairwise": f"{pairwise.item():.3f}",
+            }
+            if budget:
+                shown["left"] = f"{max(0.0, budget - elapsed) / 60:.1f} min"
+            bar.set_postfix(shown)
             if writer is not None:
                 writer.add_scalar("loss/unary", unary.item(), step)
                 writer.add_scalar("loss/pairwise", pairwise.item(), step)
                 writer.add_scalar("lr", optimizer.param_groups[1]["lr"], step)
+            if budget:
+                # every rank must leave the epoch at the same step, so rank 0's clock decides
+                over = torch.tensor(float(elapsed >= budget), device=device)
+                if rank.world > 1:
+                    dist.broadcast(over, 0)
+                if over.item():
+                    stop = True
+                    break
 
-        unary_loss, pairwise_loss = _all_reduce_mean([s / len(loader) for s in sums], rank.world)
+        unary_loss, pairwise_loss = _all_reduce_mean([s / steps for s in sums], rank.world)
         row = {
             "epoch": epoch,
             "step": step,
@@ -482,7 +506,7 @@ def _train(
             "val_crf_miou": None,
         }
         improved = False
-        if val_set is not None and (epoch % tc.val_every == 0 or epoch == tc.epochs):
+        if val_set is not None and (epoch % tc.val_every == 0 or epoch == tc.epochs or stop):
             row.update(validate(model, val_set, config, device, rank, dtype))
             score = (
                 row["val_crf_miou"] if row["val_crf_miou"] is not None else row["val_unary_miou"]
@@ -510,7 +534,7 @@ def _train(
             if improved:
                 atomic_save(meta, out / "best.pt")
             state = dict(meta, optimizer=optimizer.state_dict(), scaler=scaler.state_dict(),
-                         rng=states, best=best)  # fmt: skip
+                         rng=states, best=best, train_seconds=elapsed)  # fmt: skip
             atomic_save(state, out / "last.pt")
             write_log(history, out / "log.csv")
         if rank.world > 1:

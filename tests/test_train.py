@@ -47,6 +47,32 @@ def test_class_balance_weights_the_loss_by_training_frequencies(tmp_path, capsys
     assert torch.isfinite(torch.tensor(result.history[-1]["unary_loss"]))
 
 
+def test_minutes_budget_stops_mid_epoch_with_lr_following_the_clock(tmp_path, monkeypatch):
+    class Clock:  # every reading is one second after the previous: each step "takes" 1 s
+        now = 0.0
+
+        @classmethod
+        def perf_counter(cls) -> float:
+            cls.now += 1.0
+            return cls.now
+
+    monkeypatch.setattr(train_module, "time", Clock)
+    config = tiny_config(epochs=10)
+    config.train.minutes = 3 / 60
+    config.train.lr_power = 1.0
+    result = tiny_run(tmp_path / "run", config)
+    # 2 steps per epoch: the third step exhausts 3 s, in epoch 2, which is then validated
+    assert [r["step"] for r in result.history] == [2, 3]
+    assert result.history[-1]["val_unary_miou"] is not None
+    # the third step ran at lr * (1 - 2 s / 3 s), not at the epoch schedule's lr * (1 - 2 / 20)
+    assert result.history[-1]["lr"] == pytest.approx(config.train.lr / 3)
+    last = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert last["train_seconds"] == 3.0
+    # resuming a finished budget trains no further
+    resumed = tiny_run(tmp_path / "run", config, resume=True)
+    assert resumed.history[-1]["step"] == 3
+
+
 def test_resume_after_a_kill_gives_bitwise_identical_weights(tmp_path, monkeypatch):
     straight = tiny_run(tmp_path / "straight", tiny_config(epochs=2)).model.state_dict()
 
