@@ -487,11 +487,11 @@ def _train(
                 writer.add_scalar("loss/pairwise", pairwise.item(), step)
                 writer.add_scalar("lr", optimizer.param_groups[1]["lr"], step)
             if budget:
-                # every rank must leave the epoch at the same step, so rank 0's clock decides
-                over = torch.tensor(float(elapsed >= budget), device=device)
-                if rank.world > 1:
-                    dist.broadcast(over, 0)
-                if over.item():
+                if rank.world > 1:  # rank 0's clock sets every rank's lr and last step
+                    clock = torch.tensor(elapsed, dtype=torch.float64, device=device)
+                    dist.broadcast(clock, 0)
+                    elapsed = clock.item()
+                if elapsed >= budget:
                     stop = True
                     break
 

@@ -184,7 +184,13 @@ sys.path.insert(0, {tests!r})
 torch.set_num_threads(1)
 from tiny_run import tiny_config, tiny_run
 dist.init_process_group("gloo")
-result = tiny_run({out!r}, tiny_config(epochs=1))
+config = tiny_config(epochs={epochs})
+config.train.minutes = {minutes}
+if {minutes} and dist.get_rank() == 1:  # a clock racing ahead: alone, it would stop after 1 step
+    import itertools, piecewise_crf.train as train_module
+    ticks = itertools.count(step=1000.0)
+    train_module.time = type("Clock", (), {{"perf_counter": staticmethod(lambda: next(ticks))}})
+result = tiny_run({out!r}, config)
 flat = torch.cat([p.detach().reshape(-1) for p in result.model.parameters()])
 gathered = [torch.empty_like(flat) for _ in range(dist.get_world_size())]
 dist.all_gather(gathered, flat)
@@ -195,13 +201,19 @@ dist.destroy_process_group()
 
 
 @pytest.mark.slow
-def test_torchrun_two_cpu_processes_keep_weights_in_sync(tmp_path):
+@pytest.mark.parametrize("epochs, minutes", [(1, 0), (2, 30)], ids=["epochs", "rank0-clock"])
+def test_torchrun_two_cpu_processes_keep_weights_in_sync(tmp_path, epochs, minutes):
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
     if torchrun is None:
         pytest.skip("torchrun not installed")
     script = tmp_path / "ddp.py"
     script.write_text(
-        DDP_SCRIPT.format(tests=str(Path(__file__).parent), out=str(tmp_path / "run"))
+        DDP_SCRIPT.format(
+            tests=str(Path(__file__).parent),
+            out=str(tmp_path / "run"),
+            epochs=epochs,
+            minutes=minutes,
+        )
     )
     cmd = [torchrun, "--standalone", "--nproc_per_node", "2", str(script)]
     try:
@@ -213,5 +225,6 @@ def test_torchrun_two_cpu_processes_keep_weights_in_sync(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("ok") == 2
     ckpt = load_checkpoint(tmp_path / "run" / "final.pt")
-    assert ckpt["epoch"] == 1 and ckpt["step"] == 2  # 8 images, 2 per rank and step
+    # 8 images, 2 per rank and step; a budget follows rank 0's clock on every rank
+    assert ckpt["epoch"] == epochs and ckpt["step"] == 2 * epochs
     assert (tmp_path / "run" / "log.csv").is_file()
