@@ -7,8 +7,8 @@ Methods, each from the checkpoint's weights, in a process of its own (so peak me
   piecewise  the piecewise loss (unary + pairwise likelihoods; no inference in training)
   joint3     -log of the mean-field marginals after 3 iterations, back-propagated through them
   joint5     the same through 5 iterations
-Joint training runs mean-field with the checkpoint's pairwise mode and scale, the inference that
-prediction uses. Each method trains for --minutes of wall-clock time (lr decays with elapsed
+Joint training runs mean-field with the checkpoint's pairwise mode and scale (or
+--pairwise-mode/--pairwise-scale), the inference that prediction uses. Each method trains for --minutes of wall-clock time (lr decays with elapsed
 time), then val is scored with that same inference (and 3 or T iterations for the joint rows).
 Reports seconds per step, peak memory, steps done and val mIoU; writes JSON. The paper's claim is
 the first two columns: piecewise steps cost no inference, so more of them fit the budget.
@@ -44,6 +44,8 @@ def fine_tune(method: str, args: argparse.Namespace, out: mp.Queue) -> None:
     torch.manual_seed(0)
     device = resolve_device(args.device)
     model, config = model_from_checkpoint(load_checkpoint(args.checkpoint), str(args.checkpoint))
+    config.crf.pairwise_mode = args.pairwise_mode or config.crf.pairwise_mode
+    config.crf.pairwise_scale = args.pairwise_scale or config.crf.pairwise_scale
     model.to(device).train()
     tc = config.train
     data = training_set(config, args.data_root)
@@ -117,6 +119,7 @@ def fine_tune(method: str, args: argparse.Namespace, out: mp.Queue) -> None:
     out.put(
         {
             "steps": len(step_times),
+            "pairwise": {"mode": config.crf.pairwise_mode, "scale": config.crf.pairwise_scale},
             "seconds_per_step": statistics.median(step_times[1:] or step_times),
             "peak_memory_mb": round(peak_mb),
             "val_mean_iou": {stage: scores[stage]["mean_iou"] for stage in scores},
@@ -131,6 +134,8 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=10.0, help="training budget per method")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--lr-mult", type=float, default=0.1, help="fine-tuning lr / train.lr")
+    parser.add_argument("--pairwise-mode", choices=["raw", "interaction"], help="default: ckpt's")
+    parser.add_argument("--pairwise-scale", type=float, help="default: the checkpoint's")
     parser.add_argument("--val-stride", type=int, default=1, help="score every Nth val image")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
