@@ -125,6 +125,7 @@ def model_from_checkpoint(
     config = config_from_dict(ckpt["config"])
     model = build_model(config.model, load_weights=False, max_edges=config.train.max_edges)
     load_model_state(model, ckpt["model"], source)
+    model.set_prediction_box(config.crf.box_fraction)
     return model.eval(), config
 
 

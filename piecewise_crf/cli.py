@@ -60,6 +60,7 @@ def _evaluate(args: argparse.Namespace) -> None:
         iterations=args.iterations,
         pairwise_mode=args.pairwise_mode,
         pairwise_scale=args.pairwise_scale,
+        box_fraction=args.box_fraction,
         sweep_scales=args.pairwise_scales,
         sweep_modes=args.sweep_modes,
         dense=not args.no_dense,
@@ -155,6 +156,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iterations", type=int, help="mean-field iterations (default: checkpoint's)")
     p.add_argument("--pairwise-mode", choices=["raw", "interaction"])
     p.add_argument("--pairwise-scale", type=float)
+    p.add_argument(
+        "--box-fraction",
+        type=float,
+        help="range box of the relations at prediction (default: the checkpoint's crf.box_fraction, "
+        "else the trained model.box_fraction)",
+    )
     p.add_argument(
         "--pairwise-scales",
         type=float,

@@ -56,6 +56,7 @@ class CRFConfig:
     pairwise_scale: float = (
         1.0  # multiplies pairwise scores in mean-field; choose on validation data
     )
+    box_fraction: float | None = None  # range box at prediction; None = model.box_fraction
 
 
 @dataclass

@@ -313,6 +313,7 @@ def evaluate_checkpoint(
     iterations: int | None = None,
     pairwise_mode: str | None = None,
     pairwise_scale: float | None = None,
+    box_fraction: float | None = None,
     sweep_scales: Sequence[float] = (),
     sweep_modes: Sequence[str] = ("raw", "interaction"),
     dense: bool = True,
@@ -326,13 +327,16 @@ def evaluate_checkpoint(
     `limit` images spread over it, e.g. for a quick pairwise sweep).
 
     The dataset defaults to the one the checkpoint was trained on; CRF settings default to the
-    checkpoint's config. Prints the per-class table, writes the JSON and the confusion PNG.
+    checkpoint's config, and so does the prediction range box (`box_fraction`). Prints the
+    per-class table, writes the JSON and the confusion PNG.
     """
 
     for path in (json_path, confusion_path):
         if path is not None:
             ensure_writable(Path(path).parent)
     model, config, data, name, dev = open_for_inference(checkpoint, dataset, root, split, device)
+    if box_fraction is not None:
+        model.set_prediction_box(box_fraction)
     classes = list(data.classes)
     main = CRFSetting(
         config.crf.iterations if iterations is None else iterations,
@@ -359,7 +363,8 @@ def evaluate_checkpoint(
         notes.append("crf+dense skipped: dense CRF disabled")
     mean_classes = data.mean_classes() if hasattr(data, "mean_classes") else None
     results = summarise(matrices, classes, mean_classes)
-    print(f"{name} {split}: {len(indices)} of {len(data)} images, CRF {main}")
+    box = model.prediction_box or config.model.box_fraction
+    print(f"{name} {split}: {len(indices)} of {len(data)} images, CRF {main}, box {box:g}")
     print(format_table(results, classes))
     for note in notes:
         print(f"note: {note}")

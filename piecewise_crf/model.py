@@ -110,6 +110,7 @@ class DeepStructuredModel(nn.Module):
         self.featmap = featmap
         self.num_classes = num_classes
         self.relations = list(relations)
+        self.prediction_box: float | None = None  # see set_prediction_box
         self.node_label_rule = node_labels
         self.ignore_index = ignore_index
         self.max_edges = max_edges
@@ -119,9 +120,23 @@ class DeepStructuredModel(nn.Module):
             {r.name: PairwiseNet(channels, num_classes, hidden) for r in self.relations}
         )
 
+    def set_prediction_box(self, fraction: float | None) -> None:
+        """Range-box fraction of the relations in eval mode (None: the one trained with).
+
+        A Pairwise-Net scores any pair of node features, so a model trained with one box can
+        predict with a smaller one: fewer edges, each a near neighbour, and a cheaper mean-field.
+        Training passes (train mode) keep the trained box.
+        """
+        if fraction is not None and not 0 < fraction <= 1:
+            raise ValueError(f"the prediction box fraction must be in (0, 1], got {fraction}")
+        self.prediction_box = fraction
+
     def forward(self, images: Tensor) -> GridPotentials:
         features = self.featmap(images)
         _, _, h, w = features.shape
+        relations = self.relations
+        if self.prediction_box is not None and not self.training:
+            relations = [r.resized(self.prediction_box) for r in relations]
         pairwise = {
             r.name: RelationScores(
                 net=self.pairwise_nets[r.name],
@@ -129,7 +144,7 @@ class DeepStructuredModel(nn.Module):
                 offsets=r.offsets(h, w),
                 max_edges=self.max_edges,
             )
-            for r in self.relations
+            for r in relations
         }
         return GridPotentials(unary=self.unary_net(features), pairwise=pairwise)
 

@@ -11,7 +11,7 @@ Adding a relation is a few lines: subclass `Relation` and implement `offsets`, o
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -32,6 +32,10 @@ class Relation:
     def offsets(self, grid_h: int, grid_w: int) -> list[Offset]:
         raise NotImplementedError
 
+    def resized(self, fraction: float) -> Relation:
+        """This relation with a range box of `fraction` (itself when its offsets have no box)."""
+        return self
+
 
 @dataclass(frozen=True)
 class Surrounding(Relation):
@@ -39,6 +43,9 @@ class Surrounding(Relation):
 
     name: str = "surrounding"
     fraction: float = 0.4
+
+    def resized(self, fraction: float) -> Relation:
+        return replace(self, fraction=fraction)
 
     def offsets(self, grid_h: int, grid_w: int) -> list[Offset]:
         r = box_side(grid_h, grid_w, self.fraction) // 2
@@ -51,6 +58,9 @@ class AboveBelow(Relation):
 
     name: str = "above_below"
     fraction: float = 0.4
+
+    def resized(self, fraction: float) -> Relation:
+        return replace(self, fraction=fraction)
 
     def offsets(self, grid_h: int, grid_w: int) -> list[Offset]:
         side = box_side(grid_h, grid_w, self.fraction)

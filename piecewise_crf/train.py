@@ -78,6 +78,7 @@ def fit_epochs(config: Config, minutes: float, data_root: str | Path | None = No
     data = training_set(config, root)
     tc = config.train
     model = build_model(config.model, load_weights=False)
+    model.set_prediction_box(config.crf.box_fraction)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # timing only: weights stay put
     times = []
     for k in range(6):  # the first two steps are slow (lazy imports, allocator): skip them
@@ -376,6 +377,7 @@ def _train(
     np.random.seed(tc.seed + rank.rank)  # noqa: NPY002
     torch.manual_seed(tc.seed + rank.rank)  # DDP copies rank 0's initial weights to the others
     model = build_model(config.model, load_weights=ckpt is None, max_edges=tc.max_edges)
+    model.set_prediction_box(config.crf.box_fraction)  # for validation
     model.to(device)
     optimizer = sgd(model, tc)
     dtype = amp_dtype(device, tc.amp)

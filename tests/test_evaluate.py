@@ -114,3 +114,15 @@ def test_unreadable_or_foreign_checkpoints_are_clear_errors(tmp_path):
         load_checkpoint(tmp_path / "unsafe.pt")
     with pytest.raises(FileNotFoundError):
         load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_prediction_box_comes_from_the_call_or_the_checkpoint(checkpoint, capsys):
+    evaluate_checkpoint(
+        checkpoint, dataset="synthetic", split="val", limit=2, dense=False, box_fraction=0.2,
+        progress=False,
+    )  # fmt: skip
+    assert "box 0.2" in capsys.readouterr().out
+    ckpt = load_checkpoint(checkpoint)
+    assert model_from_checkpoint(ckpt)[0].prediction_box is None
+    ckpt["config"]["crf"]["box_fraction"] = 0.2
+    assert model_from_checkpoint(ckpt)[0].prediction_box == 0.2

@@ -178,3 +178,29 @@ def test_bad_labels_are_reported():
     labels[0, 40, 40:] = 9
     with pytest.raises(ValueError, match=r"\[9\]"):
         model.loss(images, labels)
+
+
+def test_prediction_box_shrinks_eval_relations_and_keeps_their_scores():
+    model = tiny_model()
+    images, _ = batch(b=1, h=320, w=384)  # a 20x24 grid: trained box side 11
+    model.train()
+    trained = {r: len(s.offsets) for r, s in model(images).pairwise.items()}
+    model.set_prediction_box(0.1)  # side 3 on this grid: 4 surrounding and 9 above_below offsets
+    assert {r: len(s.offsets) for r, s in model(images).pairwise.items()} == trained
+    model.eval()
+    with torch.no_grad():
+        small = model(images)
+        model.set_prediction_box(None)
+        full = model(images)
+    assert {r: len(s.offsets) for r, s in small.pairwise.items()} == {
+        "surrounding": 4,
+        "above_below": 9,
+    }
+    assert {r: len(s.offsets) for r, s in full.pairwise.items()} == trained
+    torch.testing.assert_close(small.unary, full.unary)
+    # the scores of an offset both boxes hold are the same Pairwise-Net outputs
+    small_scores, full_scores = dict(small.materialise()), dict(full.materialise())
+    for offset, z in small_scores.items():
+        torch.testing.assert_close(z, full_scores[offset])
+    with pytest.raises(ValueError, match=r"in \(0, 1\], got 0"):
+        model.set_prediction_box(0.0)

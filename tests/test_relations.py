@@ -55,3 +55,13 @@ def test_custom_relation_and_errors():
         build_relations(["diagonal"])
     with pytest.raises(ValueError, match=r"never \(0, 0\)"):
         FixedOffsets("bad", [(0, 0)])
+
+
+def test_resized_relations_change_only_the_box():
+    surrounding, above = Surrounding(fraction=0.4), AboveBelow(fraction=0.4)
+    assert surrounding.resized(0.1).offsets(34, 45) == Surrounding(fraction=0.1).offsets(34, 45)
+    assert above.resized(0.1).offsets(34, 45) == AboveBelow(fraction=0.1).offsets(34, 45)
+    assert len(Surrounding(fraction=0.1).offsets(34, 45)) == 4  # side 3: (0,1) and (1,-1..1)
+    assert len(AboveBelow(fraction=0.1).offsets(34, 45)) == 9  # dy 1..3, dx -1..1
+    fixed = FixedOffsets("left_right", [(0, 1), (0, 2)])
+    assert fixed.resized(0.1) is fixed
