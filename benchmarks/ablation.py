@@ -107,6 +107,8 @@ def run_row(row: str, args: argparse.Namespace) -> list[Path]:
             "scales": list(config.model.scales),
             "pool_windows": list(config.model.pool_windows),
             "relations": list(config.model.relations),
+            "box_fraction": config.model.box_fraction,
+            "prediction_box_fraction": config.crf.box_fraction,
         },
     }
     if row != "pairwise":
