@@ -8,8 +8,9 @@ Methods, each from the checkpoint's weights, in a process of its own (so peak me
   joint3     -log of the mean-field marginals after 3 iterations, back-propagated through them
   joint5     the same through 5 iterations
 Joint training runs mean-field with the checkpoint's pairwise mode and scale (or
---pairwise-mode/--pairwise-scale), the inference that prediction uses. Each method trains for --minutes of wall-clock time (lr decays with elapsed
-time), then val is scored with that same inference (and 3 or T iterations for the joint rows).
+--pairwise-mode/--pairwise-scale), the inference that prediction uses. Each method trains for
+--minutes of wall-clock time (lr decays with elapsed time), then val is scored with that same
+inference (and 3 or T iterations for the joint rows).
 Reports seconds per step, peak memory, steps done and val mIoU; writes JSON. The paper's claim is
 the first two columns: piecewise steps cost no inference, so more of them fit the budget.
 """

@@ -159,8 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--box-fraction",
         type=float,
-        help="range box of the relations at prediction (default: the checkpoint's crf.box_fraction, "
-        "else the trained model.box_fraction)",
+        help="range box of the relations at prediction (default: the checkpoint's "
+        "crf.box_fraction, else the trained model.box_fraction)",
     )
     p.add_argument(
         "--pairwise-scales",
