@@ -47,6 +47,7 @@ def main() -> None:
     if args.config:
         chosen = load_config(args.config)
         config.crf, config.dense_crf = chosen.crf, chosen.dense_crf
+        model.set_prediction_box(config.crf.box_fraction)
     crf = CRFSetting.from_config(config.crf)
     palette = np.asarray(ckpt["palette"], dtype=np.uint8)
 
