@@ -45,8 +45,10 @@ def fine_tune(method: str, args: argparse.Namespace, out: mp.Queue) -> None:
     torch.manual_seed(0)
     device = resolve_device(args.device)
     model, config = model_from_checkpoint(load_checkpoint(args.checkpoint), str(args.checkpoint))
-    config.crf.pairwise_mode = args.pairwise_mode or config.crf.pairwise_mode
-    config.crf.pairwise_scale = args.pairwise_scale or config.crf.pairwise_scale
+    if args.pairwise_mode is not None:
+        config.crf.pairwise_mode = args.pairwise_mode
+    if args.pairwise_scale is not None:  # 0 is a valid scale (the unary alone)
+        config.crf.pairwise_scale = args.pairwise_scale
     model.to(device).train()
     tc = config.train
     data = training_set(config, args.data_root)
