@@ -33,7 +33,7 @@ from common import commit, describe, machine
 from piecewise_crf.checkpoint import load_checkpoint, model_from_checkpoint
 from piecewise_crf.evaluate import CRFSetting, evaluate_model, summarise
 from piecewise_crf.runtime import open_dataset, resolve_device
-from piecewise_crf.train import balancing_weights, sgd, training_set
+from piecewise_crf.train import balancing_weights, freeze_layers, sgd, training_set
 
 METHODS = {"piecewise": 0, "joint3": 3, "joint5": 5}  # name -> mean-field iterations in training
 
@@ -53,6 +53,7 @@ def fine_tune(method: str, args: argparse.Namespace, out: mp.Queue) -> None:
     tc = config.train
     data = training_set(config, args.data_root)
     weights = balancing_weights(tc, data, device)
+    freeze_layers(model, tc.freeze_layers)
     optimizer = sgd(model, tc, lr=tc.lr * args.lr_mult)
     loader = torch.utils.data.DataLoader(
         data,

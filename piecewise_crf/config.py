@@ -88,6 +88,8 @@ class TrainConfig:
     batch_size: int = 4
     lr: float = 0.01  # SGD; backbone gets lr * backbone_lr_mult
     backbone_lr_mult: float = 0.1  # pretrained layers learn slower than the new heads
+    freeze_layers: int = 0  # keep the backbone's first N `features` layers at their loaded
+    # weights: no backward through the high-resolution stem (MobileNetV2: 4 = up to stride 4)
     momentum: float = 0.9
     weight_decay: float = 5e-4
     lr_power: float = 0.9  # "poly" schedule: lr * (1 - step / total) ** lr_power

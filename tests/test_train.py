@@ -12,6 +12,7 @@ from tiny_run import one_thread, tiny_config, tiny_run  # noqa: F401  (one_threa
 
 import piecewise_crf.train as train_module
 from piecewise_crf.checkpoint import atomic_save, load_checkpoint
+from piecewise_crf.model import build_model
 
 
 def test_run_folder_holds_checkpoints_log_config_and_curves(tmp_path):
@@ -71,6 +72,24 @@ def test_minutes_budget_stops_mid_epoch_with_lr_following_the_clock(tmp_path, mo
     # resuming a finished budget trains no further
     resumed = tiny_run(tmp_path / "run", config, resume=True)
     assert resumed.history[-1]["step"] == 3
+
+
+def test_freeze_layers_keeps_the_first_backbone_layers_at_their_initial_weights(tmp_path):
+    config = tiny_config()
+    config.train.freeze_layers = 3  # the tiny backbone's first conv, BatchNorm and ReLU
+    torch.manual_seed(config.train.seed)  # the seed _train builds its model under
+    initial = build_model(config.model).featmap.backbone.features
+    trained = tiny_run(tmp_path / "run", config).model.featmap.backbone.features
+    for layer in (0, 1):
+        for before, after in zip(
+            initial[layer].parameters(), trained[layer].parameters(), strict=True
+        ):
+            assert torch.equal(before, after)
+    assert not torch.equal(initial[3].weight, trained[3].weight)  # the next conv trains
+
+    config.train.freeze_layers = len(trained) + 1
+    with pytest.raises(ValueError, match=r"train.freeze_layers must be between 0 and 15"):
+        tiny_run(tmp_path / "bad", config)
 
 
 def test_resume_after_a_kill_gives_bitwise_identical_weights(tmp_path, monkeypatch):
