@@ -12,8 +12,9 @@ Rows, all from configs/camvid.yaml:
               writes "dense": the same model with dense-CRF refinement (nothing more to train)
 Each row trains for --minutes of training steps on this machine (train.minutes: the poly lr
 follows elapsed time), so slower rows take fewer steps; evaluation is timed apart. The pairwise
-row sweeps the pairwise mode and scale on val, and refines the best of them with the dense CRF. There is no held-out split beside
-val here, so that choice is made and scored on the same images (stated in the JSON).
+row sweeps the pairwise mode and scale on val, and refines the best of them with the dense CRF.
+There is no held-out split beside val here, so that choice is made and scored on the same images
+(stated in the JSON).
 Each row writes benchmarks/results/ablation_<row>.json with the commit, command and machine.
 """
 

@@ -2,14 +2,17 @@
 
     python benchmarks/train_step.py                 # cpu preset, 360x480, batch 1
     python benchmarks/train_step.py --preset paper --device cuda --batch 4
+    python benchmarks/train_step.py --config configs/camvid.yaml --size 160 224 --batch 4 \
+        --freeze-layers 4                           # the CamVid recipe's steps, stem frozen or not
 
 Rows, all on the same FeatMap-Net:
   (a) fcn        unary-only fully convolutional baseline (no relations)
   (b) piecewise  the full model trained piecewise (unary + pairwise likelihoods, no inference)
   (c) joint      back-propagation through `--iterations` mean-field updates (inference in training)
-Timed steps of the three rows are interleaved in one process (so load from elsewhere hits all
-alike); peak memory comes from a separate process per row. Prints a table with the ratios b/a and
-c/b (this machine is noisy: compare ratios from one run) and writes JSON.
+  (d) frozen     (b) with `train.freeze_layers` = `--freeze-layers` (only when that is > 0)
+Timed steps of the rows are interleaved in one process (so load from elsewhere hits all alike);
+peak memory comes from a separate process per row. Prints a table with the ratios b/a, c/b and
+d/b (this machine is noisy: compare ratios from one run) and writes JSON.
 """
 
 from __future__ import annotations
@@ -25,10 +28,11 @@ from pathlib import Path
 import torch
 from common import commit, describe, machine
 
-from piecewise_crf.config import PRESETS
+from piecewise_crf.config import PRESETS, load_config
 from piecewise_crf.model import build_model
+from piecewise_crf.train import freeze_layers
 
-ROWS = ("fcn", "piecewise", "joint")
+ROWS = ("fcn", "piecewise", "joint", "frozen")
 
 
 def sync(device: torch.device) -> None:
@@ -44,13 +48,15 @@ class Row:
         self.row = row
         self.args = args
         self.device = torch.device(args.device)
-        config = PRESETS[args.preset]()
+        config = load_config(args.config) if args.config else PRESETS[args.preset]()
         config.model.backbone_weights = None  # timing only: random weights cost the same
         config.model.num_classes = args.classes
         if row == "fcn":
             config.model.relations = ()
         self.config = config
         self.model = build_model(config.model, max_edges=config.train.max_edges)
+        if row == "frozen":
+            freeze_layers(self.model, args.freeze_layers)
         self.model.to(self.device).train()
         self.opt = torch.optim.SGD(self.model.parameters(), lr=1e-4, momentum=0.9)
         h, w = args.size
@@ -108,6 +114,9 @@ def peak_memory(row: str, args: argparse.Namespace, out: mp.Queue) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--preset", default="cpu", choices=sorted(PRESETS))
+    parser.add_argument(
+        "--config", help="a YAML config to take the model from, instead of --preset"
+    )
     parser.add_argument("--size", type=int, nargs=2, default=(360, 480), metavar=("H", "W"))
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--classes", type=int, default=11)
@@ -116,14 +125,16 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument("--freeze-layers", type=int, default=0, help="adds row (d) when > 0")
     parser.add_argument("--json", default="benchmarks/results/train_step.json")
     args = parser.parse_args()
+    row_names = ROWS if args.freeze_layers else ROWS[:3]
 
     if args.threads:
         torch.set_num_threads(args.threads)
     ctx = mp.get_context("spawn")
     peaks = {}
-    for row in ROWS:
+    for row in row_names:
         queue = ctx.Queue()
         proc = ctx.Process(target=peak_memory, args=(row, args, queue))
         proc.start()
@@ -131,11 +142,11 @@ def main() -> None:
         proc.join()
 
     # Steps of the three rows are interleaved so that load from elsewhere hits all of them alike.
-    rows = {row: Row(row, args) for row in ROWS}
+    rows = {row: Row(row, args) for row in row_names}
     for _ in range(args.warmup):
         for r in rows.values():
             r.step()
-    times: dict[str, list[dict[str, float]]] = {row: [] for row in ROWS}
+    times: dict[str, list[dict[str, float]]] = {row: [] for row in row_names}
     for _ in range(args.steps):
         for row, r in rows.items():
             times[row].append(r.step())
@@ -147,17 +158,17 @@ def main() -> None:
             "backward_s": statistics.median(t["backward"] for t in times[row]),
             "peak_mem_mb": peaks[row],
         }
-        for row in ROWS
+        for row in row_names
     }
 
     print(f"machine: {describe(machine(args.device))}; device {args.device}")
     print(
-        f"preset {args.preset}, {args.size[0]}x{args.size[1]}, batch {args.batch}, "
+        f"{args.config or 'preset ' + args.preset}, {args.size[0]}x{args.size[1]}, batch {args.batch}, "
         f"K={args.classes}, grid {grid}, {edges} edges/image"
     )
     header = f"{'row':<10} {'step s':>8} {'fwd s':>8} {'bwd s':>8} {'peak MB':>9}"
     print(header)
-    for row in ROWS:
+    for row in row_names:
         r = results[row]
         print(
             f"{row:<10} {r['step_s']:>8.3f} {r['forward_s']:>8.3f} {r['backward_s']:>8.3f} "
@@ -167,6 +178,8 @@ def main() -> None:
         "piecewise/fcn": results["piecewise"]["step_s"] / results["fcn"]["step_s"],
         "joint/piecewise": results["joint"]["step_s"] / results["piecewise"]["step_s"],
     }
+    if "frozen" in results:
+        ratios["frozen/piecewise"] = results["frozen"]["step_s"] / results["piecewise"]["step_s"]
     print("ratios: " + ", ".join(f"{k} = {v:.2f}" for k, v in ratios.items()))
     path = Path(args.json)
     path.parent.mkdir(parents=True, exist_ok=True)
