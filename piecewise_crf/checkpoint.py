@@ -16,8 +16,6 @@ reads it without executing code:
 
 from __future__ import annotations
 
-import os
-import secrets
 from pathlib import Path
 from typing import Any
 
@@ -25,54 +23,23 @@ import torch
 from torch import nn
 
 from piecewise_crf.config import Config, config_from_dict
+from piecewise_crf.files import read_torch_file
 from piecewise_crf.model import DeepStructuredModel, build_model
 
 FORMAT_VERSION = 1
 
 
-def atomic_save(obj: Any, path: str | Path) -> None:
-    """torch.save to a temp file in the same folder, fsync, then rename over `path`.
-
-    A kill at any moment leaves either the old file or the new one, never a partial one.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    # os.open with mode 0o666 lets the umask decide permissions, as for any other file.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    # Persist the rename itself (the directory entry); not possible on every platform.
-    try:
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
-
-
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a checkpoint written by `piecewise-crf train` (weights_only: no code runs)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # pickle, zip and unsafe-global errors all mean "not ours"
-        raise ValueError(f"cannot read checkpoint {path}: {err}") from err
-    if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
+    ckpt = read_torch_file(path, "checkpoint")
+    if not (
+        isinstance(ckpt, dict)
+        and isinstance(ckpt.get("model"), dict)
+        and isinstance(ckpt.get("config"), dict)
+    ):
         raise ValueError(
-            f"{path} is not a piecewise-crf checkpoint (expected a dict with 'model' and 'config')"
+            f"{path} is not a piecewise-crf checkpoint (expected a dict with 'model' and "
+            "'config'); pass a .pt file written by piecewise-crf train"
         )
     version = ckpt.get("format_version")
     if version != FORMAT_VERSION:
@@ -122,7 +89,10 @@ def model_from_checkpoint(
     ckpt: dict[str, Any], source: str = "the checkpoint"
 ) -> tuple[DeepStructuredModel, Config]:
     """The model a checkpoint describes, with its weights, in eval mode on the CPU."""
-    config = config_from_dict(ckpt["config"])
+    try:
+        config = config_from_dict(ckpt["config"])
+    except ValueError as err:
+        raise ValueError(f"{source} holds a config this version cannot use: {err}") from None
     model = build_model(config.model, load_weights=False, max_edges=config.train.max_edges)
     load_model_state(model, ckpt["model"], source)
     model.set_prediction_box(config.crf.box_fraction)

@@ -7,8 +7,13 @@ fit, a diverged run) print one `error: ...` line and exit with status 2.
 from __future__ import annotations
 
 import argparse
+import math
+import signal
 import sys
+import threading
 from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
+from typing import NoReturn
 
 from piecewise_crf.config import load_config
 
@@ -22,7 +27,57 @@ DEFAULT_DENSE_GRID = {
     "pos_xy_std": (1.0, 3.0),
     "iterations": (5,),
 }
-USER_ERRORS = (ValueError, OSError, FloatingPointError)
+# ImportError: a missing optional package; our messages say what to install.
+USER_ERRORS = (ValueError, OSError, FloatingPointError, ImportError, MemoryError)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with the one-line `error: ...` (exit 2) of every other mistake, not the usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def one_line(err: BaseException) -> str:
+    """The message of `err` as one line. An error raised in a DataLoader worker reaches the main
+    process as the same type with the worker's whole traceback as its text: keep its last line."""
+    text = str(err).strip() or type(err).__name__
+    if "Original Traceback" in text:
+        text = text.splitlines()[-1].split(": ", 1)[-1]
+    return " ".join(text.split())
+
+
+def _number(kind: type, low: float, *, open_low: bool = False, high: float | None = None):
+    """An argparse `type` for a finite number >= low (> low when `open_low`), <= high."""
+    noun = "a whole number" if kind is int else "a number"
+    need = f"{noun} {'>' if open_low else '>='} {low:g}" + (f" and <= {high:g}" if high else "")
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = math.nan
+        above = value > low if open_low else value >= low
+        if not (math.isfinite(value) and above and (high is None or value <= high)):
+            raise argparse.ArgumentTypeError(f"expected {need}, got {text!r}")
+        return value
+
+    return parse
+
+
+POSITIVE = _number(float, 0.0, open_low=True)  # scales, standard deviations, minutes
+NON_NEGATIVE = _number(float, 0.0)  # weights, pairwise scales
+FRACTION = _number(float, 0.0, open_low=True, high=1.0)  # box fractions
+COUNT = _number(int, 1)  # --limit, --top, dense-CRF iterations
+ITERATIONS = _number(int, 0)  # mean-field iterations (0 = the unary's softmax)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what schedulers and `kill` send): handled as Ctrl-C, exit status 143."""
+
+
+def _terminate(signum: int, frame: object) -> NoReturn:
+    raise Terminated
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -84,6 +139,8 @@ def _predict(args: argparse.Namespace) -> None:
         scales=args.scales,
         flip=args.flip,
         device=args.device,
+        max_size=args.max_size,
+        overwrite=args.overwrite,
         progress=not args.quiet,
     )
     print(f"{len(written)} predictions written to {args.out}")
@@ -119,14 +176,15 @@ def _tune_dense_crf(args: argparse.Namespace) -> None:
 def _demo(args: argparse.Namespace) -> None:
     from piecewise_crf.demo import run_demo
 
-    run_demo(args.out, args.minutes)
+    run_demo(args.out, args.minutes, overwrite=args.overwrite)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="piecewise-crf",
         description="Deep structured models for semantic segmentation (Lin et al., CVPR 2016).",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = commands.add_parser("train", help="train a model (piecewise) into a run folder")
@@ -141,7 +199,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     def inference_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--checkpoint", required=True, help="a .pt file written by train")
-        p.add_argument("--scales", type=float, nargs="+", default=[1.0], help="test scales")
+        p.add_argument(
+            "--scales",
+            type=POSITIVE,
+            nargs="+",
+            default=[1.0],
+            help="test scales whose predictions are averaged (default: 1)",
+        )
         p.add_argument("--flip", action="store_true", help="also average the mirrored image")
         p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
         p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -150,38 +214,84 @@ def build_parser() -> argparse.ArgumentParser:
     inference_options(p)
     p.add_argument("--dataset", help="dataset name (default: the checkpoint's)")
     p.add_argument("--root", help="dataset folder (default: the checkpoint's data.root)")
-    p.add_argument("--split", default="test")
+    p.add_argument("--split", default="test", help="split to score (default: test)")
     p.add_argument("--json", help="write the metrics here (and a confusion-matrix PNG beside it)")
     p.add_argument("--confusion", help="confusion-matrix PNG path")
-    p.add_argument("--iterations", type=int, help="mean-field iterations (default: checkpoint's)")
-    p.add_argument("--pairwise-mode", choices=["raw", "interaction"])
-    p.add_argument("--pairwise-scale", type=float)
+    p.add_argument(
+        "--iterations", type=ITERATIONS, help="mean-field iterations (default: checkpoint's)"
+    )
+    p.add_argument(
+        "--pairwise-mode",
+        choices=["raw", "interaction"],
+        help="pairwise scores as trained (raw) or double-centred (default: checkpoint's)",
+    )
+    p.add_argument(
+        "--pairwise-scale", type=NON_NEGATIVE, help="pairwise weight (default: checkpoint's)"
+    )
     p.add_argument(
         "--box-fraction",
-        type=float,
+        type=FRACTION,
         help="range box of the relations at prediction (default: the checkpoint's "
         "crf.box_fraction, else the trained model.box_fraction)",
     )
     p.add_argument(
         "--pairwise-scales",
-        type=float,
+        type=NON_NEGATIVE,
         nargs="+",
         default=[],
         help="also score these pairwise scales (for every --sweep-modes) in the same pass",
     )
     p.add_argument(
-        "--sweep-modes", nargs="+", default=["raw", "interaction"], choices=["raw", "interaction"]
+        "--sweep-modes",
+        nargs="+",
+        default=["raw", "interaction"],
+        choices=["raw", "interaction"],
+        help="pairwise modes of the --pairwise-scales sweep (default: both)",
     )
     p.add_argument("--no-dense", action="store_true", help="skip the dense-CRF stage")
-    p.add_argument("--limit", type=int, help="use this many images, spread over the split")
+    p.add_argument("--limit", type=COUNT, help="use this many images, spread over the split")
     p.set_defaults(run=_evaluate)
 
     p = commands.add_parser("predict", help="label images: palette PNGs and overlays")
     inference_options(p)
-    p.add_argument("inputs", nargs="+", metavar="IMAGES_OR_DIRS")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--stage", default="crf+dense", choices=["unary", "crf", "crf+dense"])
-    p.add_argument("--save-probs", action="store_true", help="also save <name>_probs.npy (K,H,W)")
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="IMAGES_OR_DIRS",
+        help="image files, or folders whose images (not subfolders) are all predicted",
+    )
+    p.add_argument(
+        "--out",
+        required=True,
+        help="output folder, not an input folder: images from one folder are written flat "
+        "(in/x.png -> OUT/x.png), images from several under their folders relative to the "
+        "folders' common parent (a/x.png -> OUT/a/x.png, b/x.png -> OUT/b/x.png)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace predictions already in --out (an input image is never replaced)",
+    )
+    p.add_argument(
+        "--stage",
+        default="crf+dense",
+        choices=["unary", "crf", "crf+dense"],
+        help="which prediction to write (default: crf+dense, the full method)",
+    )
+    p.add_argument(
+        "--save-probs",
+        action="store_true",
+        help="also save <name>_probs.npy, float32 (K, H, W) at the processed (--max-size) size",
+    )
+    p.add_argument(
+        "--max-size",
+        type=int,
+        default=1024,  # predict.MAX_SIZE, not imported: parsing arguments does not import torch
+        metavar="N",
+        help="downscale images whose longer side exceeds N pixels before the network and the "
+        "CRFs; labels and overlays are still written at the original size (default: 1024; "
+        "0: never downscale)",
+    )
     p.set_defaults(run=_predict)
 
     p = commands.add_parser(
@@ -190,13 +300,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="a .pt file written by train")
     p.add_argument("--dataset", help="dataset name (default: the checkpoint's)")
     p.add_argument("--root", help="dataset folder (default: the checkpoint's data.root)")
-    p.add_argument("--split", default="val")
-    p.add_argument("--limit", type=int, help="use this many images, spread over the split")
+    p.add_argument("--split", default="val", help="split to tune on (default: val)")
+    p.add_argument("--limit", type=COUNT, help="use this many images, spread over the split")
     for key, values in DEFAULT_DENSE_GRID.items():
         if key != "iterations":
             p.add_argument(
                 "--" + key.replace("_", "-") + "s",
-                type=float,
+                type=NON_NEGATIVE if key.endswith("weight") else POSITIVE,
                 nargs="+",
                 default=list(values),
                 metavar="V",
@@ -204,37 +314,74 @@ def build_parser() -> argparse.ArgumentParser:
             )
     p.add_argument(
         "--iterations",
-        type=int,
+        type=ITERATIONS,
         nargs="+",
         default=list(DEFAULT_DENSE_GRID["iterations"]),
         metavar="N",
         help="dense-CRF mean-field iterations to try (default: 5)",
     )
     p.add_argument("--pairwise-mode", choices=["raw", "interaction"], help="default: checkpoint's")
-    p.add_argument("--pairwise-scale", type=float, help="default: the checkpoint's")
+    p.add_argument("--pairwise-scale", type=NON_NEGATIVE, help="default: the checkpoint's")
     p.add_argument("--json", help="write every result here")
-    p.add_argument("--top", type=int, default=10, help="rows of the printed table")
+    p.add_argument("--top", type=COUNT, default=10, help="rows of the printed table")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=_tune_dense_crf)
 
     p = commands.add_parser("demo", help="train on generated data and write an HTML report")
-    p.add_argument("--out", default="demo_out")
-    p.add_argument("--minutes", type=float, help="fit the number of epochs to this budget")
+    p.add_argument(
+        "--out",
+        default="demo_out",
+        help="folder for the run and the report (default: demo_out); a folder that holds "
+        "anything but an earlier demo is refused unless --overwrite",
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace the run and report in a used --out"
+    )
+    p.add_argument("--minutes", type=POSITIVE, help="fit the number of epochs to this budget")
     p.set_defaults(run=_demo)
     return parser
 
 
+def _version() -> str:
+    try:
+        return version("piecewise-crf")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "(not installed)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as stop:  # --help, --version (0) or a bad argument (2), already printed
+        return int(stop.code or 0)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
         args.run(args)
     except USER_ERRORS as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {one_line(err)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted; a run resumes from its last.pt with --resume", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as stop:
+        why = "terminated (SIGTERM)" if isinstance(stop, Terminated) else "interrupted"
+        print(
+            f"{why}: the files already written are complete (each is written atomically); "
+            "a training run continues from its last.pt with --resume",
+            file=sys.stderr,
+        )
+        return 128 + (signal.SIGTERM if isinstance(stop, Terminated) else signal.SIGINT)
+    except RuntimeError as err:
+        if type(err).__name__ != "OutOfMemoryError":  # torch's (CUDA) OOM; anything else is a bug
+            raise
+        print(
+            "error: out of GPU memory; lower train.batch_size or data.crop_size (training), "
+            "--max-size or --scales (predict), or pass --device cpu",
+            file=sys.stderr,
+        )
+        return 2
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
     return 0
 
 

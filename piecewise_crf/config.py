@@ -6,13 +6,17 @@ A YAML file may name a preset (`preset: cpu` or `preset: paper`) and then overri
     model: {backbone: vgg16, backbone_weights: hed}
     train: {epochs: 30}
 
-Unknown keys are rejected with the closest valid name.
+Unknown keys are rejected with the closest valid name, and `validate` checks every value's range
+or choice when a config is built, so a bad value fails at load time with one line naming the key.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import re
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -75,7 +79,7 @@ class DataConfig:
     dataset: str = "synthetic"  # camvid, voc, context, nyud, siftflow, folder, synthetic
     root: str | None = None  # dataset folder; --data-root overrides
     train_split: str = "train"
-    val_split: str = "val"
+    val_split: str | None = "val"  # "" or None: no validation during training
     crop_size: tuple[int, int] = (256, 256)  # (H, W) training crop; labels padded with ignore
     scale_range: tuple[float, float] = (0.7, 1.2)  # random rescaling in training (the paper's)
     flip: bool = True  # random horizontal flip in training
@@ -171,8 +175,53 @@ def _closest(name: str, options: list[str]) -> str:
     return f"; did you mean {match[0]!r}?" if match else f"; valid keys: {', '.join(options)}"
 
 
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads YAML 1.2 floats: PyYAML follows YAML 1.1, whose float rule
+    needs a dot, so `lr: 1e-3` would otherwise be the string '1e-3'."""
+
+
+_Loader.add_implicit_resolver(  # copies SafeLoader's resolvers first: SafeLoader is untouched
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*\.[0-9_]*|\.[0-9_]+)(?:[eE][-+]?[0-9]+)?
+        |[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.VERBOSE,
+    ),
+    list("-+0123456789."),
+)
+
+
+def _load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    return getattr(err, "problem", None) or str(err).splitlines()[0]
+
+
+def _show(value: Any) -> str:
+    """A bounded repr: a hostile value (huge or deeply nested) must not flood an error line."""
+    return reprlib.repr(value)
+
+
+def _as_float(value: Any) -> float | None:
+    """A number, or a string holding one (a hand-written `lr: "0.01"`), as a float; else None."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return None
+
+
 def _coerce(value: Any, kind: Any, where: str) -> Any:
-    """Convert a YAML value to a field's annotated type (tuples from lists, ints to floats)."""
+    """Convert a YAML value to a field's annotated type (tuples from lists, ints to floats).
+
+    Strict where YAML is loose: bools are not numbers (True would count as 1) and a float is
+    never an int (2.5 epochs is a mistake, and so, for consistency, is 3.0).
+    """
     origin = typing.get_origin(kind)
     args = typing.get_args(kind)
     if origin in (typing.Union, types.UnionType):
@@ -182,16 +231,21 @@ def _coerce(value: Any, kind: Any, where: str) -> Any:
         return _coerce(value, kind, where)
     if origin is tuple:
         if not isinstance(value, list | tuple):
-            raise ValueError(f"{where}: expected a list, got {value!r}")
+            raise ValueError(f"{where}: expected a list, got {_show(value)}")
         inner = args[0] if args[-1] is Ellipsis else None
         kinds = [inner] * len(value) if inner is not None else list(args)
         if len(kinds) != len(value):
-            raise ValueError(f"{where}: expected {len(kinds)} values, got {value!r}")
+            raise ValueError(f"{where}: expected {len(kinds)} values, got {_show(value)}")
         return tuple(_coerce(v, k, where) for v, k in zip(value, kinds, strict=True))
-    if kind is float and isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    if kind in (int, str, bool) and not isinstance(value, kind):
-        raise ValueError(f"{where}: expected {kind.__name__}, got {value!r}")
+    if kind is float:
+        number = _as_float(value)
+        if number is None:
+            raise ValueError(f"{where}: expected a number, got {_show(value)}")
+        return number
+    if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ValueError(f"{where}: expected int, got {_show(value)}")
+    if kind in (str, bool) and not isinstance(value, kind):
+        raise ValueError(f"{where}: expected {kind.__name__}, got {_show(value)}")
     return value
 
 
@@ -201,24 +255,224 @@ def _apply(obj: Any, values: dict[str, Any], where: str) -> None:
     for key, value in values.items():
         path = f"{where}.{key}" if where else key
         if key not in names:
-            raise ValueError(f"unknown config key {path!r}{_closest(key, names)}")
+            raise ValueError(f"unknown config key {path!r}{_closest(str(key), names)}")
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
-                raise ValueError(f"{path}: expected a mapping of its fields, got {value!r}")
+                raise ValueError(f"{path}: expected a mapping of its fields, got {_show(value)}")
             _apply(current, value, path)
         else:
             setattr(obj, key, _coerce(value, hints[key], path))
 
 
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(?::[0-9]+)?")
+
+
+def _check(ok: bool, key: str, requirement: str, value: Any) -> None:
+    if not ok:
+        raise ValueError(f"{key} must be {requirement}, got {_show(value)}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_pair(value: Any) -> bool:
+    return isinstance(value, list | tuple) and len(value) == 2
+
+
+def _at_least(key: str, value: Any, low: int) -> None:
+    _check(_is_int(value), key, "an int", value)
+    _check(value >= low, key, f">= {low}", value)
+
+
+def _finite(key: str, value: Any, op: str, bound: float) -> None:
+    """`value` must be a finite number with `value op bound`, op '>' or '>='."""
+    ok = _is_finite(value) and (value > bound if op == ">" else value >= bound)
+    _check(ok, key, f"a finite number {op} {bound}", value)
+
+
+def _fraction(key: str, value: Any) -> None:
+    _check(_is_finite(value) and 0 < value <= 1, key, "in (0, 1]", value)
+
+
+def _choice(key: str, value: Any, options: typing.Sequence[str]) -> None:
+    if value not in options:
+        match = difflib.get_close_matches(value, options, n=1) if isinstance(value, str) else []
+        hint = f"; did you mean {match[0]!r}?" if match else ""
+        raise ValueError(f"{key} must be one of {', '.join(options)}, got {_show(value)}{hint}")
+
+
+def _check_custom_relations(relations: Any) -> None:
+    """name -> non-empty list of [dy, dx] int pairs, never [0, 0] (what FixedOffsets accepts).
+
+    Checked level by level, so a hostile nested value fails at its first wrong element.
+    """
+    key = "model.custom_relations"
+    _check(isinstance(relations, dict), key, "a mapping name -> [[dy, dx], ...]", relations)
+    for name, offsets in relations.items():
+        _check(isinstance(name, str) and name != "", key, "keyed by non-empty names", name)
+        where = f"{key}.{name}"
+        _check(
+            isinstance(offsets, list | tuple) and len(offsets) > 0,
+            where,
+            "a non-empty list of [dy, dx] pairs",
+            offsets,
+        )
+        for pair in offsets:
+            ok = _is_pair(pair) and _is_int(pair[0]) and _is_int(pair[1])
+            _check(ok, where, "a list of [dy, dx] int pairs", pair)
+            _check(tuple(pair) != (0, 0), where, "non-zero [dy, dx] offsets", pair)
+
+
+def validate(config: Config) -> None:
+    """Check every field's range or choice; raise ValueError naming the first bad key and the fix.
+
+    The registries are imported here, not at the top: they pull in torch, and `import
+    piecewise_crf.config` should stay light.
+    """
+    from piecewise_crf.backbones import BACKBONES
+    from piecewise_crf.data import DATASETS
+    from piecewise_crf.featmap import POOL_ORDERS
+    from piecewise_crf.model import NODE_LABEL_RULES, PAIRWISE_MODES
+    from piecewise_crf.relations import AboveBelow, Surrounding
+
+    m = config.model
+    _at_least("model.num_classes", m.num_classes, 1)
+    _choice("model.backbone", m.backbone, list(BACKBONES))
+    _check(
+        m.backbone_weights is None or isinstance(m.backbone_weights, str),
+        "model.backbone_weights",
+        "a file path, 'hed' or null",
+        m.backbone_weights,
+    )
+    _check(
+        isinstance(m.scales, tuple | list) and len(m.scales) > 0,
+        "model.scales",
+        "a non-empty list",
+        m.scales,
+    )
+    for i, scale in enumerate(m.scales):
+        _finite(f"model.scales[{i}]", scale, ">", 0)
+    _at_least("model.block6_channels", m.block6_channels, 1)
+    _check(isinstance(m.pool_windows, tuple | list), "model.pool_windows", "a list", m.pool_windows)
+    for i, window in enumerate(m.pool_windows):
+        # FeatMapNet's stride-1 pooling keeps the map size only with an odd window.
+        ok = _is_int(window) and window >= 1 and window % 2 == 1
+        _check(ok, f"model.pool_windows[{i}]", "an odd int >= 1", window)
+    _choice("model.pool_order", m.pool_order, POOL_ORDERS)
+    _at_least("model.hidden", m.hidden, 1)
+    _check_custom_relations(m.custom_relations)
+    _check(isinstance(m.relations, tuple | list), "model.relations", "a list", m.relations)
+    known = [Surrounding.name, AboveBelow.name, *m.custom_relations]
+    for i, name in enumerate(m.relations):
+        _choice(f"model.relations[{i}]", name, known)
+    _fraction("model.box_fraction", m.box_fraction)
+    _choice("model.node_labels", m.node_labels, NODE_LABEL_RULES)
+    _check(  # labels are read as 8-bit images
+        _is_int(m.ignore_index) and 0 <= m.ignore_index <= 255,
+        "model.ignore_index",
+        "an int in 0..255",
+        m.ignore_index,
+    )
+
+    c = config.crf
+    _at_least("crf.iterations", c.iterations, 0)
+    _choice("crf.pairwise_mode", c.pairwise_mode, PAIRWISE_MODES)
+    _finite("crf.pairwise_scale", c.pairwise_scale, ">=", 0)
+    if c.box_fraction is not None:
+        _fraction("crf.box_fraction", c.box_fraction)
+
+    d = config.dense_crf
+    _check(isinstance(d.enabled, bool), "dense_crf.enabled", "true or false", d.enabled)
+    _at_least("dense_crf.iterations", d.iterations, 0)  # 0 = the CRF's output, unrefined
+    _finite("dense_crf.pos_xy_std", d.pos_xy_std, ">", 0)
+    _finite("dense_crf.bi_xy_std", d.bi_xy_std, ">", 0)
+    _finite("dense_crf.bi_rgb_std", d.bi_rgb_std, ">", 0)
+    _finite("dense_crf.pos_weight", d.pos_weight, ">=", 0)
+    _finite("dense_crf.bi_weight", d.bi_weight, ">=", 0)
+
+    data = config.data
+    _choice("data.dataset", data.dataset, DATASETS)
+    _check(
+        data.root is None or isinstance(data.root, str), "data.root", "a folder or null", data.root
+    )
+    _check(
+        isinstance(data.train_split, str) and data.train_split != "",
+        "data.train_split",
+        "a split name",
+        data.train_split,
+    )
+    _check(
+        data.val_split is None or isinstance(data.val_split, str),
+        "data.val_split",
+        'a split name, or "" / null for no validation',
+        data.val_split,
+    )
+    _check(
+        _is_pair(data.crop_size) and all(_is_int(v) and v >= 32 for v in data.crop_size),
+        "data.crop_size",
+        "two ints >= 32, [height, width]",
+        data.crop_size,
+    )
+    low_high = data.scale_range
+    _check(
+        _is_pair(low_high) and all(map(_is_finite, low_high)) and 0 < low_high[0] <= low_high[1],
+        "data.scale_range",
+        "two finite numbers [low, high] with 0 < low <= high",
+        low_high,
+    )
+    _check(isinstance(data.flip, bool), "data.flip", "true or false", data.flip)
+    _at_least("data.num_workers", data.num_workers, 0)
+
+    t = config.train
+    _at_least("train.epochs", t.epochs, 1)
+    _at_least("train.batch_size", t.batch_size, 1)
+    _finite("train.lr", t.lr, ">", 0)
+    _finite("train.backbone_lr_mult", t.backbone_lr_mult, ">=", 0)
+    _at_least("train.freeze_layers", t.freeze_layers, 0)
+    _check(
+        _is_finite(t.momentum) and 0 <= t.momentum < 1, "train.momentum", "in [0, 1)", t.momentum
+    )
+    _finite("train.weight_decay", t.weight_decay, ">=", 0)
+    _finite("train.lr_power", t.lr_power, ">=", 0)
+    _finite("train.pairwise_weight", t.pairwise_weight, ">=", 0)
+    _finite("train.class_balance", t.class_balance, ">=", 0)
+    _fraction("train.edge_fraction", t.edge_fraction)
+    _at_least("train.max_edges", t.max_edges, 1)
+    _check(
+        isinstance(t.memory_efficient, bool),
+        "train.memory_efficient",
+        "true or false",
+        t.memory_efficient,
+    )
+    _finite("train.minutes", t.minutes, ">=", 0)
+    _at_least("train.val_every", t.val_every, 1)
+    _check(  # NumPy's seed range
+        _is_int(t.seed) and 0 <= t.seed < 2**32, "train.seed", "an int in 0..4294967295", t.seed
+    )
+    _check(
+        isinstance(t.device, str) and _DEVICE.fullmatch(t.device) is not None,
+        "train.device",
+        "auto, cpu, cuda or cuda:N",
+        t.device,
+    )
+    _check(isinstance(t.amp, bool), "train.amp", "true or false", t.amp)
+
+
 def config_from_dict(values: dict[str, Any]) -> Config:
-    """Build a Config from a nested dict: an optional `preset`, then field overrides."""
+    """Build a Config from a nested dict: an optional `preset`, then field overrides; validated."""
     values = dict(values)
     preset = values.pop("preset", None)
     if preset is not None and preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}{_closest(str(preset), list(PRESETS))}")
     config = PRESETS[preset]() if preset else Config()
     _apply(config, values, "")
+    validate(config)
     return config
 
 
@@ -227,8 +481,18 @@ def parse_override(text: str) -> dict[str, Any]:
     if "=" not in text:
         raise ValueError(f"override {text!r} must look like section.key=value, e.g. train.lr=0.01")
     key, raw = text.split("=", 1)
-    value: Any = yaml.safe_load(raw)
-    for part in reversed(key.strip().split(".")):
+    parts = [part.strip() for part in key.split(".")]
+    if not all(parts):
+        raise ValueError(
+            f"--set {text}: the key has an empty name; write section.key=value, e.g. train.lr=0.01"
+        )
+    try:
+        value: Any = _load_yaml(raw)
+    except yaml.YAMLError as err:
+        raise ValueError(
+            f"--set {text}: cannot parse the value as YAML ({_yaml_problem(err)})"
+        ) from None
+    for part in reversed(parts):
         value = {part: value}
     return value
 
@@ -243,6 +507,13 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def apply_overrides(values: dict[str, Any], overrides: typing.Iterable[str]) -> dict[str, Any]:
+    """A copy of the nested dict `values` with `section.key=value` overrides merged in."""
+    for text in overrides:
+        values = _merge(values, parse_override(text))
+    return values
+
+
 def load_config(
     path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
 ) -> Config:
@@ -252,12 +523,20 @@ def load_config(
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"config file {path} does not exist")
-        values = yaml.safe_load(path.read_text()) or {}
+        try:
+            values = _load_yaml(path.read_text()) or {}
+        except UnicodeDecodeError:
+            raise ValueError(f"config file {path} is not a text (YAML) file") from None
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            line = f" line {mark.line + 1}" if mark is not None else ""
+            raise ValueError(f"{path}{line}: cannot parse YAML ({_yaml_problem(err)})") from None
         if not isinstance(values, dict):
-            raise ValueError(f"{path}: a config file must be a mapping of sections")
-    for text in overrides:
-        values = _merge(values, parse_override(text))
-    return config_from_dict(values)
+            raise ValueError(
+                f"{path}: a config file must be a mapping of sections (model:, train:, ...), "
+                f"got {_show(values)}"
+            )
+    return config_from_dict(apply_overrides(values, overrides))
 
 
 def config_to_dict(config: Config) -> dict[str, Any]:
@@ -274,4 +553,7 @@ def config_to_dict(config: Config) -> dict[str, Any]:
 
 
 def save_config(config: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+    """Write `config` as YAML atomically: a kill mid-write leaves the old file or the new one."""
+    from piecewise_crf.files import atomic_write_text  # it imports torch: keep this module light
+
+    atomic_write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False), path)

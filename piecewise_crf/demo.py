@@ -24,15 +24,39 @@ from piecewise_crf.evaluate import (
     write_json,
 )
 from piecewise_crf.report import save_example, write_report
-from piecewise_crf.runtime import open_dataset
+from piecewise_crf.runtime import ensure_writable, open_dataset
 from piecewise_crf.train import fit_epochs, train
 
 EXAMPLES = 4
+MARKER = ".piecewise-crf-demo"  # marks a folder the demo made, which a later demo may replace
 
 
-def run_demo(out: str | Path = "demo_out", minutes: float | None = None) -> dict[str, Any]:
-    """Train, evaluate (unary, CRF, CRF + dense CRF) and write out/report/index.html."""
+def check_demo_folder(out: Path, overwrite: bool) -> None:
+    """Refuse an --out that holds anything but an earlier demo, unless `overwrite`."""
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"demo --out {out} is a file; choose a folder")
+    if overwrite or not out.exists() or (out / MARKER).exists():
+        return
+    found = sorted(p.name for p in out.iterdir())
+    if found:
+        shown = ", ".join(found[:3]) + (", ..." if len(found) > 3 else "")
+        raise FileExistsError(
+            f"demo --out {out} already holds files the demo did not make ({shown}); choose "
+            "another --out, or pass --overwrite to replace its run/ and report/"
+        )
+
+
+def run_demo(
+    out: str | Path = "demo_out", minutes: float | None = None, *, overwrite: bool = False
+) -> dict[str, Any]:
+    """Train, evaluate (unary, CRF, CRF + dense CRF) and write out/report/index.html.
+
+    A folder from an earlier demo is replaced; any other non-empty folder only with `overwrite`.
+    """
     out = Path(out)
+    check_demo_folder(out, overwrite)
+    ensure_writable(out)
+    (out / MARKER).touch()
     config = demo_config()
     if minutes is not None:
         config.train.epochs = fit_epochs(config, minutes)

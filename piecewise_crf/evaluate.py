@@ -27,6 +27,7 @@ from tqdm import tqdm
 from piecewise_crf.checkpoint import check_classes, load_checkpoint, model_from_checkpoint
 from piecewise_crf.config import CRFConfig, DenseCRFConfig
 from piecewise_crf.densecrf import dense_crf
+from piecewise_crf.files import atomic_write, atomic_write_text, refuse_overwriting_inputs
 from piecewise_crf.metrics import ConfusionMatrix
 from piecewise_crf.model import DeepStructuredModel
 from piecewise_crf.runtime import amp_dtype, ensure_writable, open_dataset, resolve_device
@@ -256,14 +257,14 @@ def plot_confusion(
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
     plt.close(fig)
 
 
 def write_json(results: dict[str, Any], path: str | Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=2))
+    atomic_write_text(json.dumps(results, indent=2), path)
 
 
 def open_for_inference(
@@ -330,7 +331,10 @@ def evaluate_checkpoint(
     checkpoint's config, and so does the prediction range box (`box_fraction`). Prints the
     per-class table, writes the JSON and the confusion PNG.
     """
-
+    if json_path is not None and confusion_path is None:
+        confusion_path = Path(json_path).with_name(Path(json_path).stem + "_confusion.png")
+    refuse_overwriting_inputs([json_path], [checkpoint], "--json")
+    refuse_overwriting_inputs([confusion_path], [checkpoint], "--confusion")
     for path in (json_path, confusion_path):
         if path is not None:
             ensure_writable(Path(path).parent)
@@ -371,8 +375,6 @@ def evaluate_checkpoint(
     if json_path is not None:
         write_json(results, json_path)
         print(f"metrics written to {json_path}")
-        if confusion_path is None:
-            confusion_path = Path(json_path).with_name(Path(json_path).stem + "_confusion.png")
     if confusion_path is not None:
         plot_confusion(matrices, classes, confusion_path)
         print(f"confusion matrices written to {confusion_path}")

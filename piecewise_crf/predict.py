@@ -1,8 +1,14 @@
-"""Prediction on image files: a palette PNG per image, a colour overlay, optional probabilities."""
+"""Prediction on image files: a palette PNG per image, a colour overlay, optional probabilities.
+
+No file a user had is lost: predictions never go into an input folder, files already in the output
+folder are replaced only when asked, and every file is written atomically (`atomic_write`).
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -13,13 +19,22 @@ from tqdm import tqdm
 from piecewise_crf.checkpoint import load_checkpoint, model_from_checkpoint
 from piecewise_crf.data.base import IMAGE_SUFFIXES, open_rgb
 from piecewise_crf.evaluate import CRFSetting, predict_stages
+from piecewise_crf.files import atomic_write
 from piecewise_crf.runtime import amp_dtype, ensure_writable, resolve_device
 
 STAGES = ("unary", "crf", "crf+dense")
+# The default longer side. Peak RSS predicting one 2048x1536 image on 2 CPU cores with the tests'
+# tiny model (getrusage): unary 0.57 GB, crf 3.9 GB, crf+dense 4.5 GB (80 s); at 1024x768,
+# crf+dense 1.3 GB. An 8000x6000 photo at full size was killed above 10 GB. The CRF's range box
+# grows with the node grid, so a real model's cost grows faster than the pixels: 1024 keeps
+# every stage within a few GB, at about twice the width of CamVid's 480 px frames.
+MAX_SIZE = 1024
+MIN_MAX_SIZE = 32  # 2x2 CRF nodes at the network's stride of 16
+SHOWN_SKIPS = 5  # unreadable images named in the error message; the exception holds them all
 
 
 def collect_images(inputs: Sequence[str | Path]) -> list[Path]:
-    """Image files named directly or found (non-recursively) in the given folders."""
+    """Image files named directly or found (non-recursively) in the given folders, each once."""
     files: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():
@@ -31,7 +46,10 @@ def collect_images(inputs: Sequence[str | Path]) -> list[Path]:
             files.append(item)
         else:
             raise FileNotFoundError(f"input not found: {item}")
-    return files
+    unique: dict[Path, Path] = {}  # `in in/x.png` names in/x.png twice
+    for path in files:
+        unique.setdefault(path.resolve(), path)
+    return list(unique.values())
 
 
 def colorize(labels: np.ndarray, palette: np.ndarray) -> Image.Image:
@@ -41,12 +59,121 @@ def colorize(labels: np.ndarray, palette: np.ndarray) -> Image.Image:
     return image
 
 
-def overlay(
-    image: np.ndarray, labels: np.ndarray, palette: np.ndarray, alpha: float = 0.5
-) -> np.ndarray:
-    """The image (H, W, 3) uint8 blended with the class colours."""
-    colours = np.asarray(palette, dtype=np.float32)[labels]
-    return (image * (1 - alpha) + colours * alpha).round().astype(np.uint8)
+def overlay(image: Image.Image, label: Image.Image, alpha: float = 0.5) -> Image.Image:
+    """The RGB image blended with the class colours of a palette label image of its size.
+
+    Blended by PIL in uint8: at 8000x6000, 0.55 GB over the inputs (a float numpy blend: 2.7 GB).
+    """
+    return Image.blend(image, label.convert("RGB"), alpha)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One input image and the files predicted from it."""
+
+    source: Path
+    name: str  # the source relative to the inputs' common folder: how messages name it
+    label: Path
+    overlay: Path
+    probs: Path | None
+
+    @property
+    def outputs(self) -> list[Path]:
+        return [p for p in (self.label, self.overlay, self.probs) if p is not None]
+
+
+class SkippedImagesError(ValueError):
+    """Some images could not be read; all the others were predicted.
+
+    `written`: the label PNGs written; `skipped`: (name, reason) for every unreadable image.
+    """
+
+    def __init__(
+        self, written: list[Path], skipped: list[tuple[str, str]], total: int, out: Path
+    ) -> None:
+        self.written, self.skipped = written, skipped
+        shown = ", ".join(f"{name} ({reason})" for name, reason in skipped[:SHOWN_SKIPS])
+        more = f" and {len(skipped) - SHOWN_SKIPS} more" if len(skipped) > SHOWN_SKIPS else ""
+        super().__init__(
+            f"{len(skipped)} of {total} images could not be read and were skipped: {shown}{more}; "
+            f"the other {len(written)} were predicted into {out}"
+        )
+
+
+def plan_outputs(files: Sequence[Path], out: Path, save_probs: bool) -> list[Job]:
+    """The output files of every image: its path relative to the deepest folder holding all the
+    inputs, under `out` (flat for one folder, mirrored folders for several). Two images that
+    would write the same file are a ValueError naming both."""
+    base = os.path.commonpath([os.path.abspath(p.parent) for p in files])
+    jobs, owners = [], {}
+    for path in files:
+        rel = Path(os.path.relpath(os.path.abspath(path), base))
+        stem = out / rel.with_suffix("")
+        job = Job(
+            path,
+            str(rel),
+            stem.with_name(f"{stem.name}.png"),
+            stem.with_name(f"{stem.name}_overlay.png"),
+            stem.with_name(f"{stem.name}_probs.npy") if save_probs else None,
+        )
+        for target in job.outputs:
+            if target in owners:
+                raise ValueError(
+                    f"{owners[target].source} and {path} would both be predicted to {target}; "
+                    "rename one of them or predict them into separate --out folders"
+                )
+            owners[target] = job
+        jobs.append(job)
+    return jobs
+
+
+def check_outputs(jobs: Sequence[Job], out: Path, overwrite: bool) -> None:
+    """ValueError unless every output is safe to write: `out` a folder (or missing), no output in
+    an input folder (resolved: `./in`, `in/` and symlinks to it are the same), and no existing
+    file replaced without `overwrite`."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder; choose a folder path")
+    sources = [job.source for job in jobs]
+    inputs = {p.parent.resolve() for p in sources} | {p.resolve().parent for p in sources}
+    if out.resolve() in inputs:
+        raise ValueError(
+            f"--out {out} is an input folder: predictions would overwrite the images; "
+            "choose another --out"
+        )
+    for target in (t for job in jobs for t in job.outputs):
+        if target.resolve().parent in inputs:
+            raise ValueError(
+                f"--out {out} would write {target} into an input folder: predictions would "
+                "overwrite or mix with the images; choose another --out"
+            )
+    existing = [t for job in jobs for t in job.outputs if os.path.lexists(t)]
+    if existing and not overwrite:
+        raise ValueError(
+            f"--out {out} already holds {len(existing)} of the files this would write "
+            f"(e.g. {existing[0].relative_to(out)}); pass --overwrite to replace them, "
+            "or choose another --out"
+        )
+
+
+def read_image(path: Path) -> Image.Image:
+    """The RGB image; ValueError with a one-line reason when it cannot be decoded."""
+    try:
+        return open_rgb(path)
+    except ValueError as err:
+        raise ValueError(f"cannot read image: {err.__cause__ or err}") from err
+
+
+def shrink(image: Image.Image, max_size: int) -> Image.Image:
+    """The image with its longer side at most `max_size` (0: any), aspect ratio kept."""
+    scale = max_size / max(image.size) if max_size else 1.0
+    if scale >= 1:
+        return image
+    size = tuple(max(1, round(side * scale)) for side in image.size)
+    return image.resize(size, Image.Resampling.BILINEAR)  # PIL widens the filter: antialiased
+
+
+def save_png(image: Image.Image, path: Path) -> None:
+    atomic_write(path, lambda f: image.save(f, format="PNG"))
 
 
 def predict_files(
@@ -59,23 +186,53 @@ def predict_files(
     scales: Sequence[float] = (1.0,),
     flip: bool = False,
     device: str = "auto",
+    max_size: int = MAX_SIZE,
+    overwrite: bool = False,
     progress: bool = True,
 ) -> list[Path]:
     """`piecewise-crf predict`: writes <stem>.png, <stem>_overlay.png (and <stem>_probs.npy,
-    float32 (K, H, W)) into `out` for every input image; returns the label PNG paths."""
+    float32 (K, h, w)) for every input image; returns the label PNG paths.
+
+    Images from one folder are written flat into `out` (in/x.png -> out/x.png); images from
+    several folders under their paths relative to the folders' common parent (a/x.png ->
+    out/a/x.png, b/x.png -> out/b/x.png). Refused before the model is loaded (ValueError): `out`
+    being an input folder, two images writing the same file, and, unless `overwrite`, files
+    already in `out`.
+
+    An image whose longer side exceeds `max_size` (0: no limit) is downscaled for the network and
+    both CRFs; labels and overlays are written at its original size, probabilities at the
+    processed size. Unreadable images are skipped; SkippedImagesError (a ValueError) follows the
+    others' predictions.
+    """
     if stage not in STAGES:
         raise ValueError(f"stage must be one of {', '.join(STAGES)}, got {stage!r}")
-    files = collect_images(inputs)
+    if max_size < 0 or 0 < max_size < MIN_MAX_SIZE:
+        raise ValueError(
+            f"max_size (--max-size) must be 0 (no limit) or at least {MIN_MAX_SIZE} pixels, "
+            f"got {max_size}"
+        )
+    out = Path(out)
+    jobs = plan_outputs(collect_images(inputs), out, save_probs)
+    check_outputs(jobs, out, overwrite)
     ckpt = load_checkpoint(checkpoint)
     model, config = model_from_checkpoint(ckpt, str(checkpoint))
     palette = np.asarray(ckpt["palette"], dtype=np.uint8)
     dev = resolve_device(device)
     model.to(dev)
-    out = ensure_writable(out)
+    ensure_writable(out)
+    for folder in sorted({t.parent for job in jobs for t in job.outputs}):
+        folder.mkdir(parents=True, exist_ok=True)
     crf = {"crf": CRFSetting.from_config(config.crf)} if stage != "unary" else {}
-    written, seen = [], set()
-    for path in tqdm(files, desc="predict", disable=not progress, dynamic_ncols=True):
-        rgb = np.array(open_rgb(path))  # a writable copy for torch.from_numpy
+    written, skipped, downscaled = [], [], 0
+    for job in tqdm(jobs, desc="predict", disable=not progress, dynamic_ncols=True):
+        try:
+            picture = read_image(job.source)
+        except ValueError as err:
+            skipped.append((job.name, str(err)))
+            continue
+        small = shrink(picture, max_size)
+        downscaled += small is not picture
+        rgb = np.array(small)  # a writable copy for torch.from_numpy
         image = torch.from_numpy(rgb).permute(2, 0, 1).float().div(255).to(dev)
         probs = predict_stages(
             model,
@@ -86,14 +243,20 @@ def predict_files(
             flip=flip,
             amp_dtype=amp_dtype(dev, config.train.amp),
         )[stage]
-        stem = path.stem
-        while stem in seen:  # the same file name in two input folders
-            stem += "_"
-        seen.add(stem)
-        labels = probs.argmax(0).cpu().numpy()
-        colorize(labels, palette).save(out / f"{stem}.png")
-        Image.fromarray(overlay(rgb, labels, palette)).save(out / f"{stem}_overlay.png")
-        if save_probs:
-            np.save(out / f"{stem}_probs.npy", probs.float().cpu().numpy())
-        written.append(out / f"{stem}.png")
+        label = colorize(probs.argmax(0).cpu().numpy(), palette)
+        if label.size != picture.size:
+            label = label.resize(picture.size, Image.Resampling.NEAREST)
+        save_png(label, job.label)
+        save_png(overlay(picture, label), job.overlay)
+        if job.probs is not None:
+            array = probs.float().cpu().numpy()
+            atomic_write(job.probs, lambda f, a=array: np.save(f, a))
+        written.append(job.label)
+    if downscaled:
+        print(
+            f"note: {downscaled} of {len(jobs)} images were larger than {max_size} px and were "
+            "downscaled for prediction; labels and overlays are at the original size"
+        )
+    if skipped:
+        raise SkippedImagesError(written, skipped, len(jobs), out)
     return written

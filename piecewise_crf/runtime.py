@@ -30,7 +30,12 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     """The torch device for a name: auto = CUDA when present, else CPU; bare cuda = the local GPU."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(
+            f"device {name!r} is not a device name; use auto, cpu, cuda or cuda:N"
+        ) from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(

@@ -25,7 +25,7 @@ import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -37,15 +37,23 @@ from tqdm import tqdm
 
 from piecewise_crf.checkpoint import (
     FORMAT_VERSION,
-    atomic_save,
     config_differences,
     load_checkpoint,
     load_model_state,
 )
-from piecewise_crf.config import Config, TrainConfig, config_to_dict, load_config, save_config
+from piecewise_crf.config import (
+    Config,
+    TrainConfig,
+    apply_overrides,
+    config_from_dict,
+    config_to_dict,
+    load_config,
+    save_config,
+)
 from piecewise_crf.data.balancing import class_frequencies, median_frequency_weights
 from piecewise_crf.data.transforms import train_transforms
 from piecewise_crf.evaluate import CRFSetting, evaluate_model, predict_stages
+from piecewise_crf.files import atomic_save, atomic_write_text, remove_stale_temps
 from piecewise_crf.model import DeepStructuredModel, build_model
 from piecewise_crf.runtime import amp_dtype, ensure_writable, open_dataset, resolve_device
 
@@ -103,17 +111,27 @@ def fit_epochs(config: Config, minutes: float, data_root: str | Path | None = No
     return max(1, int((60 * minutes - final) / epoch))
 
 
+def sgd_settings(tc: TrainConfig, lr: float | None = None) -> list[dict[str, float]]:
+    """The hyperparameters of `sgd`'s two groups (backbone, heads), from the config. A resumed
+    run applies them over the saved optimizer's, so `--set train.lr=...` takes effect."""
+    lr = tc.lr if lr is None else lr
+    return [
+        {"base_lr": lr * mult, "lr": lr * mult, "momentum": tc.momentum,
+         "weight_decay": tc.weight_decay}
+        for mult in (tc.backbone_lr_mult, 1.0)
+    ]  # fmt: skip
+
+
 def sgd(model: nn.Module, tc: TrainConfig, lr: float | None = None) -> torch.optim.SGD:
     """SGD over two groups: the backbone at `lr * backbone_lr_mult`, the new heads at `lr`
     (default `tc.lr`); each group keeps its `base_lr` for the poly schedule."""
-    lr = tc.lr if lr is None else lr
     backbone = [p for n, p in model.named_parameters() if n.startswith("featmap.backbone.")]
     heads = [p for n, p in model.named_parameters() if not n.startswith("featmap.backbone.")]
     groups = [
-        {"params": backbone, "lr": lr * tc.backbone_lr_mult, "base_lr": lr * tc.backbone_lr_mult},
-        {"params": heads, "lr": lr, "base_lr": lr},
+        {"params": params, **settings}
+        for params, settings in zip((backbone, heads), sgd_settings(tc, lr), strict=True)
     ]
-    return torch.optim.SGD(groups, momentum=tc.momentum, weight_decay=tc.weight_decay)
+    return torch.optim.SGD(groups)
 
 
 def freeze_layers(model: DeepStructuredModel, count: int) -> None:
@@ -189,18 +207,56 @@ class PiecewiseLoss(nn.Module):
         return terms.unary, terms.pairwise, terms.total
 
 
-def prepare_run_dir(out: Path, *, resume: bool, overwrite: bool, main: bool) -> None:
-    """Create RUN_DIR, check it is writable, and never silently replace a user's results."""
-    ensure_writable(out)
-    existing = [name for name in ("final.pt", "last.pt", "best.pt") if (out / name).exists()]
+def check_run_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
+    """Refuse, before anything is written, to replace a user's results without being told to."""
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out {out} is a file, not a folder; choose another --out")
+    existing = [name for name in RUN_FILES if (out / name).exists()]
     if existing and not resume and not overwrite:
         raise FileExistsError(
             f"{out} already holds a run ({', '.join(existing)}); pass --resume to continue it "
             "or --overwrite to replace it"
         )
-    if overwrite and not resume and main:
+    finished = [name for name in ("final.pt", "best.pt") if (out / name).exists()]
+    if resume and not (out / "last.pt").exists() and finished and not overwrite:
+        raise FileExistsError(
+            f"cannot resume {out}: it has {', '.join(finished)} but no last.pt to continue "
+            "from; pass --overwrite (without --resume) to train it anew"
+        )
+
+
+def claim_run_dir(out: Path, *, resume: bool, overwrite: bool, main: bool) -> IO[str] | None:
+    """Create RUN_DIR and lock it against a second training process (the OS drops the lock on
+    any exit, kill -9 included); then delete what a killed run left behind (temp files) and,
+    with --overwrite, the old run. Called once every check has passed. Returns the lock."""
+    ensure_writable(out)
+    if not main:
+        return None
+    lock = _lock(out / ".lock")
+    removed = remove_stale_temps(out, RUN_FILES)
+    if removed:
+        print(f"note: removed {len(removed)} temp files left by an interrupted run in {out}")
+    if overwrite and not resume:
         for name in RUN_FILES:
             (out / name).unlink(missing_ok=True)
+    return lock
+
+
+def _lock(path: Path) -> IO[str] | None:
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks; a second process is not detected
+        return None
+    handle = path.open("a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise ValueError(
+            f"{path.parent} is in use by another training process; wait for it to finish or "
+            "choose another --out"
+        ) from None
+    return handle
 
 
 def rng_state() -> dict[str, Any]:
@@ -229,12 +285,6 @@ def _seed_for(*values: int) -> int:
     return int(np.random.SeedSequence(list(values)).generate_state(1)[0])
 
 
-def _atomic_text(text: str, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_log(history: list[dict[str, Any]], path: Path) -> None:
     """log.csv, rewritten from the checkpointed history (so a resumed run never duplicates rows)."""
     buffer = io.StringIO()
@@ -242,7 +292,7 @@ def write_log(history: list[dict[str, Any]], path: Path) -> None:
     writer.writeheader()
     for row in history:
         writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in LOG_FIELDS})
-    _atomic_text(buffer.getvalue(), path)
+    atomic_write_text(buffer.getvalue(), path)
 
 
 def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
@@ -359,7 +409,7 @@ def _train(
     rank: Rank,
     device: torch.device,
 ) -> TrainResult:
-    prepare_run_dir(out, resume=resume, overwrite=overwrite, main=rank.main)
+    check_run_dir(out, resume=resume, overwrite=overwrite)
     ckpt = None
     if resume and (out / "last.pt").exists():
         ckpt = load_checkpoint(out / "last.pt")
@@ -369,8 +419,6 @@ def _train(
                 f"cannot resume {out / 'last.pt'}: its model differs from the config "
                 f"(config vs checkpoint): {'; '.join(differences)}"
             )
-    elif resume and rank.main:
-        print(f"note: {out} holds no last.pt yet; starting a new run")
     tc = config.train
     if tc.batch_size % rank.world:
         raise ValueError(
@@ -390,8 +438,10 @@ def _train(
             f"the dataset has {len(classes)} classes but model.num_classes is "
             f"{config.model.num_classes}; set model.num_classes={len(classes)}"
         )
-    if rank.main:
-        save_config(config, out / "config.yaml")
+    if ckpt is not None and rank.main:
+        changed = config_differences(config_to_dict(config), ckpt["config"])
+        if changed:
+            print(f"note: resuming with changed settings (now vs saved): {'; '.join(changed)}")
 
     random.seed(tc.seed + rank.rank)
     np.random.seed(tc.seed + rank.rank)  # noqa: NPY002
@@ -399,6 +449,32 @@ def _train(
     model = build_model(config.model, load_weights=ckpt is None, max_edges=tc.max_edges)
     model.set_prediction_box(config.crf.box_fraction)  # for validation
     freeze_layers(model, tc.freeze_layers)
+    # Every check has passed: only now is the run folder created, locked or cleared.
+    lock = claim_run_dir(out, resume=resume, overwrite=overwrite, main=rank.main)
+    if resume and ckpt is None and rank.main:
+        print(f"note: {out} holds no last.pt yet; starting a new run")
+    if rank.main:
+        save_config(config, out / "config.yaml")
+    try:
+        return _fit(config, out, ckpt, model, train_set, val_set, classes, progress, rank, device)
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+def _fit(
+    config: Config,
+    out: Path,
+    ckpt: dict[str, Any] | None,
+    model: DeepStructuredModel,
+    train_set: Dataset,
+    val_set: Dataset | None,
+    classes: list[str],
+    progress: bool,
+    rank: Rank,
+    device: torch.device,
+) -> TrainResult:
+    tc = config.train
     model.to(device)
     optimizer = sgd(model, tc)
     dtype = amp_dtype(device, tc.amp)
@@ -408,6 +484,8 @@ def _train(
     if ckpt is not None:
         load_model_state(model, ckpt["model"], str(out / "last.pt"))
         optimizer.load_state_dict(ckpt["optimizer"])
+        for group, settings in zip(optimizer.param_groups, sgd_settings(tc), strict=True):
+            group.update(settings)  # the config's lr, momentum, weight decay, not the saved ones
         scaler.load_state_dict(ckpt["scaler"])
         epoch, step, history = ckpt["epoch"], ckpt["step"], list(ckpt["history"])
         best = ckpt.get("best", -math.inf)
@@ -445,8 +523,6 @@ def _train(
         raise ValueError("the training split is empty")
     total_steps = tc.epochs * len(loader)
     budget = 60 * tc.minutes
-    if tc.minutes < 0:
-        raise ValueError(f"train.minutes must be >= 0 (0 = no time limit), got {tc.minutes}")
     writer = _summary_writer(out) if rank.main else None
     bar = tqdm(
         total=total_steps, initial=step, desc="train", dynamic_ncols=True,
@@ -602,8 +678,22 @@ def _meta(
 
 
 def resume_config(out: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """The config of the run in `out` (its config.yaml), with `section.key=value` overrides."""
-    path = Path(out) / "config.yaml"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: pass --config to start or resume this run")
-    return load_config(path, overrides)
+    """The config of the run in `out`, with `section.key=value` overrides: the one saved in its
+    last.pt (what the weights were trained with), else its config.yaml (no epoch done yet)."""
+    out = Path(out)
+    path, last = out / "config.yaml", out / "last.pt"
+    if not last.is_file():
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: pass --config to start or resume this run")
+        return load_config(path, overrides)
+    saved = load_checkpoint(last)["config"]
+    try:
+        same = path.is_file() and config_to_dict(load_config(path)) == saved
+    except ValueError:  # truncated or hand-edited into an invalid file
+        same = False
+    if not same:
+        print(
+            f"note: {path} is missing or differs from the config saved in {last}; resuming with "
+            "the saved one (pass --config FILE to resume with another)"
+        )
+    return config_from_dict(apply_overrides(saved, overrides))

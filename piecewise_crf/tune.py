@@ -33,6 +33,7 @@ from piecewise_crf.evaluate import (
     summarise,
     write_json,
 )
+from piecewise_crf.files import refuse_overwriting_inputs
 from piecewise_crf.metrics import ConfusionMatrix
 from piecewise_crf.model import DeepStructuredModel
 from piecewise_crf.runtime import amp_dtype, ensure_writable
@@ -276,6 +277,7 @@ def tune_dense_crf_checkpoint(
     if limit is not None and limit < 1:
         raise ValueError(f"--limit must be a positive number of images, got {limit}")
     if json_path is not None:
+        refuse_overwriting_inputs([json_path], [checkpoint], "--json")
         ensure_writable(Path(json_path).parent)
     model, config, data, name, dev = open_for_inference(checkpoint, dataset, root, split, device)
     classes = list(data.classes)

@@ -1,13 +1,21 @@
+import math
+import os
+import re
+from pathlib import Path
+
 import pytest
 
 from piecewise_crf.config import (
+    PRESETS,
     Config,
     config_from_dict,
     config_to_dict,
     cpu_config,
     load_config,
     paper_config,
+    parse_override,
     save_config,
+    validate,
 )
 
 
@@ -57,3 +65,210 @@ def test_round_trip(tmp_path):
     save_config(config, tmp_path / "c.yaml")
     assert load_config(tmp_path / "c.yaml") == config
     assert config_from_dict(config_to_dict(Config())) == Config()
+
+
+CONFIGS = Path(__file__).parents[1] / "configs"
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_validates_and_round_trips(name):
+    config = PRESETS[name]()
+    validate(config)
+    assert config_from_dict(config_to_dict(config)) == config
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads(path):
+    validate(load_config(path))
+
+
+def test_yaml_reads_yaml_1_2_floats(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  lr: 1e-3\n  weight_decay: 5E-4\n  minutes: 1.5e+2\n")
+    config = load_config(path, ["train.backbone_lr_mult=.5", "crf.pairwise_scale=1e0"])
+    assert (config.train.lr, config.train.weight_decay, config.train.minutes) == (1e-3, 5e-4, 150.0)
+    assert (config.train.backbone_lr_mult, config.crf.pairwise_scale) == (0.5, 1.0)
+    assert parse_override("a.b=[-1e3, .inf, 3, 'x', true, 1.2.3]") == {
+        "a": {"b": [-1000.0, math.inf, 3, "x", True, "1.2.3"]}
+    }
+    assert math.isnan(parse_override("a.b=.nan")["a"]["b"])
+    assert isinstance(parse_override("a.b=3")["a"]["b"], int)
+
+
+def test_a_string_for_a_float_field_is_read_as_a_number():
+    assert config_from_dict({"train": {"lr": "0.01"}}).train.lr == 0.01
+    with pytest.raises(ValueError, match=r"^train\.lr: expected a number, got 'fast'$"):
+        config_from_dict({"train": {"lr": "fast"}})
+    with pytest.raises(ValueError, match=r"^train\.lr: expected a number, got True$"):
+        config_from_dict({"train": {"lr": True}})
+
+
+@pytest.mark.parametrize("value", [True, 2.5, 3.0])
+def test_int_fields_take_only_ints(value):
+    with pytest.raises(ValueError, match=rf"^train\.epochs: expected int, got {value}$"):
+        config_from_dict({"train": {"epochs": value}})
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "message"),
+    [
+        ("model", "num_classes", 0, "model.num_classes must be >= 1, got 0"),
+        ("model", "backbone", "vgg", "model.backbone must be one of vgg16, mobilenet_v2, tiny, "
+         "got 'vgg'; did you mean 'vgg16'?"),
+        ("model", "scales", [], "model.scales must be a non-empty list, got ()"),
+        ("model", "scales", [1, 0], "model.scales[1] must be a finite number > 0, got 0.0"),
+        ("model", "scales", [math.inf], "model.scales[0] must be a finite number > 0, got inf"),
+        ("model", "block6_channels", 0, "model.block6_channels must be >= 1, got 0"),
+        ("model", "hidden", -1, "model.hidden must be >= 1, got -1"),
+        ("model", "pool_windows", [5, 4], "model.pool_windows[1] must be an odd int >= 1, got 4"),
+        ("model", "pool_windows", [-1], "model.pool_windows[0] must be an odd int >= 1, got -1"),
+        ("model", "pool_order", "pool", "model.pool_order must be one of pool_then_concat, "
+         "concat_then_pool, got 'pool'"),
+        ("model", "relations", ["surround"], "model.relations[0] must be one of surrounding, "
+         "above_below, got 'surround'; did you mean 'surrounding'?"),
+        ("model", "box_fraction", 0, "model.box_fraction must be in (0, 1], got 0.0"),
+        ("model", "box_fraction", 1.5, "model.box_fraction must be in (0, 1], got 1.5"),
+        ("model", "node_labels", "mode", "model.node_labels must be one of nearest, majority, "
+         "got 'mode'"),
+        ("model", "ignore_index", 256, "model.ignore_index must be an int in 0..255, got 256"),
+        ("crf", "iterations", -1, "crf.iterations must be >= 0, got -1"),
+        ("crf", "pairwise_mode", "interation", "crf.pairwise_mode must be one of raw, "
+         "interaction, got 'interation'; did you mean 'interaction'?"),
+        ("crf", "pairwise_scale", -0.5, "crf.pairwise_scale must be a finite number >= 0, got -0.5"),
+        ("crf", "box_fraction", 0, "crf.box_fraction must be in (0, 1], got 0.0"),
+        ("dense_crf", "iterations", -2, "dense_crf.iterations must be >= 0, got -2"),
+        ("dense_crf", "pos_xy_std", 0, "dense_crf.pos_xy_std must be a finite number > 0, got 0.0"),
+        ("dense_crf", "bi_xy_std", math.nan, "dense_crf.bi_xy_std must be a finite number > 0, "
+         "got nan"),
+        ("dense_crf", "bi_rgb_std", -3, "dense_crf.bi_rgb_std must be a finite number > 0, "
+         "got -3.0"),
+        ("dense_crf", "pos_weight", -1, "dense_crf.pos_weight must be a finite number >= 0, "
+         "got -1.0"),
+        ("dense_crf", "bi_weight", math.inf, "dense_crf.bi_weight must be a finite number >= 0, "
+         "got inf"),
+        ("data", "dataset", "camvd", "data.dataset must be one of camvid, voc, context, nyud, "
+         "siftflow, folder, synthetic, got 'camvd'; did you mean 'camvid'?"),
+        ("data", "train_split", "", "data.train_split must be a split name, got ''"),
+        ("data", "crop_size", [16, 64], "data.crop_size must be two ints >= 32, [height, width], "
+         "got (16, 64)"),
+        ("data", "scale_range", [1.2, 0.7], "data.scale_range must be two finite numbers [low, "
+         "high] with 0 < low <= high, got (1.2, 0.7)"),
+        ("data", "scale_range", [0, 1], "data.scale_range must be two finite numbers [low, high] "
+         "with 0 < low <= high, got (0.0, 1.0)"),
+        ("data", "num_workers", -1, "data.num_workers must be >= 0, got -1"),
+        ("train", "epochs", -3, "train.epochs must be >= 1, got -3"),
+        ("train", "batch_size", 0, "train.batch_size must be >= 1, got 0"),
+        ("train", "lr", 0, "train.lr must be a finite number > 0, got 0.0"),
+        ("train", "lr", math.nan, "train.lr must be a finite number > 0, got nan"),
+        ("train", "backbone_lr_mult", -1, "train.backbone_lr_mult must be a finite number >= 0, "
+         "got -1.0"),
+        ("train", "freeze_layers", -1, "train.freeze_layers must be >= 0, got -1"),
+        ("train", "momentum", 1, "train.momentum must be in [0, 1), got 1.0"),
+        ("train", "weight_decay", math.inf, "train.weight_decay must be a finite number >= 0, "
+         "got inf"),
+        ("train", "lr_power", -1, "train.lr_power must be a finite number >= 0, got -1.0"),
+        ("train", "pairwise_weight", -1, "train.pairwise_weight must be a finite number >= 0, "
+         "got -1.0"),
+        ("train", "class_balance", -1, "train.class_balance must be a finite number >= 0, "
+         "got -1.0"),
+        ("train", "edge_fraction", 0, "train.edge_fraction must be in (0, 1], got 0.0"),
+        ("train", "max_edges", 0, "train.max_edges must be >= 1, got 0"),
+        ("train", "minutes", -1, "train.minutes must be a finite number >= 0, got -1.0"),
+        ("train", "val_every", 0, "train.val_every must be >= 1, got 0"),
+        ("train", "seed", -1, "train.seed must be an int in 0..4294967295, got -1"),
+        ("train", "device", "gpu", "train.device must be auto, cpu, cuda or cuda:N, got 'gpu'"),
+        ("train", "device", "cuda:x", "train.device must be auto, cpu, cuda or cuda:N, "
+         "got 'cuda:x'"),
+    ],
+)  # fmt: skip
+def test_validate_names_the_key_and_the_fix(section, key, value, message):
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        config_from_dict({section: {key: value}})
+
+
+@pytest.mark.parametrize("device", ["auto", "cpu", "cuda", "cuda:1", "mps"])
+def test_device_names_that_validate(device):
+    assert config_from_dict({"train": {"device": device}}).train.device == device
+
+
+@pytest.mark.parametrize("split", ["", None])
+def test_an_empty_val_split_means_no_validation(split):
+    assert config_from_dict({"data": {"val_split": split}}).data.val_split == split
+
+
+def test_custom_relations_are_checked_element_by_element():
+    config = config_from_dict(
+        {"model": {"custom_relations": {"diag": [[1, 1], [-1, 2]]}, "relations": ["diag"]}}
+    )
+    assert config.model.relations == ("diag",)
+    cases = [
+        ([[1, 1]], "model.custom_relations must be a mapping name -> [[dy, dx], ...], got [[1, 1]]"),
+        ({"d": []}, "model.custom_relations.d must be a non-empty list of [dy, dx] pairs, got []"),
+        ({"d": [[0, 0]]}, "model.custom_relations.d must be non-zero [dy, dx] offsets, got [0, 0]"),
+        ({"d": [[1, 1.5]]}, "model.custom_relations.d must be a list of [dy, dx] int pairs, "
+         "got [1, 1.5]"),
+        ({"d": [[1, True]]}, "model.custom_relations.d must be a list of [dy, dx] int pairs, "
+         "got [1, True]"),
+    ]  # fmt: skip
+    for value, message in cases:
+        with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+            config_from_dict({"model": {"custom_relations": value}})
+    deep: list = [1]
+    for _ in range(50):
+        deep = [deep]
+    with pytest.raises(
+        ValueError, match=r"^model\.custom_relations\.d must be a list of \[dy, dx\]"
+    ):
+        config_from_dict({"model": {"custom_relations": {"d": deep}}})
+    with pytest.raises(ValueError, match=r"^model\.relations\[0\] must be one of surrounding, "):
+        config_from_dict({"model": {"relations": ["diag"]}})
+
+
+def test_validate_checks_a_config_built_in_python():
+    config = paper_config()
+    config.train.amp = 1
+    with pytest.raises(ValueError, match=r"^train\.amp must be true or false, got 1$"):
+        validate(config)
+    config = paper_config()
+    config.train.epochs = 2.5
+    with pytest.raises(ValueError, match=r"^train\.epochs must be an int, got 2\.5$"):
+        validate(config)
+
+
+def test_malformed_yaml_is_one_line(tmp_path):
+    path = tmp_path / "x.yaml"
+    path.write_text("model:\n  num_classes: 3\ntrain: {lr: [\n")
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(path))} line 4: cannot parse YAML \("):
+        load_config(path)
+    path.write_text("- model\n- train\n")
+    with pytest.raises(ValueError, match=r"a config file must be a mapping of sections"):
+        load_config(path)
+    message = "--set train.lr=[: cannot parse the value as YAML (expected the node content"
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}"):
+        load_config(None, ["train.lr=["])
+    for text in ["=3", "train.=3", ".lr=3"]:
+        with pytest.raises(ValueError, match=f"^--set {re.escape(text)}: the key has an empty"):
+            parse_override(text)
+
+
+def test_save_config_replaces_the_file_atomically(tmp_path, monkeypatch):
+    path = tmp_path / "config.yaml"
+    save_config(paper_config(), path)
+
+    def killed(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        save_config(cpu_config(), path)
+    assert load_config(path) == paper_config()
+    assert [p.name for p in tmp_path.iterdir()] == ["config.yaml"]
+
+
+def test_resolve_device_rejects_a_bad_name():
+    from piecewise_crf.runtime import resolve_device
+
+    message = "device 'gpu' is not a device name; use auto, cpu, cuda or cuda:N"
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        resolve_device("gpu")
+    assert resolve_device("cpu").type == "cpu"

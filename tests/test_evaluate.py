@@ -110,7 +110,7 @@ def test_unreadable_or_foreign_checkpoints_are_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="not a piecewise-crf checkpoint"):
         load_checkpoint(tmp_path / "other.pt")
     torch.save({"model": {}, "config": {}, "f": np.float64}, tmp_path / "unsafe.pt")
-    with pytest.raises(ValueError, match="cannot read checkpoint"):  # weights_only refuses it
+    with pytest.raises(ValueError, match="refusing to read checkpoint"):  # weights_only refuses it
         load_checkpoint(tmp_path / "unsafe.pt")
     with pytest.raises(FileNotFoundError):
         load_checkpoint(tmp_path / "missing.pt")

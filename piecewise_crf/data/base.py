@@ -96,6 +96,8 @@ def open_rgb(path: Path) -> Image.Image:
             f"cannot read image {path}: {err}. The file is corrupt or not an image; "
             "re-extract it or remove it from the split."
         ) from err
+    except Image.DecompressionBombError as err:  # not an OSError: PIL's guard against huge images
+        raise ValueError(f"refusing to decode image {path}: {err}") from err
 
 
 def read_label_png(path: Path) -> np.ndarray:

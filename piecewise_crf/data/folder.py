@@ -78,10 +78,16 @@ class FolderDataset(FilePairDataset):
         else:
             base = root / split if split != "all" else root
             if not (base / image_dir).is_dir():
+                hint = (
+                    f"; {root} has only {image_dir}/ and {label_dir}/, which is split 'all': "
+                    "train on it with --set data.train_split=all data.val_split=all (validation "
+                    "then scores training images) or data.val_split='' (no validation)"
+                    if split != "all" and (root / image_dir).is_dir()
+                    else f" (split 'all' uses {root / image_dir}/)"
+                )
                 raise FileNotFoundError(
                     f"no split {split!r} in {root}: expected {root / f'{split}.txt'} or "
-                    f"{base / image_dir}/ with {base / label_dir}/ (split 'all' uses "
-                    f"{root / image_dir}/)"
+                    f"{base / image_dir}/ with {base / label_dir}/{hint}"
                 )
             images, labels = self._from_folders(base / image_dir, base / label_dir)
         super().__init__([p.stem for p in images], images, labels, transforms, split)
