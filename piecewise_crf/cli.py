@@ -191,7 +191,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML config (may name a preset: paper, cpu, demo)")
     p.add_argument("--data-root", help="dataset folder (overrides data.root)")
     p.add_argument("--out", required=True, help="run folder: checkpoints, log.csv, curves.png")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="e.g. train.lr=0.01")
+    p.add_argument(
+        "--set",
+        nargs="*",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config overrides, e.g. train.lr=0.01 (may be repeated)",
+    )
     p.add_argument("--resume", action="store_true", help="continue the run in --out from last.pt")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

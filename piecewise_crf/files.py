@@ -80,6 +80,9 @@ def read_torch_file(path: str | Path, what: str) -> Any:
     `what` names the file for the messages ("checkpoint", "backbone weights file").
     """
     path = Path(path)
+    if path.is_dir():
+        hint = " such as RUN_DIR/final.pt" if what == "checkpoint" else ""
+        raise IsADirectoryError(f"{what} {path} is a folder; pass a file{hint}")
     if not path.is_file():
         raise FileNotFoundError(f"{what} not found: {path}")
     try:

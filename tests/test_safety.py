@@ -196,6 +196,16 @@ def test_bad_numbers_on_the_command_line_are_refused(run, capsys):
         assert need in err
 
 
+def test_repeated_set_options_all_count(data, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = train_argv(data, out)
+    split = argv.index("--set") + 3
+    assert main([*argv[:split], "--set", *argv[split:], "--set", "train.lr=5e-4"]) == 0
+    config = load_checkpoint(out / "final.pt")["config"]
+    assert config["data"]["dataset"] == "camvid" and config["train"]["lr"] == 5e-4
+    fails(["evaluate", "--checkpoint", str(out), "--split", "val"], capsys, "RUN_DIR/final.pt")
+
+
 def test_every_option_has_help_and_there_is_a_version(capsys):
     parser = build_parser()
     commands = next(a for a in parser._actions if a.dest == "command").choices
