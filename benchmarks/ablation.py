@@ -34,13 +34,8 @@ import torch
 from common import commit, describe, machine
 
 from piecewise_crf.config import load_config
-from piecewise_crf.evaluate import (
-    CRFSetting,
-    crf_stages,
-    evaluate_model,
-    predict_stages,
-    summarise,
-)
+from piecewise_crf.evaluate import score, summarise, sweep_settings
+from piecewise_crf.inference import Predictor
 from piecewise_crf.runtime import open_dataset
 from piecewise_crf.train import train, training_set
 
@@ -65,13 +60,13 @@ def row_config(row: str, args: argparse.Namespace):
     return config
 
 
-def prediction_seconds(model, val, crf, dense, count: int = 5) -> float:
+def prediction_seconds(predictor: Predictor, val, stages, count: int = 5) -> float:
     """Median seconds per val image for the given stages (after one warm-up image)."""
     times = []
     for i in range(count + 1):
         image = val[i][0]
         tic = time.perf_counter()
-        predict_stages(model, image, crf, dense)
+        predictor(image[None], stages)
         times.append(time.perf_counter() - tic)
     return statistics.median(times[1:])
 
@@ -113,29 +108,39 @@ def run_row(row: str, args: argparse.Namespace) -> list[Path]:
         },
     }
     if row != "pairwise":
-        matrices = evaluate_model(model, val, {}, progress=True)
+        predictor = Predictor(model, crf=config.crf, amp=config.train.amp)
+        matrices = score(predictor, val, stages=("unary",), progress=True)
         metrics = summarise(matrices, val.classes)["unary"]
-        seconds = prediction_seconds(model, val, {}, None)
+        seconds = prediction_seconds(predictor, val, ("unary",))
         return [write_row(row, common, metrics, seconds, stage="unary", folder=args.results)]
 
-    main = CRFSetting.from_config(config.crf)
-    sweep = crf_stages(main, SWEEP_SCALES, ("raw", "interaction"))
-    sweep_results = summarise(evaluate_model(model, val, sweep, progress=True), val.classes)
+    sweep = sweep_settings(config.crf, SWEEP_SCALES, ("raw", "interaction"))
+    predictor = Predictor(model, crf=config.crf, sweep=sweep, amp=config.train.amp)
+    matrices = score(predictor, val, stages=("unary", *sweep), progress=True)
+    sweep_results = summarise(matrices, val.classes)
     unary = sweep_results.pop("unary")
     name = max(sweep_results, key=lambda s: sweep_results[s]["mean_iou"])
     chosen = sweep[name]
+    predictor = Predictor(model, crf=chosen, dense=config.dense_crf, amp=config.train.amp)
     refined = summarise(
-        evaluate_model(model, val, {"crf": chosen}, dense=config.dense_crf, progress=True),
-        val.classes,
+        score(predictor, val, stages=("crf", "crf+dense"), progress=True), val.classes
     )
     common["unary_of_this_model"] = {k: unary[k] for k in METRICS}
     common["sweep"] = {
-        s: {"mode": sweep[s].mode, "scale": sweep[s].scale, "mean_iou": r["mean_iou"]}
-        for s, r in sweep_results.items()
+        s: {
+            "mode": c.pairwise_mode,
+            "scale": c.pairwise_scale,
+            "mean_iou": sweep_results[s]["mean_iou"],
+        }
+        for s, c in sweep.items()
     }
-    common["chosen"] = {"mode": chosen.mode, "scale": chosen.scale, "chosen_on": "val"}
-    crf_seconds = prediction_seconds(model, val, {"crf": chosen}, None)
-    dense_seconds = prediction_seconds(model, val, {"crf": chosen}, config.dense_crf)
+    common["chosen"] = {
+        "mode": chosen.pairwise_mode,
+        "scale": chosen.pairwise_scale,
+        "chosen_on": "val",
+    }
+    crf_seconds = prediction_seconds(predictor, val, ("crf",))
+    dense_seconds = prediction_seconds(predictor, val, ("crf+dense",))
     return [
         write_row("pairwise", common, refined["crf"], crf_seconds, stage=name, folder=args.results),
         write_row(

@@ -16,11 +16,10 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from piecewise_crf.checkpoint import load_checkpoint, model_from_checkpoint
 from piecewise_crf.config import load_config
-from piecewise_crf.evaluate import CRFSetting, predict_stages
+from piecewise_crf.evaluate import describe
+from piecewise_crf.inference import Predictor
 from piecewise_crf.predict import colorize
 from piecewise_crf.report import example_grid
 from piecewise_crf.runtime import open_dataset
@@ -38,18 +37,15 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("docs"))
     args = parser.parse_args()
 
-    ckpt = load_checkpoint(args.checkpoint)
-    model, config = model_from_checkpoint(ckpt, str(args.checkpoint))
-    model.eval()
+    predictor = Predictor.from_checkpoint(args.checkpoint)
+    config = predictor.config
     data = open_dataset(
         config.data.dataset, args.data_root, args.split, num_classes=config.model.num_classes
     )
     if args.config:
         chosen = load_config(args.config)
-        config.crf, config.dense_crf = chosen.crf, chosen.dense_crf
-        model.set_prediction_box(config.crf.box_fraction)
-    crf = CRFSetting.from_config(config.crf)
-    palette = np.asarray(ckpt["palette"], dtype=np.uint8)
+        predictor.crf, predictor.dense = chosen.crf, chosen.dense_crf
+    palette = predictor.palette
 
     def rgb(labels: np.ndarray) -> np.ndarray:
         return np.asarray(colorize(labels, palette).convert("RGB"))
@@ -57,15 +53,14 @@ def main() -> None:
     rows = []
     for i in np.linspace(0, len(data) - 1, args.count).round().astype(int):
         image, label = data[int(i)]
-        with torch.no_grad():
-            probs = predict_stages(model, image, {"crf": crf}, config.dense_crf)
+        probs = predictor(image[None], ("unary", "crf", "crf+dense"))
         panels = [(image.permute(1, 2, 0) * 255).round().byte().numpy(), rgb(label.numpy())]
-        panels += [rgb(probs[s].argmax(0).numpy()) for s in ("unary", "crf", "crf+dense")]
+        panels += [rgb(probs[s][0].argmax(0).cpu().numpy()) for s in ("unary", "crf", "crf+dense")]
         rows.append(panels)
     args.out.mkdir(parents=True, exist_ok=True)
     examples = args.out / "camvid_val_examples.png"
     example_grid(rows, TITLES).save(examples, optimize=True)
-    print(f"wrote {examples} (CRF {crf})")
+    print(f"wrote {examples} (CRF {describe(predictor.crf)})")
     curves = args.checkpoint.parent / "curves.png"
     if curves.is_file():
         shutil.copy(curves, args.out / "camvid_curves.png")

@@ -18,6 +18,7 @@ the first two columns: piecewise steps cost no inference, so more of them fit th
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import multiprocessing as mp
 import resource
@@ -31,9 +32,17 @@ import torch
 from common import commit, describe, machine
 
 from piecewise_crf.checkpoint import load_checkpoint, model_from_checkpoint
-from piecewise_crf.evaluate import CRFSetting, evaluate_model, summarise
+from piecewise_crf.evaluate import score, summarise
+from piecewise_crf.inference import Predictor
 from piecewise_crf.runtime import open_dataset, resolve_device
-from piecewise_crf.train import balancing_weights, freeze_layers, sgd, training_set
+from piecewise_crf.train import (
+    balancing_weights,
+    freeze_layers,
+    lr_factor,
+    sgd,
+    step_loss,
+    training_set,
+)
 
 METHODS = {"piecewise": 0, "joint3": 3, "joint5": 5}  # name -> mean-field iterations in training
 
@@ -76,18 +85,13 @@ def fine_tune(method: str, args: argparse.Namespace, out: mp.Queue) -> None:
             if elapsed >= budget:
                 done = True
                 break
+            factor = lr_factor(0, 1, tc.lr_power, elapsed, budget)  # the clock alone: no step count
             for group in optimizer.param_groups:
-                group["lr"] = group["base_lr"] * (1 - elapsed / budget) ** tc.lr_power
+                group["lr"] = group["base_lr"] * factor
             tic = time.perf_counter()
             images, labels = images.to(device), labels.to(device)
             if iterations == 0:
-                loss = model.loss(
-                    images,
-                    labels,
-                    pairwise_weight=tc.pairwise_weight,
-                    edge_fraction=tc.edge_fraction,
-                    class_weights=weights,
-                ).total
+                loss = step_loss(model, images, labels, tc, class_weights=weights).total
             else:
                 loss = model.mean_field_loss(
                     images,
@@ -111,15 +115,13 @@ def fine_tune(method: str, args: argparse.Namespace, out: mp.Queue) -> None:
     val = open_dataset(
         config.data.dataset, args.data_root, config.data.val_split, num_classes=model.num_classes
     )
-    stages = {"crf": CRFSetting.from_config(config.crf)}
+    sweep = {}
     if iterations and iterations != config.crf.iterations:
-        stages[f"crf T={iterations}"] = CRFSetting(
-            iterations, config.crf.pairwise_mode, config.crf.pairwise_scale
-        )
+        sweep[f"crf T={iterations}"] = dataclasses.replace(config.crf, iterations=iterations)
+    predictor = Predictor(model, crf=config.crf, sweep=sweep, amp=config.train.amp, device=device)
     indices = range(0, len(val), args.val_stride)
-    scores = summarise(
-        evaluate_model(model, val, stages, device=device, indices=indices), val.classes
-    )
+    matrices = score(predictor, val, indices=indices, stages=("unary", "crf", *sweep))
+    scores = summarise(matrices, val.classes)
     out.put(
         {
             "steps": len(step_times),

@@ -30,7 +30,7 @@ from common import commit, describe, machine
 
 from piecewise_crf.config import PRESETS, load_config
 from piecewise_crf.model import build_model
-from piecewise_crf.train import freeze_layers
+from piecewise_crf.train import freeze_layers, step_loss
 
 ROWS = ("fcn", "piecewise", "joint", "frozen")
 
@@ -70,12 +70,7 @@ class Row:
                 self.images, self.labels, iterations=self.args.iterations
             )
         else:
-            loss = self.model.loss(
-                self.images,
-                self.labels,
-                pairwise_weight=self.config.train.pairwise_weight,
-                edge_fraction=self.config.train.edge_fraction,
-            ).total
+            loss = step_loss(self.model, self.images, self.labels, self.config.train).total
         sync(self.device)
         t1 = time.perf_counter()
         self.opt.zero_grad(set_to_none=True)

@@ -16,6 +16,7 @@ reads it without executing code:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -95,13 +96,11 @@ def model_from_checkpoint(
         raise ValueError(f"{source} holds a config this version cannot use: {err}") from None
     model = build_model(config.model, load_weights=False, max_edges=config.train.max_edges)
     load_model_state(model, ckpt["model"], source)
-    model.set_prediction_box(config.crf.box_fraction)
     return model.eval(), config
 
 
-def check_classes(ckpt: dict[str, Any], classes: list[str] | tuple[str, ...], what: str) -> None:
-    """Refuse to apply a checkpoint to a dataset with another set of classes."""
-    trained = list(ckpt.get("classes") or [])
+def check_classes(trained: Sequence[str], classes: Sequence[str], what: str) -> None:
+    """Refuse to apply a model trained on `trained` classes to data with other classes."""
     if len(trained) != len(classes):
         raise ValueError(
             f"the checkpoint predicts {len(trained)} classes ({', '.join(trained)}) but {what} "

@@ -11,18 +11,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from piecewise_crf.checkpoint import load_checkpoint, model_from_checkpoint
 from piecewise_crf.config import demo_config
-from piecewise_crf.evaluate import (
-    CRFSetting,
-    evaluate_model,
-    plot_confusion,
-    predict_stages,
-    summarise,
-    write_json,
-)
+from piecewise_crf.evaluate import plot_confusion, score, summarise, write_json
+from piecewise_crf.inference import Predictor
 from piecewise_crf.report import save_example, write_report
 from piecewise_crf.runtime import ensure_writable, open_dataset
 from piecewise_crf.train import fit_epochs, train
@@ -65,24 +56,23 @@ def run_demo(
     train(config, out / "run", overwrite=True)  # the demo regenerates its own run folder
     trained = time.perf_counter() - tic
 
-    ckpt = load_checkpoint(out / "run" / "final.pt")
-    model, config = model_from_checkpoint(ckpt)
+    predictor = Predictor.from_checkpoint(out / "run" / "final.pt")
+    config = predictor.config
     val = open_dataset(config.data.dataset, None, config.data.val_split)
-    crf = {"crf": CRFSetting.from_config(config.crf)}
-    matrices = evaluate_model(model, val, crf, dense=config.dense_crf, progress=True)
+    matrices = score(predictor, val, progress=True)
     results = summarise(matrices, val.classes)
     report = out / "report"
     report.mkdir(parents=True, exist_ok=True)
     write_json(results, report / "metrics.json")
     plot_confusion(matrices, val.classes, report / "confusion.png")
 
-    palette = np.asarray(ckpt["palette"], dtype=np.uint8)
+    palette = predictor.palette
     examples = []
     for i in range(min(EXAMPLES, len(val))):
         image, label = val[i]
-        probs = predict_stages(model, image, crf, config.dense_crf)
+        probs = predictor(image[None])
         rgb = (image.permute(1, 2, 0) * 255).round().byte().numpy()
-        predictions = {s: p.argmax(0).numpy() for s, p in probs.items()}
+        predictions = {s: p[0].argmax(0).cpu().numpy() for s, p in probs.items()}
         examples.append(
             save_example(report / "examples", val.name(i), rgb, label.numpy(), predictions, palette)
         )

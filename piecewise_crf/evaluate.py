@@ -1,182 +1,84 @@
-"""Evaluation: one pass over a split scores every prediction stage.
+"""Evaluation: one pass over a split scores every prediction stage of a `Predictor`.
 
-Stages, each a (K, H, W) probability map at full image resolution:
-  unary      softmax of the Unary-Net scores, upsampled
-  crf        mean-field marginals on the node grid, upsampled (the checkpoint's crf settings)
-  crf+dense  the dense CRF (boundary refinement) applied to the crf marginals
-A sweep adds stages "crf[mode,scale]" computed from the same potentials, so choosing the pairwise
-mode and scale on validation data costs one forward pass per image.
+The stages are the Predictor's (unary, crf, crf+dense; see `piecewise_crf.inference`). A sweep
+adds stages "crf[mode,scale]" computed from the same potentials, so choosing the pairwise mode
+and scale on held-out data costs one forward pass per image.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from piecewise_crf.checkpoint import check_classes, load_checkpoint, model_from_checkpoint
-from piecewise_crf.config import CRFConfig, DenseCRFConfig
-from piecewise_crf.densecrf import dense_crf
+from piecewise_crf.checkpoint import check_classes
+from piecewise_crf.config import CRFConfig
 from piecewise_crf.files import atomic_write, atomic_write_text, refuse_overwriting_inputs
+from piecewise_crf.inference import Predictor
 from piecewise_crf.metrics import ConfusionMatrix
-from piecewise_crf.model import DeepStructuredModel
-from piecewise_crf.runtime import amp_dtype, ensure_writable, open_dataset, resolve_device
+from piecewise_crf.runtime import ensure_writable, open_dataset
+
+BATCH_SIZE = 4  # same-size images per forward pass when scoring a split
 
 
-@dataclass(frozen=True)
-class CRFSetting:
-    """One way of running mean-field: iterations, pairwise mode and scale."""
-
-    iterations: int = 3
-    mode: str = "raw"
-    scale: float = 1.0
-
-    @classmethod
-    def from_config(cls, crf: CRFConfig) -> CRFSetting:
-        return cls(crf.iterations, crf.pairwise_mode, crf.pairwise_scale)
+def sweep_settings(
+    crf: CRFConfig, scales: Sequence[float] = (), modes: Sequence[str] = ()
+) -> dict[str, CRFConfig]:
+    """ "crf[mode,scale]" -> `crf` with that pairwise mode and scale, for every pair."""
+    return {
+        f"crf[{mode},{scale:g}]": dataclasses.replace(crf, pairwise_mode=mode, pairwise_scale=scale)
+        for mode in modes
+        for scale in scales
+    }
 
 
-def crf_stages(
-    main: CRFSetting, sweep_scales: Sequence[float] = (), sweep_modes: Sequence[str] = ()
-) -> dict[str, CRFSetting]:
-    """{"crf": main} plus "crf[mode,scale]" for every swept (mode, scale) pair."""
-    stages = {"crf": main}
-    for mode in sweep_modes:
-        for scale in sweep_scales:
-            stages[f"crf[{mode},{scale:g}]"] = CRFSetting(main.iterations, mode, scale)
-    return stages
+def batches(dataset: Dataset, indices: Iterable[int], size: int) -> Iterator[tuple[Tensor, Tensor]]:
+    """(images (B, 3, H, W), labels (B, H, W)) of up to `size` consecutive same-size items."""
+    images: list[Tensor] = []
+    labels: list[Tensor] = []
+    for i in indices:
+        image, label = dataset[i]
+        if images and (len(images) == size or image.shape != images[0].shape):
+            yield torch.stack(images), torch.stack(labels)
+            images, labels = [], []
+        images.append(image)
+        labels.append(label)
+    if images:
+        yield torch.stack(images), torch.stack(labels)
 
 
-def _resize(probs: Tensor, size: tuple[int, int]) -> Tensor:
-    if tuple(probs.shape[-2:]) == tuple(size):
-        return probs
-    return F.interpolate(probs, size=size, mode="bilinear", align_corners=False)
-
-
-@torch.no_grad()
-def stage_probabilities(
-    model: DeepStructuredModel,
-    image: Tensor,
-    crf: dict[str, CRFSetting],
-    *,
-    scales: Sequence[float] = (1.0,),
-    flip: bool = False,
-    amp_dtype: torch.dtype | None = None,
-) -> dict[str, Tensor]:
-    """Probabilities (K, H, W) per stage for one image (3, H, W) in [0, 1], on its device.
-
-    With several test scales or flipping, the marginals of every variant are averaged at full
-    resolution (mean-field runs on each variant's own grid).
-    """
-    size = tuple(image.shape[-2:])
-    sums: dict[str, Tensor] = {}
-    variants = [(s, f) for s in scales for f in ((False, True) if flip else (False,))]
-    for scale, flipped in variants:
-        x = image[None]
-        if scale != 1.0:
-            scaled = (max(1, round(size[0] * scale)), max(1, round(size[1] * scale)))
-            x = F.interpolate(x, size=scaled, mode="bilinear", align_corners=False, antialias=True)
-        if flipped:
-            x = x.flip(-1)
-        with torch.autocast(x.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            potentials = model(x)
-        grids = {"unary": potentials.unary.float().softmax(1)}
-        for name, s in crf.items():
-            grids[name] = model.marginals(
-                potentials, iterations=s.iterations, pairwise_mode=s.mode, pairwise_scale=s.scale
-            )
-        for name, grid in grids.items():
-            probs = _resize(model.upsample(grid, tuple(x.shape[-2:])), size)
-            if flipped:
-                probs = probs.flip(-1)
-            sums[name] = sums[name] + probs if name in sums else probs
-    return {name: (total / len(variants))[0] for name, total in sums.items()}
-
-
-def refine(image: Tensor, probs: Tensor, dense: DenseCRFConfig) -> Tensor:
-    """The crf+dense stage: dense CRF on the full-resolution uint8 image, on probs' device."""
-    rgb = (image.permute(1, 2, 0) * 255).round().clamp(0, 255).to(torch.uint8)
-    return dense_crf(
-        rgb,
-        probs.float(),
-        iterations=dense.iterations,
-        pos_xy_std=dense.pos_xy_std,
-        pos_weight=dense.pos_weight,
-        bi_xy_std=dense.bi_xy_std,
-        bi_rgb_std=dense.bi_rgb_std,
-        bi_weight=dense.bi_weight,
-    )
-
-
-def predict_stages(
-    model: DeepStructuredModel,
-    image: Tensor,
-    crf: dict[str, CRFSetting],
-    dense: DenseCRFConfig | None,
-    *,
-    scales: Sequence[float] = (1.0,),
-    flip: bool = False,
-    amp_dtype: torch.dtype | None = None,
-) -> dict[str, Tensor]:
-    """All stages for one image, "crf+dense" included when `dense` settings are given."""
-    probs = stage_probabilities(model, image, crf, scales=scales, flip=flip, amp_dtype=amp_dtype)
-    if dense is not None and "crf" in probs:
-        probs["crf+dense"] = refine(image, probs["crf"], dense)
-    return probs
-
-
-def evaluate_model(
-    model: DeepStructuredModel,
+def score(
+    predictor: Predictor,
     dataset: Dataset,
-    crf: dict[str, CRFSetting],
     *,
-    dense: DenseCRFConfig | None = None,
-    device: str | torch.device = "cpu",
     indices: Iterable[int] | None = None,
-    scales: Sequence[float] = (1.0,),
-    flip: bool = False,
-    amp_dtype: torch.dtype | None = None,
+    stages: Sequence[str] | None = None,
+    batch_size: int = BATCH_SIZE,
     progress: bool = False,
 ) -> dict[str, ConfusionMatrix]:
-    """Confusion matrices per stage over `dataset` (or the given `indices` of it).
-
-    Items are (image (3, H, W) in [0, 1], label (H, W)) at full resolution, one at a time (images
-    may differ in size). In distributed runs pass each rank its shard of indices and call
-    `ConfusionMatrix.all_reduce` on the result.
-    """
-    k = model.num_classes
-    ignore = getattr(dataset, "ignore_index", model.ignore_index)
-    stages = ["unary", *crf] + (["crf+dense"] if dense is not None and "crf" in crf else [])
+    """Confusion matrices per stage over `dataset` (or the given `indices` of it), at full
+    resolution, same-size consecutive images in batches. In distributed runs pass each rank its
+    shard of indices and call `ConfusionMatrix.all_reduce` on the result."""
+    stages = predictor.stages if stages is None else tuple(stages)
+    k = predictor.model.num_classes
+    ignore = getattr(dataset, "ignore_index", predictor.model.ignore_index)
     matrices = {name: ConfusionMatrix(k, ignore) for name in stages}
     indices = list(range(len(dataset)) if indices is None else indices)
-    was_training = model.training
-    model.eval()
-    try:
-        for i in tqdm(indices, desc="evaluate", disable=not progress, dynamic_ncols=True):
-            image, label = dataset[i]
-            probs = predict_stages(
-                model,
-                image.to(device),
-                crf,
-                dense,
-                scales=scales,
-                flip=flip,
-                amp_dtype=amp_dtype,
-            )
-            for name, p in probs.items():
-                matrices[name].update(p.argmax(0).cpu(), label)
-    finally:
-        model.train(was_training)
+    bar = tqdm(total=len(indices), desc="evaluate", disable=not progress, dynamic_ncols=True)
+    for images, labels in batches(dataset, indices, batch_size):
+        for name, probs in predictor(images, stages).items():
+            matrices[name].update(probs.argmax(1).cpu(), labels)
+        bar.update(len(images))
+    bar.close()
     return matrices
 
 
@@ -267,26 +169,24 @@ def write_json(results: dict[str, Any], path: str | Path) -> None:
     atomic_write_text(json.dumps(results, indent=2), path)
 
 
-def open_for_inference(
-    checkpoint: str | Path,
-    dataset: str | None,
-    root: str | Path | None,
-    split: str,
-    device: str,
-) -> tuple[DeepStructuredModel, Any, Dataset, str, torch.device]:
-    """Load a checkpoint's model onto `device` and open a split of its (or the named) dataset.
-
-    Returns (model, config, dataset, dataset name, device); the dataset's classes must match
-    the checkpoint's.
-    """
-    ckpt = load_checkpoint(checkpoint)
-    model, config = model_from_checkpoint(ckpt, str(checkpoint))
+def open_split(
+    predictor: Predictor, dataset: str | None, root: str | Path | None, split: str
+) -> tuple[Dataset, str]:
+    """A split of the checkpoint's dataset (or the named one), whose classes must be the
+    predictor's. Returns (dataset, its name)."""
+    config = predictor.config
+    if config is None:
+        raise ValueError("open_split needs a Predictor made by Predictor.from_checkpoint")
     name = dataset or config.data.dataset
     root = root if root is not None else config.data.root
     data = open_dataset(name, root, split, num_classes=config.model.num_classes)
-    check_classes(ckpt, list(data.classes), f"dataset {name!r}")
-    dev = resolve_device(device)
-    return model.to(dev), config, data, name, dev
+    check_classes(predictor.classes, list(data.classes), f"dataset {name!r}")
+    return data, name
+
+
+def describe(crf: CRFConfig) -> str:
+    """'raw x0.01, 3 iterations': a mean-field setting in a few words."""
+    return f"{crf.pairwise_mode} x{crf.pairwise_scale:g}, {crf.iterations} iterations"
 
 
 def subset_indices(n: int, limit: int | None) -> list[int]:
@@ -338,40 +238,31 @@ def evaluate_checkpoint(
     for path in (json_path, confusion_path):
         if path is not None:
             ensure_writable(Path(path).parent)
-    model, config, data, name, dev = open_for_inference(checkpoint, dataset, root, split, device)
-    if box_fraction is not None:
-        model.set_prediction_box(box_fraction)
+    given = {
+        "iterations": iterations,
+        "pairwise_mode": pairwise_mode,
+        "pairwise_scale": pairwise_scale,
+        "box_fraction": box_fraction,
+    }
+    overrides = {key: value for key, value in given.items() if value is not None}
+    if not dense:
+        overrides["dense_enabled"] = False
+    predictor = Predictor.from_checkpoint(
+        checkpoint, device=device, scales=scales, flip=flip, **overrides
+    )
+    crf = predictor.crf
+    predictor.sweep = sweep_settings(crf, sweep_scales, sweep_modes if sweep_scales else ())
+    data, name = open_split(predictor, dataset, root, split)
     classes = list(data.classes)
-    main = CRFSetting(
-        config.crf.iterations if iterations is None else iterations,
-        pairwise_mode or config.crf.pairwise_mode,
-        config.crf.pairwise_scale if pairwise_scale is None else pairwise_scale,
-    )
-    crf = crf_stages(main, sweep_scales, sweep_modes if sweep_scales else ())
-    use_dense = dense and config.dense_crf.enabled
-    notes = []
     indices = subset_indices(len(data), limit)
-    matrices = evaluate_model(
-        model,
-        data,
-        crf,
-        dense=config.dense_crf if use_dense else None,
-        device=dev,
-        indices=indices,
-        scales=scales,
-        flip=flip,
-        amp_dtype=amp_dtype(dev, config.train.amp),
-        progress=progress,
-    )
-    if not use_dense:
-        notes.append("crf+dense skipped: dense CRF disabled")
+    matrices = score(predictor, data, indices=indices, progress=progress)
     mean_classes = data.mean_classes() if hasattr(data, "mean_classes") else None
     results = summarise(matrices, classes, mean_classes)
-    box = model.prediction_box or config.model.box_fraction
-    print(f"{name} {split}: {len(indices)} of {len(data)} images, CRF {main}, box {box:g}")
+    box = crf.box_fraction or predictor.config.model.box_fraction
+    print(f"{name} {split}: {len(indices)} of {len(data)} images, CRF {describe(crf)}, box {box:g}")
     print(format_table(results, classes))
-    for note in notes:
-        print(f"note: {note}")
+    if not predictor.dense.enabled:
+        print("note: crf+dense skipped: dense CRF disabled")
     if json_path is not None:
         write_json(results, json_path)
         print(f"metrics written to {json_path}")

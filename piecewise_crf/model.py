@@ -86,7 +86,8 @@ class DeepStructuredModel(nn.Module):
     """FeatMap-Net with a CRF on its node grid: CNN unary potentials and one Pairwise-Net per relation.
 
     `forward(images)` -> `GridPotentials` (scores on the grid); `loss(images, labels)` -> piecewise
-    NLL terms; `predict(images)` -> marginals (B, K, H, W) at image size. Images are (B, 3, H, W)
+    NLL terms; `marginals(potentials)` -> mean-field on the grid, `upsample` to image size
+    (`piecewise_crf.inference` puts them together). Images are (B, 3, H, W)
     float RGB in [0, 1]; labels (B, H, W) int64 with `ignore_index` for void pixels.
     """
 
@@ -110,7 +111,6 @@ class DeepStructuredModel(nn.Module):
         self.featmap = featmap
         self.num_classes = num_classes
         self.relations = list(relations)
-        self.prediction_box: float | None = None  # see set_prediction_box
         self.node_label_rule = node_labels
         self.ignore_index = ignore_index
         self.max_edges = max_edges
@@ -120,23 +120,20 @@ class DeepStructuredModel(nn.Module):
             {r.name: PairwiseNet(channels, num_classes, hidden) for r in self.relations}
         )
 
-    def set_prediction_box(self, fraction: float | None) -> None:
-        """Range-box fraction of the relations in eval mode (None: the one trained with).
+    def forward(self, images: Tensor, *, box_fraction: float | None = None) -> GridPotentials:
+        """Unary and pairwise scores on the node grid.
 
-        A Pairwise-Net scores any pair of node features, so a model trained with one box can
-        predict with a smaller one: fewer edges, each a near neighbour, and a cheaper mean-field.
-        Training passes (train mode) keep the trained box.
+        `box_fraction` replaces the relations' trained range box (None keeps it). A Pairwise-Net
+        scores any pair of node features, so a model trained with one box can predict with a
+        smaller one: fewer edges, each a near neighbour, and a cheaper mean-field.
         """
-        if fraction is not None and not 0 < fraction <= 1:
-            raise ValueError(f"the prediction box fraction must be in (0, 1], got {fraction}")
-        self.prediction_box = fraction
-
-    def forward(self, images: Tensor) -> GridPotentials:
+        if box_fraction is not None and not 0 < box_fraction <= 1:
+            raise ValueError(f"the prediction box fraction must be in (0, 1], got {box_fraction}")
         features = self.featmap(images)
         _, _, h, w = features.shape
         relations = self.relations
-        if self.prediction_box is not None and not self.training:
-            relations = [r.resized(self.prediction_box) for r in relations]
+        if box_fraction is not None:
+            relations = [r.resized(box_fraction) for r in relations]
         pairwise = {
             r.name: RelationScores(
                 net=self.pairwise_nets[r.name],
@@ -315,24 +312,6 @@ class DeepStructuredModel(nn.Module):
         extent = (max(size[0], round(h * cell)), max(size[1], round(w * cell)))
         up = F.interpolate(grid_marginals, size=extent, mode="bilinear", align_corners=False)
         return up[:, :, : size[0], : size[1]]
-
-    @torch.no_grad()
-    def predict(
-        self,
-        images: Tensor,
-        iterations: int = 3,
-        *,
-        pairwise_mode: str = "raw",
-        pairwise_scale: float = 1.0,
-    ) -> Tensor:
-        """Marginals (B, K, H, W): mean-field on the grid, then bilinear upsampling."""
-        grid = self.marginals(
-            self(images),
-            iterations=iterations,
-            pairwise_mode=pairwise_mode,
-            pairwise_scale=pairwise_scale,
-        )
-        return self.upsample(grid, images.shape[-2:])
 
     def grid_size(self, height: int, width: int) -> tuple[int, int]:
         return grid_size(height, width, self.featmap.scales)

@@ -12,17 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 from tqdm import tqdm
 
-from piecewise_crf.checkpoint import load_checkpoint, model_from_checkpoint
 from piecewise_crf.data.base import IMAGE_SUFFIXES, open_rgb
-from piecewise_crf.evaluate import CRFSetting, predict_stages
 from piecewise_crf.files import atomic_write
-from piecewise_crf.runtime import amp_dtype, ensure_writable, resolve_device
+from piecewise_crf.inference import STAGES, Predictor
+from piecewise_crf.runtime import ensure_writable
 
-STAGES = ("unary", "crf", "crf+dense")
 # The default longer side. Peak RSS predicting one 2048x1536 image on 2 CPU cores with the tests'
 # tiny model (getrusage): unary 0.57 GB, crf 3.9 GB, crf+dense 4.5 GB (80 s); at 1024x768,
 # crf+dense 1.3 GB. An 8000x6000 photo at full size was killed above 10 GB. The CRF's range box
@@ -214,15 +211,10 @@ def predict_files(
     out = Path(out)
     jobs = plan_outputs(collect_images(inputs), out, save_probs)
     check_outputs(jobs, out, overwrite)
-    ckpt = load_checkpoint(checkpoint)
-    model, config = model_from_checkpoint(ckpt, str(checkpoint))
-    palette = np.asarray(ckpt["palette"], dtype=np.uint8)
-    dev = resolve_device(device)
-    model.to(dev)
+    predictor = Predictor.from_checkpoint(checkpoint, device=device, scales=scales, flip=flip)
     ensure_writable(out)
     for folder in sorted({t.parent for job in jobs for t in job.outputs}):
         folder.mkdir(parents=True, exist_ok=True)
-    crf = {"crf": CRFSetting.from_config(config.crf)} if stage != "unary" else {}
     written, skipped, downscaled = [], [], 0
     for job in tqdm(jobs, desc="predict", disable=not progress, dynamic_ncols=True):
         try:
@@ -232,18 +224,8 @@ def predict_files(
             continue
         small = shrink(picture, max_size)
         downscaled += small is not picture
-        rgb = np.array(small)  # a writable copy for torch.from_numpy
-        image = torch.from_numpy(rgb).permute(2, 0, 1).float().div(255).to(dev)
-        probs = predict_stages(
-            model,
-            image,
-            crf,
-            config.dense_crf if stage == "crf+dense" else None,
-            scales=scales,
-            flip=flip,
-            amp_dtype=amp_dtype(dev, config.train.amp),
-        )[stage]
-        label = colorize(probs.argmax(0).cpu().numpy(), palette)
+        probs = predictor([np.asarray(small)], stages=(stage,))[stage][0]
+        label = colorize(probs.argmax(0).cpu().numpy(), predictor.palette)
         if label.size != picture.size:
             label = label.resize(picture.size, Image.Resampling.NEAREST)
         save_png(label, job.label)

@@ -8,6 +8,11 @@ rank 0 writes files. RUN_DIR receives:
     last.pt       every epoch, for --resume    best.pt      best validation mIoU so far
     final.pt      the finished model           curves.png   losses and mIoU per epoch
 
+The loop: `train` checks everything before it claims RUN_DIR; then each epoch is
+`train_one_epoch` (per batch the poly lr of `lr_factor` and an SGD step on `step_loss`) and
+`end_epoch` (validation when due, best.pt, last.pt, log.csv). What the loop carries from epoch to
+epoch is a `RunState`, which every checkpoint holds.
+
 Exact resume: last.pt holds the model, optimizer, step, epoch and every RNG state (torch, CUDA,
 numpy, python) of every rank. The shuffle order and the DataLoader worker seeds are derived from
 (seed, epoch, rank) alone, so 2 epochs straight and 1 + resume + 1 give bitwise-identical weights
@@ -23,7 +28,7 @@ import os
 import random
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -52,9 +57,10 @@ from piecewise_crf.config import (
 )
 from piecewise_crf.data.balancing import class_frequencies, median_frequency_weights
 from piecewise_crf.data.transforms import train_transforms
-from piecewise_crf.evaluate import CRFSetting, evaluate_model, predict_stages
+from piecewise_crf.evaluate import score
 from piecewise_crf.files import atomic_save, atomic_write_text, remove_stale_temps
-from piecewise_crf.model import DeepStructuredModel, build_model
+from piecewise_crf.inference import Predictor
+from piecewise_crf.model import DeepStructuredModel, LossTerms, build_model
 from piecewise_crf.runtime import amp_dtype, ensure_writable, open_dataset, resolve_device
 
 LOG_FIELDS = (
@@ -86,7 +92,6 @@ def fit_epochs(config: Config, minutes: float, data_root: str | Path | None = No
     data = training_set(config, root)
     tc = config.train
     model = build_model(config.model, load_weights=False)
-    model.set_prediction_box(config.crf.box_fraction)
     freeze_layers(model, tc.freeze_layers)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # timing only: weights stay put
     times = []
@@ -94,17 +99,14 @@ def fit_epochs(config: Config, minutes: float, data_root: str | Path | None = No
         tic = time.perf_counter()
         batch = [data[(k * tc.batch_size + i) % len(data)] for i in range(tc.batch_size)]
         images, labels = torch.stack([b[0] for b in batch]), torch.stack([b[1] for b in batch])
-        terms = model.loss(
-            images, labels, pairwise_weight=tc.pairwise_weight, edge_fraction=tc.edge_fraction
-        )
-        terms.total.backward()
+        step_loss(model, images, labels, tc).total.backward()
         optimizer.step()
         times.append(time.perf_counter() - tic)
     step = statistics.median(times[2:])
     val = open_dataset(config.data.dataset, root, config.data.val_split)
     model.eval()
     tic = time.perf_counter()
-    predict_stages(model, val[0][0], {"crf": CRFSetting.from_config(config.crf)}, None)
+    Predictor(model, crf=config.crf)(val[0][0][None], ("crf",))
     per_image = time.perf_counter() - tic
     epoch = math.ceil(len(data) / tc.batch_size) * step + len(val) * per_image / tc.val_every
     final = len(val) * (per_image + 0.3)  # the last evaluation adds the dense CRF
@@ -177,33 +179,51 @@ class Rank:
         return cls(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)))
 
 
+def lr_factor(
+    step: int, total_steps: int, power: float, elapsed: float = 0.0, budget: float = 0.0
+) -> float:
+    """The poly schedule's multiplier of the base lr, (1 - done) ** power: done is the fraction
+    of steps taken, or with a time budget (seconds > 0) the larger of that and of the budget
+    spent; 0 once done reaches 1."""
+    done = step / total_steps
+    if budget:
+        done = max(done, elapsed / budget)
+    return max(0.0, 1 - done) ** power
+
+
+def step_loss(
+    model: DeepStructuredModel,
+    images: Tensor,
+    labels: Tensor,
+    tc: TrainConfig,
+    *,
+    class_weights: Tensor | None = None,
+) -> LossTerms:
+    """A training step's piecewise loss with the config's `pairwise_weight`, `edge_fraction`
+    and `memory_efficient`; `class_weights` from `balancing_weights`."""
+    return model.loss(
+        images,
+        labels,
+        pairwise_weight=tc.pairwise_weight,
+        edge_fraction=tc.edge_fraction,
+        memory_efficient=tc.memory_efficient,
+        class_weights=class_weights,
+    )
+
+
 class PiecewiseLoss(nn.Module):
-    """The model's loss as a forward pass, so DistributedDataParallel sees (and syncs) it."""
+    """`step_loss` as a forward pass, so DistributedDataParallel sees (and syncs) it."""
 
     def __init__(
-        self,
-        model: DeepStructuredModel,
-        pairwise_weight: float,
-        edge_fraction: float,
-        memory_efficient: bool = False,
-        class_weights: Tensor | None = None,
+        self, model: DeepStructuredModel, tc: TrainConfig, *, class_weights: Tensor | None = None
     ):
         super().__init__()
         self.model = model
-        self.pairwise_weight = pairwise_weight
-        self.edge_fraction = edge_fraction
-        self.memory_efficient = memory_efficient
+        self.tc = tc
         self.class_weights = class_weights
 
     def forward(self, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        terms = self.model.loss(
-            images,
-            labels,
-            pairwise_weight=self.pairwise_weight,
-            edge_fraction=self.edge_fraction,
-            memory_efficient=self.memory_efficient,
-            class_weights=self.class_weights,
-        )
+        terms = step_loss(self.model, images, labels, self.tc, class_weights=self.class_weights)
         return terms.unary, terms.pairwise, terms.total
 
 
@@ -347,9 +367,12 @@ def validate(
     dtype: torch.dtype | None,
 ) -> dict[str, float]:
     """Unary and CRF mIoU on the validation split, each rank scoring its own shard."""
-    crf = {"crf": CRFSetting.from_config(config.crf)} if model.relations else {}
+    stages = ("unary", "crf") if model.relations else ("unary",)
     indices = range(rank.rank, len(dataset), rank.world)
-    matrices = evaluate_model(model, dataset, crf, device=device, indices=indices, amp_dtype=dtype)
+    was_training = model.training
+    predictor = Predictor(model, crf=config.crf, amp=dtype is not None, device=device)
+    matrices = score(predictor, dataset, indices=indices, stages=stages)
+    model.train(was_training)
     mean_classes = dataset.mean_classes() if hasattr(dataset, "mean_classes") else None
     out = {}
     for name, cm in matrices.items():
@@ -361,6 +384,64 @@ def validate(
 class TrainResult:
     model: DeepStructuredModel  # the trained model (on its training device, in train mode)
     history: list[dict[str, Any]]  # one row per epoch, as in log.csv
+
+
+@dataclass
+class RunState:
+    """What the loop carries from epoch to epoch; every checkpoint holds it, --resume restores it."""
+
+    epoch: int = 0  # epochs completed
+    step: int = 0  # optimizer steps taken
+    history: list[dict[str, Any]] = field(default_factory=list)  # one row per epoch (log.csv)
+    best: float = -math.inf  # the best validation score so far (best.pt's)
+    train_seconds: float = 0.0  # time in training steps: the clock of `train.minutes`
+
+    def to_dict(self) -> dict[str, Any]:
+        """The checkpoint keys 'epoch', 'step', 'history', 'best', 'train_seconds' (plain values)."""
+        return asdict(self)
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: dict[str, Any]) -> RunState:
+        """The state a checkpoint (format 1) was saved in; 'best' and 'train_seconds' optional."""
+        return cls(
+            epoch=ckpt["epoch"],
+            step=ckpt["step"],
+            history=list(ckpt["history"]),
+            best=ckpt.get("best", -math.inf),
+            train_seconds=ckpt.get("train_seconds", 0.0),
+        )
+
+
+@dataclass
+class TrainContext:
+    """What stays put from epoch to epoch: the run's config, folder, model and training machinery."""
+
+    config: Config
+    out: Path  # RUN_DIR
+    rank: Rank
+    device: torch.device
+    dtype: torch.dtype | None  # autocast's; None: full precision
+    model: DeepStructuredModel
+    net: nn.Module  # the PiecewiseLoss, in DistributedDataParallel under torchrun
+    optimizer: torch.optim.SGD
+    scaler: torch.amp.GradScaler
+    loader: DataLoader  # DistributedSampler order; its generator seeds the workers
+    train_set: Dataset
+    val_set: Dataset | None
+    bar: tqdm
+    writer: Any  # TensorBoard's SummaryWriter on rank 0 when installed, else None
+
+    @property
+    def budget(self) -> float:
+        """`train.minutes` in seconds; 0: no budget."""
+        return 60 * self.config.train.minutes
+
+    @property
+    def total_steps(self) -> int:
+        return self.config.train.epochs * len(self.loader)
+
+    def out_of_time(self, state: RunState) -> bool:
+        return self.budget > 0 and state.train_seconds >= self.budget
 
 
 def train(
@@ -388,10 +469,13 @@ def train(
     if started:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     try:
-        return _train(
-            config, Path(out_dir), data_root, resume, overwrite, train_set, val_set, progress,
-            rank, device,
+        result = _train(
+            config, Path(out_dir), data_root=data_root, resume=resume, overwrite=overwrite,
+            train_set=train_set, val_set=val_set, progress=progress, rank=rank, device=device,
         )  # fmt: skip
+        if started:  # no rank tears the process group down while another is still in it
+            dist.barrier()
+        return result
     finally:
         if started:
             dist.destroy_process_group()
@@ -400,6 +484,7 @@ def train(
 def _train(
     config: Config,
     out: Path,
+    *,
     data_root: str | Path | None,
     resume: bool,
     overwrite: bool,
@@ -409,35 +494,16 @@ def _train(
     rank: Rank,
     device: torch.device,
 ) -> TrainResult:
+    """Check the folder, the checkpoint, the config and the data; build the model; only then
+    claim the run folder, and fit."""
     check_run_dir(out, resume=resume, overwrite=overwrite)
-    ckpt = None
-    if resume and (out / "last.pt").exists():
-        ckpt = load_checkpoint(out / "last.pt")
-        differences = config_differences(config_to_dict(config)["model"], ckpt["config"]["model"])
-        if differences:
-            raise ValueError(
-                f"cannot resume {out / 'last.pt'}: its model differs from the config "
-                f"(config vs checkpoint): {'; '.join(differences)}"
-            )
+    ckpt = _resume_checkpoint(config, out) if resume else None
     tc = config.train
     if tc.batch_size % rank.world:
         raise ValueError(
             f"train.batch_size {tc.batch_size} must be divisible by the {rank.world} processes"
         )
-
-    root = data_root if data_root is not None else config.data.root
-    if train_set is None:
-        train_set = training_set(config, root)
-    if val_set is None and config.data.val_split:
-        val_set = open_dataset(
-            config.data.dataset, root, config.data.val_split, num_classes=config.model.num_classes
-        )
-    classes = list(train_set.classes)
-    if len(classes) != config.model.num_classes:
-        raise ValueError(
-            f"the dataset has {len(classes)} classes but model.num_classes is "
-            f"{config.model.num_classes}; set model.num_classes={len(classes)}"
-        )
+    train_set, val_set = _datasets(config, data_root, train_set=train_set, val_set=val_set)
     if ckpt is not None and rank.main:
         changed = config_differences(config_to_dict(config), ckpt["config"])
         if changed:
@@ -447,7 +513,6 @@ def _train(
     np.random.seed(tc.seed + rank.rank)  # noqa: NPY002
     torch.manual_seed(tc.seed + rank.rank)  # DDP copies rank 0's initial weights to the others
     model = build_model(config.model, load_weights=ckpt is None, max_edges=tc.max_edges)
-    model.set_prediction_box(config.crf.box_fraction)  # for validation
     freeze_layers(model, tc.freeze_layers)
     # Every check has passed: only now is the run folder created, locked or cleared.
     lock = claim_run_dir(out, resume=resume, overwrite=overwrite, main=rank.main)
@@ -456,54 +521,87 @@ def _train(
     if rank.main:
         save_config(config, out / "config.yaml")
     try:
-        return _fit(config, out, ckpt, model, train_set, val_set, classes, progress, rank, device)
+        ctx, state = _setup(
+            config, out, ckpt=ckpt, model=model, train_set=train_set, val_set=val_set,
+            progress=progress, rank=rank, device=device,
+        )  # fmt: skip
+        return _fit(ctx, state)
     finally:
         if lock is not None:
             lock.close()
 
 
-def _fit(
+def _resume_checkpoint(config: Config, out: Path) -> dict[str, Any] | None:
+    """The run's last.pt (None when it has none yet), refused if its model differs from config's."""
+    path = out / "last.pt"
+    if not path.exists():
+        return None
+    ckpt = load_checkpoint(path)
+    differences = config_differences(config_to_dict(config)["model"], ckpt["config"]["model"])
+    if differences:
+        raise ValueError(
+            f"cannot resume {path}: its model differs from the config "
+            f"(config vs checkpoint): {'; '.join(differences)}"
+        )
+    return ckpt
+
+
+def _datasets(
+    config: Config,
+    data_root: str | Path | None,
+    *,
+    train_set: Dataset | None,
+    val_set: Dataset | None,
+) -> tuple[Dataset, Dataset | None]:
+    """The given sets, else the config's training split (augmented) and validation split (none
+    when `data.val_split` is empty); their classes must match `model.num_classes`."""
+    root = data_root if data_root is not None else config.data.root
+    if train_set is None:
+        train_set = training_set(config, root)
+    if val_set is None and config.data.val_split:
+        val_set = open_dataset(
+            config.data.dataset, root, config.data.val_split, num_classes=config.model.num_classes
+        )
+    if len(train_set.classes) != config.model.num_classes:
+        raise ValueError(
+            f"the dataset has {len(train_set.classes)} classes but model.num_classes is "
+            f"{config.model.num_classes}; set model.num_classes={len(train_set.classes)}"
+        )
+    return train_set, val_set
+
+
+def _setup(
     config: Config,
     out: Path,
+    *,
     ckpt: dict[str, Any] | None,
     model: DeepStructuredModel,
     train_set: Dataset,
     val_set: Dataset | None,
-    classes: list[str],
     progress: bool,
     rank: Rank,
     device: torch.device,
-) -> TrainResult:
+) -> tuple[TrainContext, RunState]:
+    """The optimizer, GradScaler, loss (DDP under torchrun), loader, progress bar and TensorBoard
+    of a run, and its state: a new one, or last.pt's when resuming."""
     tc = config.train
     model.to(device)
     optimizer = sgd(model, tc)
     dtype = amp_dtype(device, tc.amp)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-
-    epoch, step, history, best, elapsed = 0, 0, [], -math.inf, 0.0
+    state = RunState()
     if ckpt is not None:
-        load_model_state(model, ckpt["model"], str(out / "last.pt"))
-        optimizer.load_state_dict(ckpt["optimizer"])
-        for group, settings in zip(optimizer.param_groups, sgd_settings(tc), strict=True):
-            group.update(settings)  # the config's lr, momentum, weight decay, not the saved ones
-        scaler.load_state_dict(ckpt["scaler"])
-        epoch, step, history = ckpt["epoch"], ckpt["step"], list(ckpt["history"])
-        best = ckpt.get("best", -math.inf)
-        elapsed = ckpt.get("train_seconds", 0.0)
-        states = ckpt["rng"]
-        if len(states) == rank.world:
-            set_rng_state(states[rank.rank])
-        elif rank.main:
-            print(f"note: {len(states)} processes saved RNG states, {rank.world} run now; "
-                  "training continues but will not repeat the original run bit for bit")  # fmt: skip
+        state = _restore(
+            ckpt, out / "last.pt", model=model, optimizer=optimizer, scaler=scaler, tc=tc, rank=rank
+        )
 
     class_weights = balancing_weights(tc, train_set, device)
     if class_weights is not None and rank.main:
-        shown = ", ".join(f"{c} {w:.2f}" for c, w in zip(classes, class_weights, strict=True))
+        shown = ", ".join(
+            f"{c} {w:.2f}" for c, w in zip(train_set.classes, class_weights, strict=True)
+        )
         print(f"class weights (train.class_balance={tc.class_balance}): {shown}")
-    net: nn.Module = PiecewiseLoss(
-        model, tc.pairwise_weight, tc.edge_fraction, tc.memory_efficient, class_weights
-    )
+    net: nn.Module = PiecewiseLoss(model, tc, class_weights=class_weights)
     if rank.world > 1:
         net = DistributedDataParallel(
             net, device_ids=[device.index] if device.type == "cuda" else None
@@ -521,159 +619,224 @@ def _fit(
     )
     if len(loader) == 0:
         raise ValueError("the training split is empty")
-    total_steps = tc.epochs * len(loader)
-    budget = 60 * tc.minutes
-    writer = _summary_writer(out) if rank.main else None
     bar = tqdm(
-        total=total_steps, initial=step, desc="train", dynamic_ncols=True,
+        total=tc.epochs * len(loader), initial=state.step, desc="train", dynamic_ncols=True,
         disable=not (progress and rank.main),
     )  # fmt: skip
-    row: dict[str, Any] = history[-1] if history else {}
+    ctx = TrainContext(
+        config=config, out=out, rank=rank, device=device, dtype=dtype, model=model, net=net,
+        optimizer=optimizer, scaler=scaler, loader=loader, train_set=train_set, val_set=val_set,
+        bar=bar, writer=_summary_writer(out) if rank.main else None,
+    )  # fmt: skip
+    return ctx, state
 
-    stop = budget > 0 and elapsed >= budget
-    while epoch < tc.epochs and not stop:
-        epoch += 1
-        tic = time.perf_counter()
-        sampler.set_epoch(epoch)
-        loader.generator.manual_seed(_seed_for(tc.seed, epoch, rank.rank))  # worker seeds
-        net.train()
-        sums, steps = [0.0, 0.0], 0
-        for images, labels in loader:
-            started = time.perf_counter()
-            done = step / total_steps
-            if budget:
-                done = max(done, elapsed / budget)
-            factor = max(0.0, 1 - done) ** tc.lr_power
-            for group in optimizer.param_groups:
-                group["lr"] = group["base_lr"] * factor
-            images = images.to(device, non_blocking=True)
-            labels = labels.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                unary, pairwise, total = net(images, labels)
-            bad = torch.tensor(float(not torch.isfinite(total)), device=device)
-            if rank.world > 1:
-                dist.all_reduce(bad)
-            if bad.item():
-                last = (
-                    f"the last good checkpoint is {out / 'last.pt'} (epoch {epoch - 1})"
-                    if (out / "last.pt").exists()
-                    else "no checkpoint had been written yet"
-                )
-                raise FloatingPointError(
-                    f"training diverged: loss is {total.item()} at step {step + 1} (epoch "
-                    f"{epoch}); stopped, {last}. Lower train.lr or check the data."
-                )
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(total).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            step += 1
-            steps += 1
-            elapsed += time.perf_counter() - started
-            sums[0] += unary.item()
-            sums[1] += pairwise.item()
-            bar.update()
-            shown = {
-                "epoch": epoch,
-                "unary": f"{unary.item():.3f}",
-                "pairwise": f"{pairwise.item():.3f}",
-            }
-            if budget:
-                shown["left"] = f"{max(0.0, budget - elapsed) / 60:.1f} min"
-            bar.set_postfix(shown)
-            if writer is not None:
-                writer.add_scalar("loss/unary", unary.item(), step)
-                writer.add_scalar("loss/pairwise", pairwise.item(), step)
-                writer.add_scalar("lr", optimizer.param_groups[1]["lr"], step)
-            if budget:
-                if rank.world > 1:  # rank 0's clock sets every rank's lr and last step
-                    clock = torch.tensor(elapsed, dtype=torch.float64, device=device)
-                    dist.broadcast(clock, 0)
-                    elapsed = clock.item()
-                if elapsed >= budget:
-                    stop = True
-                    break
 
-        unary_loss, pairwise_loss = _all_reduce_mean([s / steps for s in sums], rank.world)
-        row = {
-            "epoch": epoch,
-            "step": step,
-            "lr": optimizer.param_groups[1]["lr"],
-            "unary_loss": unary_loss,
-            "pairwise_loss": pairwise_loss,
-            "val_unary_miou": None,
-            "val_crf_miou": None,
-        }
-        improved = False
-        if val_set is not None and (epoch % tc.val_every == 0 or epoch == tc.epochs or stop):
-            row.update(validate(model, val_set, config, device, rank, dtype))
-            score = (
-                row["val_crf_miou"] if row["val_crf_miou"] is not None else row["val_unary_miou"]
-            )
-            if score is not None and not math.isnan(score) and score > best:
-                best, improved = score, True
-            if writer is not None:
-                for key in ("val_unary_miou", "val_crf_miou"):
-                    if row[key] is not None:
-                        writer.add_scalar(key.replace("_", "/", 1), row[key], step)
-            if rank.main:
-                bar.write(
-                    f"epoch {epoch}: val mIoU unary {_pct(row['val_unary_miou'])}, "
-                    f"crf {_pct(row['val_crf_miou'])}"
-                )
-        row["seconds"] = round(time.perf_counter() - tic, 2)
-        history.append(row)
+def _restore(
+    ckpt: dict[str, Any],
+    path: Path,
+    *,
+    model: DeepStructuredModel,
+    optimizer: torch.optim.SGD,
+    scaler: torch.amp.GradScaler,
+    tc: TrainConfig,
+    rank: Rank,
+) -> RunState:
+    """Load last.pt's weights, optimizer (under the config's lr, momentum and weight decay),
+    scaler and this rank's RNG states; returns its run state."""
+    load_model_state(model, ckpt["model"], str(path))
+    optimizer.load_state_dict(ckpt["optimizer"])
+    for group, settings in zip(optimizer.param_groups, sgd_settings(tc), strict=True):
+        group.update(settings)  # the config's lr, momentum, weight decay, not the saved ones
+    scaler.load_state_dict(ckpt["scaler"])
+    states = ckpt["rng"]
+    if len(states) == rank.world:
+        set_rng_state(states[rank.rank])
+    elif rank.main:
+        print(f"note: {len(states)} processes saved RNG states, {rank.world} run now; "
+              "training continues but will not repeat the original run bit for bit")  # fmt: skip
+    return RunState.from_checkpoint(ckpt)
 
-        states = [rng_state()]
-        if rank.world > 1:
-            states = [None] * rank.world
-            dist.all_gather_object(states, rng_state())
-        if rank.main:
-            meta = _meta(config, train_set, model, epoch, step, row, history)
-            if improved:
-                atomic_save(meta, out / "best.pt")
-            state = dict(meta, optimizer=optimizer.state_dict(), scaler=scaler.state_dict(),
-                         rng=states, best=best, train_seconds=elapsed)  # fmt: skip
-            atomic_save(state, out / "last.pt")
-            write_log(history, out / "log.csv")
-        if rank.world > 1:
-            dist.barrier()  # no rank runs ahead of a checkpoint it might need to resume from
-    bar.close()
 
-    if rank.main:
-        atomic_save(_meta(config, train_set, model, epoch, step, row, history), out / "final.pt")
-        write_log(history, out / "log.csv")
-        if history:
-            plot_curves(history, out / "curves.png")
-        if writer is not None:
-            writer.close()
-    return TrainResult(model, history)
+def _fit(ctx: TrainContext, state: RunState) -> TrainResult:
+    """Epochs until `train.epochs` or the minutes budget, each checkpointed; then final.pt."""
+    while state.epoch < ctx.config.train.epochs and not ctx.out_of_time(state):
+        state.epoch += 1
+        started = time.perf_counter()
+        losses = train_one_epoch(ctx, state)
+        end_epoch(ctx, state, losses=losses, started=started)
+    ctx.bar.close()
+    if ctx.rank.main:
+        atomic_save(_meta(ctx, state), ctx.out / "final.pt")
+        write_log(state.history, ctx.out / "log.csv")
+        if state.history:
+            plot_curves(state.history, ctx.out / "curves.png")
+        if ctx.writer is not None:
+            ctx.writer.close()
+    return TrainResult(ctx.model, state.history)
+
+
+def train_one_epoch(ctx: TrainContext, state: RunState) -> tuple[float, float]:
+    """Epoch `state.epoch`: for each batch, the poly lr, then one SGD step on `step_loss`; cut
+    short when the minutes budget runs out. Returns the mean unary and pairwise losses of its
+    steps, over every rank."""
+    tc = ctx.config.train
+    ctx.loader.sampler.set_epoch(state.epoch)
+    ctx.loader.generator.manual_seed(_seed_for(tc.seed, state.epoch, ctx.rank.rank))  # workers
+    ctx.net.train()
+    sums, steps = [0.0, 0.0], 0
+    for images, labels in ctx.loader:
+        started = time.perf_counter()
+        factor = lr_factor(
+            state.step, ctx.total_steps, tc.lr_power, state.train_seconds, ctx.budget
+        )
+        for group in ctx.optimizer.param_groups:
+            group["lr"] = group["base_lr"] * factor
+        terms = _sgd_step(ctx, state, images, labels)
+        state.step += 1
+        steps += 1
+        state.train_seconds += time.perf_counter() - started
+        unary, pairwise = (t.item() for t in terms)
+        sums[0] += unary
+        sums[1] += pairwise
+        _show_step(ctx, state, unary, pairwise)
+        if ctx.budget and _budget_spent(ctx, state):
+            break
+    unary_loss, pairwise_loss = _all_reduce_mean([s / steps for s in sums], ctx.rank.world)
+    return unary_loss, pairwise_loss
+
+
+def _sgd_step(
+    ctx: TrainContext, state: RunState, images: Tensor, labels: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Forward (autocast), a stop on every rank if any rank's loss is not finite, backward
+    (GradScaler) and the SGD update; returns the unary and pairwise losses."""
+    images = images.to(ctx.device, non_blocking=True)
+    labels = labels.to(ctx.device, non_blocking=True)
+    with torch.autocast(ctx.device.type, dtype=ctx.dtype, enabled=ctx.dtype is not None):
+        unary, pairwise, total = ctx.net(images, labels)
+    bad = torch.tensor(float(not torch.isfinite(total)), device=ctx.device)
+    if ctx.rank.world > 1:
+        dist.all_reduce(bad)
+    if bad.item():
+        last = ctx.out / "last.pt"
+        saved = (
+            f"the last good checkpoint is {last} (epoch {state.epoch - 1})"
+            if last.exists()
+            else "no checkpoint had been written yet"
+        )
+        raise FloatingPointError(
+            f"training diverged: loss is {total.item()} at step {state.step + 1} (epoch "
+            f"{state.epoch}); stopped, {saved}. Lower train.lr or check the data."
+        )
+    ctx.optimizer.zero_grad(set_to_none=True)
+    ctx.scaler.scale(total).backward()
+    ctx.scaler.step(ctx.optimizer)
+    ctx.scaler.update()
+    return unary, pairwise
+
+
+def _show_step(ctx: TrainContext, state: RunState, unary: float, pairwise: float) -> None:
+    """The step's losses on the progress bar (and the minutes left) and in TensorBoard."""
+    ctx.bar.update()
+    shown = {"epoch": state.epoch, "unary": f"{unary:.3f}", "pairwise": f"{pairwise:.3f}"}
+    if ctx.budget:
+        shown["left"] = f"{max(0.0, ctx.budget - state.train_seconds) / 60:.1f} min"
+    ctx.bar.set_postfix(shown)
+    if ctx.writer is not None:
+        ctx.writer.add_scalar("loss/unary", unary, state.step)
+        ctx.writer.add_scalar("loss/pairwise", pairwise, state.step)
+        ctx.writer.add_scalar("lr", ctx.optimizer.param_groups[1]["lr"], state.step)
+
+
+def _budget_spent(ctx: TrainContext, state: RunState) -> bool:
+    """Whether the minutes budget has run out. Under DDP rank 0's clock replaces every rank's,
+    so all ranks follow one lr and stop after the same step."""
+    if ctx.rank.world > 1:
+        clock = torch.tensor(state.train_seconds, dtype=torch.float64, device=ctx.device)
+        dist.broadcast(clock, 0)
+        state.train_seconds = clock.item()
+    return ctx.out_of_time(state)
+
+
+def end_epoch(
+    ctx: TrainContext, state: RunState, *, losses: tuple[float, float], started: float
+) -> None:
+    """Close epoch `state.epoch` (begun at perf_counter `started`): validate when due (every
+    `train.val_every` epochs, and the last), add its log row, and save best.pt (when the score
+    improved), last.pt and log.csv."""
+    tc = ctx.config.train
+    row: dict[str, Any] = {
+        "epoch": state.epoch,
+        "step": state.step,
+        "lr": ctx.optimizer.param_groups[1]["lr"],
+        "unary_loss": losses[0],
+        "pairwise_loss": losses[1],
+        "val_unary_miou": None,
+        "val_crf_miou": None,
+    }
+    last = state.epoch == tc.epochs or ctx.out_of_time(state)
+    improved = False
+    if ctx.val_set is not None and (state.epoch % tc.val_every == 0 or last):
+        row.update(validate(ctx.model, ctx.val_set, ctx.config, ctx.device, ctx.rank, ctx.dtype))
+        improved = _record_validation(ctx, state, row)
+    row["seconds"] = round(time.perf_counter() - started, 2)
+    state.history.append(row)
+    _save_checkpoints(ctx, state, improved=improved)
+
+
+def _record_validation(ctx: TrainContext, state: RunState, row: dict[str, Any]) -> bool:
+    """Log a validation row; keep its score (the CRF's mIoU, else the unary's) when it is the
+    best so far, and say so."""
+    value = row["val_crf_miou"] if row["val_crf_miou"] is not None else row["val_unary_miou"]
+    improved = value is not None and not math.isnan(value) and value > state.best
+    if improved:
+        state.best = value
+    if ctx.writer is not None:
+        for key in ("val_unary_miou", "val_crf_miou"):
+            if row[key] is not None:
+                ctx.writer.add_scalar(key.replace("_", "/", 1), row[key], state.step)
+    if ctx.rank.main:
+        ctx.bar.write(
+            f"epoch {state.epoch}: val mIoU unary {_pct(row['val_unary_miou'])}, "
+            f"crf {_pct(row['val_crf_miou'])}"
+        )
+    return improved
+
+
+def _save_checkpoints(ctx: TrainContext, state: RunState, *, improved: bool) -> None:
+    """best.pt (when improved), last.pt (plus the optimizer, the scaler and every rank's RNG
+    states) and log.csv, written by rank 0."""
+    states = [rng_state()]
+    if ctx.rank.world > 1:
+        states = [None] * ctx.rank.world
+        dist.all_gather_object(states, rng_state())
+    if ctx.rank.main:
+        meta = _meta(ctx, state)
+        if improved:
+            atomic_save(meta, ctx.out / "best.pt")
+        resume = {"optimizer": ctx.optimizer.state_dict(), "scaler": ctx.scaler.state_dict(),
+                  "rng": states}  # fmt: skip
+        atomic_save({**meta, **resume}, ctx.out / "last.pt")
+        write_log(state.history, ctx.out / "log.csv")
+    if ctx.rank.world > 1:
+        dist.barrier()  # no rank runs ahead of a checkpoint it might need to resume from
 
 
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}"
 
 
-def _meta(
-    config: Config,
-    dataset: Dataset,
-    model: DeepStructuredModel,
-    epoch: int,
-    step: int,
-    row: dict[str, Any],
-    history: list[dict[str, Any]],
-) -> dict[str, Any]:
-    """What every checkpoint holds (see piecewise_crf.checkpoint)."""
+def _meta(ctx: TrainContext, state: RunState) -> dict[str, Any]:
+    """What every checkpoint holds (see piecewise_crf.checkpoint), the run state included."""
+    row = state.history[-1] if state.history else {}
     return {
         "format_version": FORMAT_VERSION,
-        "model": model.state_dict(),
-        "config": config_to_dict(config),
-        "classes": list(dataset.classes),
-        "palette": np.asarray(dataset.palette).astype(int).tolist(),
-        "epoch": epoch,
-        "step": step,
+        "model": ctx.model.state_dict(),
+        "config": config_to_dict(ctx.config),
+        "classes": list(ctx.train_set.classes),
+        "palette": np.asarray(ctx.train_set.palette).astype(int).tolist(),
         "metrics": {k: v for k, v in row.items() if isinstance(v, float)},
-        "history": history,
+        **state.to_dict(),
     }
 
 

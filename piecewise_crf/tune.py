@@ -25,18 +25,11 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from piecewise_crf.config import DenseCRFConfig
-from piecewise_crf.evaluate import (
-    CRFSetting,
-    open_for_inference,
-    stage_probabilities,
-    subset_indices,
-    summarise,
-    write_json,
-)
+from piecewise_crf.evaluate import describe, open_split, subset_indices, summarise, write_json
 from piecewise_crf.files import refuse_overwriting_inputs
+from piecewise_crf.inference import Predictor
 from piecewise_crf.metrics import ConfusionMatrix
-from piecewise_crf.model import DeepStructuredModel
-from piecewise_crf.runtime import amp_dtype, ensure_writable
+from piecewise_crf.runtime import ensure_writable
 
 BASELINE = "crf (no dense)"
 
@@ -149,42 +142,31 @@ def _refine_grid(
     return labels  # type: ignore[return-value]
 
 
-@torch.no_grad()
 def tune_dense_crf(
-    model: DeepStructuredModel,
+    predictor: Predictor,
     dataset: Dataset,
     grid: Sequence[DenseSetting],
-    crf: CRFSetting,
     *,
-    device: str | torch.device = "cpu",
     indices: Sequence[int] | None = None,
-    amp_dtype: torch.dtype | None = None,
     progress: bool = False,
 ) -> tuple[ConfusionMatrix, list[ConfusionMatrix]]:
-    """Confusion matrices of the baseline (crf marginals, no dense CRF) and of every grid point.
-
-    The model runs once per image; the dense CRF runs on `device` for each grid point.
-    """
+    """Confusion matrices of the baseline (the predictor's crf marginals, no dense CRF) and of
+    every grid point. The model runs once per image; the dense CRF on the predictor's device."""
     if not grid:
         raise ValueError("the dense-CRF grid is empty")
-    device = torch.device(device)
-    k = model.num_classes
-    ignore = getattr(dataset, "ignore_index", model.ignore_index)
+    k = predictor.model.num_classes
+    ignore = getattr(dataset, "ignore_index", predictor.model.ignore_index)
     baseline = ConfusionMatrix(k, ignore)
     matrices = [ConfusionMatrix(k, ignore) for _ in grid]
     indices = list(range(len(dataset)) if indices is None else indices)
-    was_training = model.training
-    model.eval()
-    try:
-        for i in tqdm(indices, desc="tune dense CRF", disable=not progress, dynamic_ncols=True):
-            image, label = dataset[i]
-            image = image.to(device)
-            probs = stage_probabilities(model, image, {"crf": crf}, amp_dtype=amp_dtype)["crf"]
-            baseline.update(probs.argmax(0).cpu(), label)
-            for cm, pred in zip(matrices, _refine_grid(image, probs, grid, device), strict=True):
-                cm.update(pred, label)
-    finally:
-        model.train(was_training)
+    for i in tqdm(indices, desc="tune dense CRF", disable=not progress, dynamic_ncols=True):
+        image, label = dataset[i]
+        image = image.to(predictor.device)
+        probs = predictor(image[None], stages=("crf",))["crf"][0]
+        baseline.update(probs.argmax(0).cpu(), label)
+        refined = _refine_grid(image, probs, grid, predictor.device)
+        for cm, pred in zip(matrices, refined, strict=True):
+            cm.update(pred, label)
     return baseline, matrices
 
 
@@ -279,28 +261,18 @@ def tune_dense_crf_checkpoint(
     if json_path is not None:
         refuse_overwriting_inputs([json_path], [checkpoint], "--json")
         ensure_writable(Path(json_path).parent)
-    model, config, data, name, dev = open_for_inference(checkpoint, dataset, root, split, device)
+    given = {"pairwise_mode": pairwise_mode, "pairwise_scale": pairwise_scale}
+    overrides = {key: value for key, value in given.items() if value is not None}
+    predictor = Predictor.from_checkpoint(checkpoint, device=device, **overrides)
+    config, crf = predictor.config, predictor.crf
+    data, name = open_split(predictor, dataset, root, split)
     classes = list(data.classes)
     indices = subset_indices(len(data), limit)
-    crf = CRFSetting(
-        config.crf.iterations,
-        pairwise_mode or config.crf.pairwise_mode,
-        config.crf.pairwise_scale if pairwise_scale is None else pairwise_scale,
-    )
     print(
-        f"{name} {split}: {len(indices)} of {len(data)} images, CRF {crf}, "
+        f"{name} {split}: {len(indices)} of {len(data)} images, CRF {describe(crf)}, "
         f"{len(grid)} dense-CRF settings"
     )
-    baseline, matrices = tune_dense_crf(
-        model,
-        data,
-        grid,
-        crf,
-        device=dev,
-        indices=indices,
-        amp_dtype=amp_dtype(dev, config.train.amp),
-        progress=progress,
-    )
+    baseline, matrices = tune_dense_crf(predictor, data, grid, indices=indices, progress=progress)
     mean_classes = data.mean_classes() if hasattr(data, "mean_classes") else None
     base, rows = rank_results(baseline, matrices, grid, classes, mean_classes)
     best = DenseSetting(**rows[0]["params"])

@@ -8,8 +8,9 @@ number of steps (about a minute here), then scores unary-only and mean-field pre
 import pytest
 import torch
 
-from piecewise_crf.config import demo_config
+from piecewise_crf.config import CRFConfig, demo_config
 from piecewise_crf.data.synthetic import SyntheticContext
+from piecewise_crf.inference import crf_marginals
 from piecewise_crf.metrics import ConfusionMatrix
 from piecewise_crf.model import build_model
 
@@ -52,8 +53,8 @@ def test_crf_beats_unary_on_synthetic_context():
     images = torch.stack([val[i][0] for i in range(len(val))])
     labels = torch.stack([val[i][1] for i in range(len(val))])
     with torch.no_grad():
-        unary.update(model.predict(images, iterations=0).argmax(1), labels)
-        crf.update(model.predict(images, iterations=3).argmax(1), labels)
+        unary.update(crf_marginals(model, images, CRFConfig(iterations=0)).argmax(1), labels)
+        crf.update(crf_marginals(model, images, CRFConfig(iterations=3)).argmax(1), labels)
     u, c = unary.compute(), crf.compute()
     objects = slice(1, 3)  # object_a, object_b: the classes only context can resolve
 

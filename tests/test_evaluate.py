@@ -3,26 +3,14 @@ import json
 import numpy as np
 import pytest
 import torch
-from tiny_run import one_thread, tiny_run  # noqa: F401  (one_thread: autouse fixture)
+from tiny_run import one_thread  # noqa: F401  (autouse fixture)
 
 from piecewise_crf.checkpoint import check_classes, load_checkpoint, model_from_checkpoint
-from piecewise_crf.config import DenseCRFConfig
+from piecewise_crf.config import CRFConfig, DenseCRFConfig
 from piecewise_crf.data import CamVid
 from piecewise_crf.data.synthetic import SyntheticContext
-from piecewise_crf.evaluate import (
-    CRFSetting,
-    crf_stages,
-    evaluate_checkpoint,
-    evaluate_model,
-    stage_probabilities,
-)
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    out = tmp_path_factory.mktemp("run")
-    tiny_run(out)
-    return out / "final.pt"
+from piecewise_crf.evaluate import evaluate_checkpoint, score, sweep_settings
+from piecewise_crf.inference import Predictor
 
 
 @pytest.fixture(scope="module")
@@ -31,24 +19,18 @@ def model(checkpoint):
 
 
 def test_one_pass_scores_every_stage_and_the_sweep(model):
-    data = SyntheticContext(2, size=192, seed=1)
-    crf = crf_stages(CRFSetting(3, "raw", 1.0), sweep_scales=[0.3, 3], sweep_modes=["interaction"])
-    assert list(crf) == ["crf", "crf[interaction,0.3]", "crf[interaction,3]"]
-    matrices = evaluate_model(model, data, crf, dense=DenseCRFConfig(iterations=2))
-    assert set(matrices) == {"unary", *crf, "crf+dense"}
+    data = SyntheticContext(3, size=192, seed=1)
+    sweep = sweep_settings(CRFConfig(), scales=[0.3, 3], modes=["interaction"])
+    assert list(sweep) == ["crf[interaction,0.3]", "crf[interaction,3]"]
+    assert sweep["crf[interaction,3]"] == CRFConfig(pairwise_mode="interaction", pairwise_scale=3)
+    predictor = Predictor(model, dense=DenseCRFConfig(iterations=2), sweep=sweep)
+    matrices = score(predictor, data, batch_size=2)  # a batch of 2, then one of 1
+    assert list(matrices) == ["unary", "crf", *sweep, "crf+dense"]
     for cm in matrices.values():
-        assert cm.matrix.sum() == 2 * 192 * 192  # full resolution, nothing ignored
-
-
-def test_zero_iterations_is_the_unary_stage_and_tta_gives_distributions(model):
-    image = SyntheticContext(1, size=192, seed=3)[0][0]
-    probs = stage_probabilities(model, image, {"crf": CRFSetting(0, "raw", 1.0)})
-    torch.testing.assert_close(probs["crf"], probs["unary"])
-    assert probs["unary"].shape == (5, 192, 192)
-    tta = stage_probabilities(
-        model, image, {"crf": CRFSetting(3, "interaction", 0.3)}, scales=(0.75, 1.0), flip=True
-    )
-    torch.testing.assert_close(tta["crf"].sum(0), torch.ones(192, 192))
+        assert cm.matrix.sum() == 3 * 192 * 192  # full resolution, nothing ignored
+    one_by_one = score(predictor, data, batch_size=1)
+    for name, cm in matrices.items():  # batching changes no prediction (beyond rounding)
+        assert np.abs(cm.matrix - one_by_one[name].matrix).sum() <= 1e-4 * cm.matrix.sum()
 
 
 def test_evaluate_checkpoint_writes_json_and_confusion_png(checkpoint, tmp_path, capsys):
@@ -74,8 +56,7 @@ def test_limit_scores_images_spread_over_the_split(checkpoint, model, capsys):
     assert "3 of 32 images" in capsys.readouterr().out
     val = SyntheticContext.split("val")
     config = model_from_checkpoint(load_checkpoint(checkpoint))[1]
-    crf = {"crf": CRFSetting.from_config(config.crf)}
-    expected = evaluate_model(model, val, crf, indices=[0, 16, 31])  # spread, not the first 3
+    expected = score(Predictor(model, crf=config.crf), val, indices=[0, 16, 31])  # spread
     assert results["crf"]["mean_iou"] == expected["crf"].compute()["mean_iou"]
 
 
@@ -84,7 +65,7 @@ def test_checkpoint_for_another_class_set_is_refused(checkpoint, tmp_path):
 
     camvid = CamVid(make_camvid(tmp_path / "camvid"), "val")
     with pytest.raises(ValueError, match="predicts 5 classes .* has 11"):
-        check_classes(load_checkpoint(checkpoint), camvid.classes, "dataset 'camvid'")
+        check_classes(load_checkpoint(checkpoint)["classes"], camvid.classes, "dataset 'camvid'")
     with pytest.raises(ValueError, match="predicts 5 classes"):
         evaluate_checkpoint(
             checkpoint, dataset="camvid", root=tmp_path / "camvid", split="val", progress=False
@@ -122,7 +103,5 @@ def test_prediction_box_comes_from_the_call_or_the_checkpoint(checkpoint, capsys
         progress=False,
     )  # fmt: skip
     assert "box 0.2" in capsys.readouterr().out
-    ckpt = load_checkpoint(checkpoint)
-    assert model_from_checkpoint(ckpt)[0].prediction_box is None
-    ckpt["config"]["crf"]["box_fraction"] = 0.2
-    assert model_from_checkpoint(ckpt)[0].prediction_box == 0.2
+    assert Predictor.from_checkpoint(checkpoint).crf.box_fraction is None
+    assert Predictor.from_checkpoint(checkpoint, box_fraction=0.2).crf.box_fraction == 0.2

@@ -8,18 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from tiny_run import one_thread, tiny_run  # noqa: F401  (one_thread: autouse fixture)
+from tiny_run import one_thread  # noqa: F401  (autouse fixture)
 
 from piecewise_crf.cli import build_parser, main
 from piecewise_crf.data.synthetic import PALETTE, generate
 from piecewise_crf.predict import MAX_SIZE, SkippedImagesError, collect_images, predict_files
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    out = tmp_path_factory.mktemp("run")
-    tiny_run(out)
-    return out / "final.pt"
 
 
 @pytest.fixture()

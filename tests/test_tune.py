@@ -1,16 +1,18 @@
 """tune-dense-crf: the grid search over the dense-CRF parameters."""
 
+import dataclasses
 import json
 from dataclasses import asdict
 
 import numpy as np
 import pytest
-from tiny_run import one_thread, tiny_run  # noqa: F401  (one_thread: autouse fixture)
+from tiny_run import one_thread  # noqa: F401  (autouse fixture)
 
 from piecewise_crf import cli
 from piecewise_crf.checkpoint import load_checkpoint, model_from_checkpoint
 from piecewise_crf.data.synthetic import SyntheticContext
-from piecewise_crf.evaluate import CRFSetting, evaluate_model
+from piecewise_crf.evaluate import score
+from piecewise_crf.inference import Predictor
 from piecewise_crf.tune import (
     BASELINE,
     DEFAULT_GRID,
@@ -31,20 +33,14 @@ GRID = dict(
 )
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    out = tmp_path_factory.mktemp("run")
-    tiny_run(out)
-    return out / "final.pt"
-
-
 def test_grid_point_equals_the_crf_dense_stage_of_evaluate(checkpoint):
     model, config = model_from_checkpoint(load_checkpoint(checkpoint))
     data = SyntheticContext(3, size=192, seed=1)
     grid = dense_grid(**GRID)
     assert len(grid) == 8
-    crf = CRFSetting.from_config(config.crf)
-    baseline, matrices = tune_dense_crf(model, data, grid, crf, indices=[0, 2])
+    baseline, matrices = tune_dense_crf(
+        Predictor(model, crf=config.crf), data, grid, indices=[0, 2]
+    )
     base, rows = rank_results(baseline, matrices, grid, data.classes)
     assert rows[0]["mean_iou"] == max(r["mean_iou"] for r in rows)
     assert [r["mean_iou"] for r in rows] == sorted((r["mean_iou"] for r in rows), reverse=True)
@@ -52,7 +48,8 @@ def test_grid_point_equals_the_crf_dense_stage_of_evaluate(checkpoint):
     # Independently: evaluate with the same parameters, on the same images.
     for i in (0, 5):
         setting = grid[i]
-        expected = evaluate_model(model, data, {"crf": crf}, dense=setting.config(), indices=[0, 2])
+        predictor = Predictor(model, crf=config.crf, dense=setting.config())
+        expected = score(predictor, data, indices=[0, 2], batch_size=1)
         np.testing.assert_array_equal(matrices[i].matrix, expected["crf+dense"].matrix)
         np.testing.assert_array_equal(baseline.matrix, expected["crf"].matrix)
         row = next(r for r in rows if r["params"] == asdict(setting))
@@ -140,10 +137,8 @@ def test_checkpoint_search_uses_the_given_pairwise_mode_and_scale(checkpoint):
         pairwise_mode="interaction", pairwise_scale=0.3, progress=False,
     )  # fmt: skip
     val = SyntheticContext.split("val")
-    crf = CRFSetting(config.crf.iterations, "interaction", 0.3)
-    expected = evaluate_model(model, val, {"crf": crf}, indices=result["indices"])
+    crf = dataclasses.replace(config.crf, pairwise_mode="interaction", pairwise_scale=0.3)
+    expected = score(Predictor(model, crf=crf), val, indices=result["indices"], batch_size=1)
     assert result["baseline"]["mean_iou"] == expected["crf"].compute()["mean_iou"]
-    default = evaluate_model(
-        model, val, {"crf": CRFSetting.from_config(config.crf)}, indices=result["indices"]
-    )
+    default = score(Predictor(model, crf=config.crf), val, indices=result["indices"])
     assert not np.array_equal(default["crf"].matrix, expected["crf"].matrix)  # the flags matter

@@ -1,7 +1,11 @@
-"""A tiny training run on the synthetic set, shared by the train/evaluate/predict/CLI tests."""
+"""A tiny training run on the synthetic set, shared by the train/evaluate/predict/CLI tests.
+
+conftest.py trains it once per session (the `tiny_training` and `checkpoint` fixtures).
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -33,6 +37,14 @@ def tiny_sets(n_train: int = 8, n_val: int = 2) -> tuple[SyntheticContext, Synth
         SyntheticContext(n_train, size=SIZE, seed=0, transforms=transforms),
         SyntheticContext(n_val, size=SIZE, seed=1),
     )
+
+
+@dataclass(frozen=True)
+class TrainedRun:
+    """A finished tiny run: its folder and what `train` returned."""
+
+    out: Path  # the run folder: final.pt, last.pt, best.pt, log.csv, ...
+    result: TrainResult
 
 
 def tiny_run(out: Path, config: Config | None = None, **kwargs) -> TrainResult:
