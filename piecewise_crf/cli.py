@@ -7,7 +7,9 @@ fit, a diverged run) print one `error: ...` line and exit with status 2.
 from __future__ import annotations
 
 import argparse
+import importlib
 import math
+import os
 import signal
 import sys
 import threading
@@ -185,6 +187,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="Deep structured models for semantic segmentation (Lin et al., CVPR 2016).",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import MODULE before the command, e.g. one that registers a backbone, dataset or "
+        "relation (see README: Extending); repeatable; the current folder is searched first",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = commands.add_parser("train", help="train a model (piecewise) into a run folder")
@@ -350,6 +361,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def import_extensions(modules: Sequence[str]) -> None:
+    """Import the user's modules (`--import`), from the current folder first, as `python -m`
+    would: registering a backbone, dataset or relation is a side effect of importing them."""
+    if modules and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as err:
+            if err.name != name.split(".")[0]:
+                raise  # the module was found and itself failed to import something
+            raise ModuleNotFoundError(
+                f"--import {name}: no module {name!r} in {os.getcwd()} or on the Python path; "
+                f"run from the folder holding {name.replace('.', '/')}.py or install it"
+            ) from None
+
+
 def _version() -> str:
     try:
         return version("piecewise-crf")
@@ -365,6 +393,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
+        import_extensions(args.imports)
         args.run(args)
     except USER_ERRORS as err:
         print(f"error: {one_line(err)}", file=sys.stderr)

@@ -84,6 +84,8 @@ class DataConfig:
     scale_range: tuple[float, float] = (0.7, 1.2)  # random rescaling in training (the paper's)
     flip: bool = True  # random horizontal flip in training
     num_workers: int = 2
+    class_names: tuple[str, ...] = ()  # "folder" datasets: a name per class (default class_0, ...)
+    palette: tuple[tuple[int, int, int], ...] = ()  # "folder": an RGB colour per class
 
 
 @dataclass
@@ -339,7 +341,7 @@ def validate(config: Config) -> None:
     from piecewise_crf.data import DATASETS
     from piecewise_crf.featmap import POOL_ORDERS
     from piecewise_crf.model import NODE_LABEL_RULES, PAIRWISE_MODES
-    from piecewise_crf.relations import AboveBelow, Surrounding
+    from piecewise_crf.relations import RELATIONS
 
     m = config.model
     _at_least("model.num_classes", m.num_classes, 1)
@@ -368,7 +370,7 @@ def validate(config: Config) -> None:
     _at_least("model.hidden", m.hidden, 1)
     _check_custom_relations(m.custom_relations)
     _check(isinstance(m.relations, tuple | list), "model.relations", "a list", m.relations)
-    known = [Surrounding.name, AboveBelow.name, *m.custom_relations]
+    known = [*RELATIONS, *m.custom_relations]
     for i, name in enumerate(m.relations):
         _choice(f"model.relations[{i}]", name, known)
     _fraction("model.box_fraction", m.box_fraction)
@@ -397,7 +399,7 @@ def validate(config: Config) -> None:
     _finite("dense_crf.bi_weight", d.bi_weight, ">=", 0)
 
     data = config.data
-    _choice("data.dataset", data.dataset, DATASETS)
+    _choice("data.dataset", data.dataset, list(DATASETS))
     _check(
         data.root is None or isinstance(data.root, str), "data.root", "a folder or null", data.root
     )
@@ -428,6 +430,18 @@ def validate(config: Config) -> None:
     )
     _check(isinstance(data.flip, bool), "data.flip", "true or false", data.flip)
     _at_least("data.num_workers", data.num_workers, 0)
+    for key, given in (("data.class_names", data.class_names), ("data.palette", data.palette)):
+        _check(
+            not given or len(given) == m.num_classes,
+            key,
+            f"empty or one entry per class (model.num_classes = {m.num_classes})",
+            given,
+        )
+    for name in data.class_names:
+        _check(isinstance(name, str) and name != "", "data.class_names", "non-empty names", name)
+    for colour in data.palette:
+        ok = len(colour) == 3 and all(_is_int(c) and 0 <= c <= 255 for c in colour)
+        _check(ok, "data.palette", "[r, g, b] triples of ints in 0..255", colour)
 
     t = config.train
     _at_least("train.epochs", t.epochs, 1)

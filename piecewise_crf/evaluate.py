@@ -25,7 +25,7 @@ from piecewise_crf.config import CRFConfig
 from piecewise_crf.files import atomic_write, atomic_write_text, refuse_overwriting_inputs
 from piecewise_crf.inference import Predictor
 from piecewise_crf.metrics import ConfusionMatrix
-from piecewise_crf.runtime import ensure_writable, open_dataset
+from piecewise_crf.runtime import dataset_from_config, ensure_writable, open_dataset
 
 BATCH_SIZE = 4  # same-size images per forward pass when scoring a split
 
@@ -178,8 +178,10 @@ def open_split(
     if config is None:
         raise ValueError("open_split needs a Predictor made by Predictor.from_checkpoint")
     name = dataset or config.data.dataset
-    root = root if root is not None else config.data.root
-    data = open_dataset(name, root, split, num_classes=config.model.num_classes)
+    if name == config.data.dataset:
+        data = dataset_from_config(config, split, root=root)
+    else:
+        data = open_dataset(name, root, split, num_classes=config.model.num_classes)
     check_classes(predictor.classes, list(data.classes), f"dataset {name!r}")
     return data, name
 

@@ -63,8 +63,9 @@ def grid_size(
 class FeatMapNet(nn.Module):
     """Images (B, 3, H, W), RGB in [0, 1] -> node features (B, out_channels, h, w).
 
-    (h, w) = `grid_size(H, W, scales)`. The backbone must expose `normalize`, `out_channels` and
-    return a stride-16 map of size ceil(H'/16) x ceil(W'/16).
+    (h, w) = `grid_size(H, W, scales, backbone.stride)`. The backbone (`backbones.Backbone`) must
+    expose `normalize`, `out_channels`, `stride` and return a map of size
+    ceil(H'/stride) x ceil(W'/stride).
     """
 
     def __init__(
@@ -82,6 +83,7 @@ class FeatMapNet(nn.Module):
         if pool_order not in POOL_ORDERS:
             raise ValueError(f"pool_order must be one of {POOL_ORDERS}, got {pool_order!r}")
         self.backbone = backbone
+        self.stride = int(backbone.stride)
         self.scales = tuple(float(s) for s in scales)
         self.pool_order = pool_order
         self.block6 = nn.ModuleList(
@@ -94,7 +96,7 @@ class FeatMapNet(nn.Module):
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be (B, 3, H, W) RGB, got shape {tuple(images.shape)}")
         height, width = images.shape[-2:]
-        target = grid_size(height, width, self.scales)
+        target = grid_size(height, width, self.scales, self.stride)
         x = self.backbone.normalize(images)
         maps = []
         for scale, head in zip(self.scales, self.block6, strict=True):

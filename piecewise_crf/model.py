@@ -147,7 +147,7 @@ class DeepStructuredModel(nn.Module):
 
     def _cell(self) -> float:
         """Image pixels per node along each axis (the stride at the largest scale)."""
-        return 16.0 / max(self.featmap.scales)
+        return self.featmap.stride / max(self.featmap.scales)
 
     def node_labels(self, labels: Tensor, grid: tuple[int, int]) -> Tensor:
         """Pixel labels (B, H, W) -> node labels (B, h, w).
@@ -314,7 +314,7 @@ class DeepStructuredModel(nn.Module):
         return up[:, :, : size[0], : size[1]]
 
     def grid_size(self, height: int, width: int) -> tuple[int, int]:
-        return grid_size(height, width, self.featmap.scales)
+        return grid_size(height, width, self.featmap.scales, self.featmap.stride)
 
 
 def _full_precision(x: Tensor) -> Tensor:

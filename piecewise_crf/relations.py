@@ -5,12 +5,14 @@ whenever q lies inside the grid. Edges are ordered: the Pairwise-Net sees [f_p, 
 so "above_below" means "p above q". Offsets may depend on the grid size (the paper's boxes are a
 fraction of the shorter grid side), so a relation maps a grid size to its offsets.
 
-Adding a relation is a few lines: subclass `Relation` and implement `offsets`, or use
-`FixedOffsets("left_right", [(0, 1), (0, 2)])`.
+Adding a relation is a few lines: subclass `Relation`, implement `offsets` (and `resized` if
+they depend on the range box) and decorate it with `@register_relation("name")` so configs can
+name it; or list fixed offsets under `model.custom_relations` (`FixedOffsets`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import torch
@@ -37,6 +39,22 @@ class Relation:
         return self
 
 
+RELATIONS: dict[str, Callable[..., Relation]] = {}  # name -> class, called with fraction=...
+
+
+def register_relation(name: str) -> Callable[[type[Relation]], type[Relation]]:
+    """Class decorator: `model.relations: [..., name]` builds `cls(fraction=model.box_fraction)`."""
+
+    def add(cls: type[Relation]) -> type[Relation]:
+        if name in RELATIONS and RELATIONS[name] is not cls:
+            raise ValueError(f"a relation named {name!r} is already registered")
+        RELATIONS[name] = cls
+        return cls
+
+    return add
+
+
+@register_relation("surrounding")
 @dataclass(frozen=True)
 class Surrounding(Relation):
     """Every node in a square box centred on p, each unordered pair once (dy > 0, or dy = 0 and dx > 0)."""
@@ -52,6 +70,7 @@ class Surrounding(Relation):
         return [(dy, dx) for dy in range(0, r + 1) for dx in range(-r, r + 1) if dy > 0 or dx > 0]
 
 
+@register_relation("above_below")
 @dataclass(frozen=True)
 class AboveBelow(Relation):
     """q below p: dy in [1, side], |dx| <= side // 2, with `side` the range-box side."""
@@ -92,20 +111,23 @@ def build_relations(
     fraction: float = 0.4,
     custom: dict[str, list[Offset]] | None = None,
 ) -> list[Relation]:
-    """Relations by name: "surrounding", "above_below", or a key of `custom` (name -> offsets)."""
+    """Relations by name: a registered one (`RELATIONS`: "surrounding", "above_below", yours), or
+    a key of `custom` (name -> fixed offsets)."""
     custom = custom or {}
     relations: list[Relation] = []
     for name in names:
         if name in custom:
             relations.append(FixedOffsets(name, custom[name]))
-        elif name == "surrounding":
-            relations.append(Surrounding(fraction=fraction))
-        elif name == "above_below":
-            relations.append(AboveBelow(fraction=fraction))
+        elif name in RELATIONS:
+            relation = RELATIONS[name](fraction=fraction)
+            if relation.name != name:  # the model keys its Pairwise-Nets by relation.name
+                raise ValueError(f"relation registered as {name!r} is named {relation.name!r}")
+            relations.append(relation)
         else:
             raise ValueError(
-                f"unknown relation {name!r}: use 'surrounding', 'above_below', "
-                f"or define it under model.custom_relations (known there: {sorted(custom)})"
+                f"unknown relation {name!r}: use one of {', '.join(RELATIONS)}, register yours "
+                f"with @register_relation, or define it under model.custom_relations (known "
+                f"there: {sorted(custom)})"
             )
     return relations
 

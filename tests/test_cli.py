@@ -113,3 +113,11 @@ def test_demo_writes_a_report_that_opens_from_disk(tmp_path, monkeypatch, capsys
     assert len(sources) >= 2 + 3 * 5  # curves, confusion, 3 examples x 5 columns
     for src in sources:
         assert not Path(src).is_absolute() and (report.parent / src).is_file(), src
+
+
+def test_import_names_the_missing_module(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    fails(["--import", "no_such_extension", "demo", "--out", "x"], capsys, "no module")
+    (tmp_path / "broken_extension.py").write_text("import no_such_dependency\n")
+    fails(["--import", "broken_extension", "demo"], capsys, "no_such_dependency")
+    assert not (tmp_path / "x").exists()

@@ -121,3 +121,20 @@ def test_dataloader_batches(tmp_path):
     ds = FolderDataset(make_folder(tmp_path), num_classes=3)
     x, y = next(iter(torch.utils.data.DataLoader(ds, batch_size=3)))
     assert x.shape == (3, 3, 10, 12) and y.dtype == torch.int64
+
+
+def test_class_names_and_palette_come_from_the_config(tmp_path):
+    from piecewise_crf.config import load_config
+    from piecewise_crf.runtime import dataset_from_config
+
+    root = make_folder(tmp_path)
+    config = load_config(None, [
+        "data.dataset=folder", "model.num_classes=3", "data.class_names=[road, car, sky]",
+        "data.palette=[[128, 64, 128], [0, 0, 142], [70, 130, 180]]",
+    ])  # fmt: skip
+    ds = dataset_from_config(config, "all", root=root)
+    assert ds.classes == ("road", "car", "sky") and ds.palette[1].tolist() == [0, 0, 142]
+    with pytest.raises(ValueError, match="data.palette must be empty or one entry per class"):
+        load_config(None, ["model.num_classes=3", "data.palette=[[1, 2, 3]]"])
+    with pytest.raises(ValueError, match=r"data.palette must be \[r, g, b\] triples"):
+        load_config(None, ["model.num_classes=1", "data.palette=[[1, 2, 300]]"])

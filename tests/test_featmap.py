@@ -44,3 +44,22 @@ def test_every_preset_builds_and_runs_on_an_odd_size(preset):
         potentials = model(torch.rand(1, 3, h, w))
     assert potentials.unary.shape == (1, config.num_classes, *model.grid_size(h, w))
     assert set(potentials.pairwise) == set(config.relations)
+
+
+class Stride8(TinyBackbone):
+    """The tiny backbone without its last stride-2 conv block: a stride-8 map."""
+
+    stride = 8
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = self.features[:-3]
+
+
+def test_the_grid_follows_the_backbones_stride():
+    net = FeatMapNet(Stride8(), scales=(1.0,), block6_channels=8, pool_windows=())
+    assert net(torch.rand(1, 3, 64, 96)).shape[-2:] == grid_size(64, 96, (1.0,), 8) == (8, 12)
+    config = PRESETS["demo"]().model
+    model = build_model(config)
+    model.featmap = net  # the upsampling maps each node back over its 8x8 pixels
+    assert model.grid_size(64, 96) == (8, 12) and model._cell() == 8.0

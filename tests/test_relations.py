@@ -65,3 +65,33 @@ def test_resized_relations_change_only_the_box():
     assert len(AboveBelow(fraction=0.1).offsets(34, 45)) == 9  # dy 1..3, dx -1..1
     fixed = FixedOffsets("left_right", [(0, 1), (0, 2)])
     assert fixed.resized(0.1) is fixed
+
+
+def test_registered_relations_are_built_by_name():
+    from dataclasses import dataclass
+
+    from piecewise_crf.relations import RELATIONS, Relation, build_relations, register_relation
+
+    @register_relation("test_right")
+    @dataclass(frozen=True)
+    class Right(Relation):
+        name: str = "test_right"
+        fraction: float = 0.4
+
+        def offsets(self, grid_h, grid_w):
+            return [(0, 1)]
+
+    @register_relation("test_misnamed")
+    @dataclass(frozen=True)
+    class Misnamed(Right):
+        name: str = "something_else"
+
+    try:
+        (relation,) = build_relations(["test_right"], fraction=0.2)
+        assert relation == Right(fraction=0.2) and relation.offsets(5, 5) == [(0, 1)]
+        with pytest.raises(ValueError, match="registered as 'test_misnamed' is named"):
+            build_relations(["test_misnamed"])
+        with pytest.raises(ValueError, match="unknown relation 'nope': use one of surrounding"):
+            build_relations(["nope"])
+    finally:
+        del RELATIONS["test_right"], RELATIONS["test_misnamed"]

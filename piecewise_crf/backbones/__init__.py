@@ -1,15 +1,19 @@
-"""Stride-16 feature extractors with torchvision-compatible state-dict keys.
+"""Feature extractors with torchvision-compatible state-dict keys, behind the `Backbone` protocol.
 
-Every backbone has ``out_channels``, ``stride == 16``, ``normalize(images)`` (float RGB in [0, 1] ->
-what its weights expect) and ``forward(x) -> (B, out_channels, ceil(H/16), ceil(W/16))``.
+Every backbone has ``out_channels``, ``stride`` (16 for the built-in ones), ``normalize(images)``
+(float RGB in [0, 1] -> what its weights expect), ``features`` (its layers in input order, for
+``train.freeze_layers``) and ``forward(x) -> (B, out_channels, ceil(H/stride), ceil(W/stride))``.
+`register_backbone` adds one of your own under a name that configs can use.
 """
 
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
-from torch import nn
+from torch import Tensor, nn
 
 from .mobilenet import MobileNetV2
 from .tiny import TinyBackbone
@@ -23,10 +27,43 @@ from .weights import (
     read_hed_vgg16,
 )
 
-BACKBONES = {"vgg16": VGG16, "mobilenet_v2": MobileNetV2, "tiny": TinyBackbone}
+BACKBONES: dict[str, Callable[..., nn.Module]] = {
+    "vgg16": VGG16,
+    "mobilenet_v2": MobileNetV2,
+    "tiny": TinyBackbone,
+}
+
+
+@runtime_checkable
+class Backbone(Protocol):
+    """What FeatMap-Net reads from a backbone (see the module docstring)."""
+
+    out_channels: int
+    stride: int
+    features: nn.Sequential
+
+    def normalize(self, images: Tensor) -> Tensor: ...
+
+    def __call__(self, images: Tensor) -> Tensor: ...
+
+
+def register_backbone(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Class decorator: `@register_backbone("resnet_os16")` makes `model.backbone: resnet_os16`
+    build it (its constructor is called with no arguments; weights come from
+    `model.backbone_weights`, a state-dict file)."""
+
+    def add(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in BACKBONES and BACKBONES[name] is not factory:
+            raise ValueError(f"a backbone named {name!r} is already registered")
+        BACKBONES[name] = factory
+        return factory
+
+    return add
+
 
 __all__ = [
     "BACKBONES",
+    "Backbone",
     "INPUT_STYLES",
     "LoadReport",
     "MobileNetV2",
@@ -37,6 +74,7 @@ __all__ = [
     "load_state_dict_file",
     "normalize_images",
     "read_hed_vgg16",
+    "register_backbone",
 ]
 
 
@@ -57,6 +95,16 @@ def build_backbone(
             f"unknown backbone {name!r}; valid: {', '.join(BACKBONES)} (did you mean {close[0]!r}?)"
         )
     backbone = BACKBONES[name](**options)
+    if not isinstance(backbone, Backbone):
+        missing = [
+            a
+            for a in ("out_channels", "stride", "features", "normalize")
+            if not hasattr(backbone, a)
+        ]
+        raise ValueError(
+            f"backbone {name!r} lacks {', '.join(missing)}: a backbone needs out_channels, "
+            "stride, features (its layers, nn.Sequential) and normalize(images)"
+        )
     if weights == "hed":
         if name != "vgg16":
             raise ValueError(f"weights='hed' is VGG-16 only, not {name!r}")
