@@ -1,4 +1,4 @@
-"""Checkpoints: atomic writes, safe loads, and clear messages when one does not fit.
+"""Checkpoints: safe loads (`files.read_torch_file`) and clear messages when one does not fit.
 
 A checkpoint is a dict of tensors and plain Python values only, so `torch.load(weights_only=True)`
 reads it without executing code:
@@ -8,9 +8,11 @@ reads it without executing code:
     config          nested dict (`config_to_dict`), the run's resolved config
     classes         list of class names
     palette         list of [r, g, b]
-    epoch, step     completed epochs and optimizer steps
+    epoch, step     completed epochs and optimizer steps (these four keys: `train.RunState`)
+    history         list of per-epoch log rows (log.csv)
+    best            the best validation score so far
+    train_seconds   seconds spent in training steps (the clock of train.minutes)
     metrics         {name: float}, the last validation
-    history         list of per-epoch log rows (what log.csv holds)
     optimizer, scaler, rng   only in last.pt, for --resume
 """
 

@@ -1,4 +1,4 @@
-"""The `piecewise-crf` command: train, evaluate, predict, tune-dense-crf, demo.
+"""The `piecewise-crf` command: train, evaluate, predict, tune-dense-crf, demo, export.
 
 Errors a user can fix (missing files, bad labels, unknown config keys, a checkpoint that does not
 fit, a diverged run) print one `error: ...` line and exit with status 2.
@@ -181,6 +181,12 @@ def _demo(args: argparse.Namespace) -> None:
     run_demo(args.out, args.minutes, overwrite=args.overwrite)
 
 
+def _export(args: argparse.Namespace) -> None:
+    from piecewise_crf.export import export_onnx
+
+    print(export_onnx(args.checkpoint, args.out, args.size, overwrite=args.overwrite).summary())
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="piecewise-crf",
@@ -358,6 +364,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--minutes", type=POSITIVE, help="fit the number of epochs to this budget")
     p.set_defaults(run=_demo)
+
+    p = commands.add_parser(
+        "export", help="write the crf stage (network + mean-field) as an ONNX graph"
+    )
+    p.add_argument("--checkpoint", required=True, help="a .pt file written by train")
+    p.add_argument("--out", required=True, help="the .onnx file to write")
+    p.add_argument(
+        "--size",
+        type=_number(int, 32),  # export.MIN_SIZE, not imported: parsing does not import torch
+        nargs=2,
+        required=True,
+        metavar=("H", "W"),
+        help="the image size the graph takes (fixed: it sets the CRF's node grid; the batch "
+        "size is free)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    p.set_defaults(run=_export)
     return parser
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from piecewise_crf.relations import Offset, offset_edges, offset_slices
@@ -122,17 +123,31 @@ def grid_mean_field(unary: Tensor, pairwise: Sequence[GridPairwise], iterations:
     the grid per offset; memory is that of the scores plus a few (B, K, h, w) buffers. The
     products are broadcast multiply-and-sum over the label axis, vectorised over the grid: an
     einsum per offset measured 5x slower (it re-lays out z into tiny batched matrix products).
+    Each offset's messages are zero-padded to the grid and added, not added in place into a
+    slice: the same sums at the same speed (0.10-0.12 s either way, 3 iterations on CamVid's
+    34x45 grid with 337 offsets, one thread), and one Pad per message in an ONNX graph
+    (`piecewise_crf.export`), where in-place slice adds became chains of scatter ops: the CamVid
+    model's export had not finished after 9 minutes, with Pad it takes 0.5-1.5.
     """
-    _, _, h, w = unary.shape
-    regions = [(offset_slices(h, w, dy, dx), z) for (dy, dx), z in pairwise]
+    h, w = map(int, unary.shape[-2:])  # ints under the ONNX tracer too, whose sizes are tensors
+    regions = []
+    for (dy, dx), z in pairwise:
+        p, q = offset_slices(h, w, dy, dx)
+        regions.append((p, q, _padding(p, h, w), _padding(q, h, w), z))
     marginals = unary.softmax(1)
     for _ in range(iterations):
         messages = torch.zeros_like(unary)
-        for ((pr, pc), (qr, qc)), z in regions:
-            messages[:, :, pr, pc] += (z * marginals[:, None, :, qr, qc]).sum(2)
-            messages[:, :, qr, qc] += (z * marginals[:, :, None, pr, pc]).sum(1)
+        for (pr, pc), (qr, qc), to_p, to_q, z in regions:
+            messages = messages + F.pad((z * marginals[:, None, :, qr, qc]).sum(2), to_p)
+            messages = messages + F.pad((z * marginals[:, :, None, pr, pc]).sum(1), to_q)
         marginals = (unary + messages).softmax(1)
     return marginals
+
+
+def _padding(region: tuple[slice, slice], h: int, w: int) -> tuple[int, int, int, int]:
+    """`F.pad` widths that put a map of the (rows, cols) `region` back on the (h, w) grid."""
+    rows, cols = region
+    return (cols.start, w - cols.stop, rows.start, h - rows.stop)
 
 
 def grid_to_edge_list(

@@ -95,7 +95,8 @@ class FeatMapNet(nn.Module):
     def forward(self, images: Tensor) -> Tensor:
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be (B, 3, H, W) RGB, got shape {tuple(images.shape)}")
-        height, width = images.shape[-2:]
+        # Sizes as ints: under the ONNX tracer they are tensors, and the grid is fixed per graph.
+        height, width = map(int, images.shape[-2:])
         target = grid_size(height, width, self.scales, self.stride)
         x = self.backbone.normalize(images)
         maps = []

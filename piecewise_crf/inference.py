@@ -85,7 +85,7 @@ def crf_marginals(
         pairwise_mode=crf.pairwise_mode,
         pairwise_scale=crf.pairwise_scale,
     )
-    return model.upsample(grid, tuple(images.shape[-2:]))
+    return model.upsample(grid, tuple(map(int, images.shape[-2:])))  # ints when traced too
 
 
 class CRFStage(nn.Module):

@@ -41,7 +41,7 @@ class RelationScores:
     max_edges: int
 
     def chunks(self, offsets: Sequence[Offset] | None = None) -> Iterator[list[Offset]]:
-        _, _, h, w = self.maps[0].shape
+        h, w = map(int, self.maps[0].shape[-2:])  # ints under the ONNX tracer too
         return offset_chunks(self.offsets if offsets is None else offsets, h, w, self.max_edges)
 
     def __iter__(self) -> Iterator[GridPairwise]:
@@ -130,7 +130,7 @@ class DeepStructuredModel(nn.Module):
         if box_fraction is not None and not 0 < box_fraction <= 1:
             raise ValueError(f"the prediction box fraction must be in (0, 1], got {box_fraction}")
         features = self.featmap(images)
-        _, _, h, w = features.shape
+        h, w = map(int, features.shape[-2:])  # ints under the ONNX tracer too
         relations = self.relations
         if box_fraction is not None:
             relations = [r.resized(box_fraction) for r in relations]
@@ -307,7 +307,7 @@ class DeepStructuredModel(nn.Module):
         The grid may overhang the image (ceil division), so it is upsampled to its own pixel
         extent and cropped, keeping every node over the pixels it was computed from.
         """
-        h, w = grid_marginals.shape[-2:]
+        h, w = map(int, grid_marginals.shape[-2:])  # ints under the ONNX tracer too
         cell = self._cell()
         extent = (max(size[0], round(h * cell)), max(size[1], round(w * cell)))
         up = F.interpolate(grid_marginals, size=extent, mode="bilinear", align_corners=False)

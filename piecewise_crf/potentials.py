@@ -85,7 +85,7 @@ class PairwiseNet(nn.Module):
         The offsets' hidden activations are concatenated so the K*K layer runs as one matmul.
         """
         a, b = maps
-        _, hidden, h, w = a.shape
+        hidden, h, w = map(int, a.shape[1:])  # ints under the ONNX tracer too
         parts = []
         for dy, dx in offsets:
             (pr, pc), (qr, qc) = offset_slices(h, w, dy, dx)
@@ -96,7 +96,7 @@ class PairwiseNet(nn.Module):
 
     def chunk_scores(self, maps: tuple[Tensor, Tensor], offsets: Sequence[Offset]) -> list[Tensor]:
         """Scores (B, K, K, h', w') for each offset, over the p region where q is inside the grid."""
-        _, _, h, w = maps[0].shape
+        h, w = map(int, maps[0].shape[-2:])  # ints under the ONNX tracer too
         k = self.num_classes
         shapes = []
         for dy, dx in offsets:

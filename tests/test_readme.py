@@ -79,3 +79,18 @@ def test_readme_extending_example_trains_and_evaluates(registries, tmp_path, mon
     assert any(k.startswith("pairwise_nets.diagonal.") for k in ckpt["model"])
     assert main([*evaluate, "--limit", "2", "--no-dense", "--quiet"]) == 0
     assert "synthetic val: 2 of" in capsys.readouterr().out
+
+
+def test_readme_onnx_example_runs(project, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    section = README.read_text().split("\n### Deployment: ONNX\n", 1)[1].split("\n#", 1)[0]
+    shell = re.search(r"```bash\n(.*?)```", section, flags=re.S).group(1)
+    export = next(line for line in shell.splitlines() if line.startswith("piecewise-crf export"))
+    code = re.search(r"```python\n(.*?)```", section, flags=re.S).group(1)
+    work = project / "onnx"
+    shutil.copytree(project / "runs", work / "runs")
+    monkeypatch.chdir(work)
+    assert main(shlex.split(export.split("#")[0])[1:]) == 0
+    scope: dict = {"__name__": "readme"}
+    exec(compile(code, "README.md ONNX block", "exec"), scope)
+    assert scope["labels"].shape == (2, 192, 192) and len(scope["classes"]) == 5

@@ -1,0 +1,156 @@
+"""ONNX export: a checkpoint's crf stage as one graph, images (B, 3, H, W) -> marginals (B, K, H, W).
+
+The graph is `CRFStage(predictor.model, predictor.crf)` of `Predictor.from_checkpoint`: FeatMap-Net,
+the Unary- and Pairwise-Nets, mean-field with the checkpoint's crf setting and the upsampling, so
+it computes what the Predictor's "crf" stage computes (one scale, no flip). The image size is
+fixed (the relations' offsets are constants of the node grid it gives), the batch is dynamic.
+The dense CRF is not in the graph: it stays post-processing (`piecewise_crf.densecrf.dense_crf`),
+with the checkpoint's settings in the graph's metadata beside the class names and crf setting.
+
+Exporter: torch's TorchScript one (`torch.onnx.export(dynamo=False)` with `dynamic_axes`), which
+needs only the onnx package; the dynamo exporter also needs onnxscript, which we do not install.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from piecewise_crf.files import atomic_write, refuse_overwriting_inputs
+from piecewise_crf.inference import CRFStage, Predictor
+from piecewise_crf.runtime import ensure_writable
+
+OPSET = 17
+MIN_SIZE = 32  # 2x2 CRF nodes at the network's stride of 16
+INSTALL = "pip install 'piecewise-crf[export]'"
+
+
+@dataclass(frozen=True)
+class Exported:
+    """What `export_onnx` wrote."""
+
+    path: Path
+    bytes: int
+    input_shape: tuple[str | int, ...]  # ("B", 3, H, W)
+    output_shape: tuple[str | int, ...]  # ("B", K, H, W)
+    grid: tuple[int, int]  # the node grid mean-field runs on
+    crf: dict[str, object]  # iterations, pairwise_mode, pairwise_scale, box_fraction (in effect)
+    seconds: float
+
+    def summary(self) -> str:
+        """What the CLI prints: the file, its input and output, the crf setting."""
+        crf = self.crf
+        return "\n".join(
+            [
+                f"wrote {self.path} ({self.bytes / 1e6:.1f} MB, ONNX opset {OPSET}, "
+                f"{self.seconds:.1f} s)",
+                f"  input   images {_shape(self.input_shape)} float RGB in [0, 1]",
+                f"  output  marginals {_shape(self.output_shape)}, the crf stage",
+                f"  crf     {crf['iterations']} mean-field iterations, {crf['pairwise_mode']} "
+                f"pairwise scores x{crf['pairwise_scale']:g}, box fraction "
+                f"{crf['box_fraction']:g} on a {self.grid[0]}x{self.grid[1]} node grid",
+                "  metadata: classes, palette, crf, dense_crf (the post-processing's settings)",
+            ]
+        )
+
+
+def export_onnx(
+    checkpoint: str | Path, out: str | Path, size: tuple[int, int], *, overwrite: bool = False
+) -> Exported:
+    """Write the checkpoint's crf stage for images of `size` (H, W) as an ONNX graph to `out`.
+
+    Input "images" (B, 3, H, W) float32 RGB in [0, 1], output "marginals" (B, K, H, W); B is
+    dynamic. The file is written atomically; an existing `out` is replaced only with `overwrite`.
+    """
+    height, width = size
+    if min(height, width) < MIN_SIZE:
+        raise ValueError(
+            f"--size H W: each side must be at least {MIN_SIZE} pixels, got {height} {width}"
+        )
+    try:
+        import onnx
+    except ImportError:
+        raise ImportError(f"ONNX export needs the onnx package: {INSTALL}") from None
+    checkpoint, out = Path(checkpoint), Path(out)
+    refuse_overwriting_inputs([out], [checkpoint], "--out")
+    if out.is_dir():
+        raise IsADirectoryError(
+            f"--out {out} is a folder; name the file, e.g. {out / 'model.onnx'}"
+        )
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"--out {out} exists; pass --overwrite to replace it")
+    predictor = Predictor.from_checkpoint(checkpoint, device="cpu")
+    ensure_writable(out.parent)
+
+    start = time.perf_counter()
+    stage = CRFStage(predictor.model, predictor.crf).eval()
+    # A batch of 2, not 1, so that no size-1 broadcast hides where the batch axis goes.
+    example = torch.rand(2, 3, height, width, generator=torch.Generator().manual_seed(0))
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        # Expected: the tracer reads the grid's sizes as constants (one graph per image size),
+        # the TorchScript exporter is deprecated, constant folding skips some slices.
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message=".*TorchScript-based ONNX export")
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx")
+        warnings.filterwarnings("ignore", message="Constant folding")
+        torch.onnx.export(
+            stage,
+            (example,),
+            buffer,
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=["images"],
+            output_names=["marginals"],
+            dynamic_axes={"images": {0: "batch"}, "marginals": {0: "batch"}},
+        )
+    model = onnx.load_from_string(buffer.getvalue())
+    k = predictor.model.num_classes
+    # The exporter leaves K, H, W of the output symbolic (its shape inference stops at the crop
+    # of the upsampled map); they are fixed, and deployments read them from the declaration.
+    dims = model.graph.output[0].type.tensor_type.shape.dim
+    for dim, value in zip(dims[1:], (k, height, width), strict=True):
+        dim.dim_value = value
+
+    config = predictor.config
+    assert config is not None  # from_checkpoint sets it
+    crf = dataclasses.asdict(predictor.crf)
+    if crf["box_fraction"] is None:
+        crf["box_fraction"] = config.model.box_fraction  # the trained box, what mean-field uses
+    dense = dataclasses.asdict(predictor.dense)
+    del dense["enabled"]
+    model.doc_string = (
+        "piecewise-crf crf stage: images (B, 3, H, W) float RGB in [0, 1] -> mean-field "
+        "marginals (B, K, H, W); the metadata names the K classes"
+    )
+    onnx.helper.set_model_props(
+        model,
+        {
+            "classes": json.dumps(predictor.classes),
+            "palette": json.dumps(predictor.palette.tolist()),
+            "crf": json.dumps(crf),
+            "dense_crf": json.dumps(dense),  # keyword arguments of densecrf.dense_crf
+        },
+    )
+    data = model.SerializeToString()
+    atomic_write(out, lambda f: f.write(data))
+    return Exported(
+        path=out,
+        bytes=len(data),
+        input_shape=("B", 3, height, width),
+        output_shape=("B", k, height, width),
+        grid=predictor.model.grid_size(height, width),
+        crf=crf,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def _shape(shape: tuple[str | int, ...]) -> str:
+    return "(" + ", ".join(map(str, shape)) + ")"

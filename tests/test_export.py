@@ -1,0 +1,119 @@
+"""`piecewise-crf export`: one ONNX graph that computes the Predictor's crf stage, for any batch."""
+
+import dataclasses
+import inspect
+import json
+import os
+import sys
+import tempfile
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from tiny_run import one_thread  # noqa: F401  (autouse fixture)
+
+from piecewise_crf.checkpoint import load_checkpoint
+from piecewise_crf.cli import main
+from piecewise_crf.config import CRFConfig
+from piecewise_crf.data.synthetic import SyntheticContext
+from piecewise_crf.densecrf import dense_crf
+from piecewise_crf.export import export_onnx
+from piecewise_crf.inference import Predictor
+
+SAVED_CRF = CRFConfig(
+    iterations=2, pairwise_mode="interaction", pairwise_scale=0.3, box_fraction=0.3
+)
+H, W = 96, 128  # not square: a swapped axis would show
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tiny_training, tmp_path_factory):
+    """The shared tiny run's final.pt, with a crf setting that differs from every default."""
+    ckpt = load_checkpoint(tiny_training.out / "final.pt")
+    ckpt["config"]["crf"] = dataclasses.asdict(SAVED_CRF)
+    path = tmp_path_factory.mktemp("export") / "tuned.pt"
+    torch.save(ckpt, path)
+    return path
+
+
+def fails(argv, capsys, match):
+    """The command exits 2 with one `error:` line matching `match`."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert match in err, err
+
+
+def test_graph_computes_the_crf_stage_for_any_batch(checkpoint, tmp_path, capsys):
+    out = tmp_path / "model.onnx"
+    out.write_bytes(b"an older export")
+    argv = ["export", "--checkpoint", str(checkpoint), "--out", str(out), "--size", str(H), str(W)]
+    assert main([*argv, "--overwrite"]) == 0
+    printed = capsys.readouterr().out
+    assert str(out) in printed and "MB" in printed
+    assert f"images (B, 3, {H}, {W})" in printed and f"marginals (B, 5, {H}, {W})" in printed
+    assert "2 mean-field iterations, interaction pairwise scores x0.3, box fraction 0.3" in printed
+    assert [p.name for p in tmp_path.iterdir()] == ["model.onnx"]  # no temp file left
+
+    model = onnx.load(out)
+    assert model.opset_import[0].version >= 17
+    meta = {p.key: p.value for p in model.metadata_props}
+    predictor = Predictor.from_checkpoint(checkpoint, device="cpu")
+    assert json.loads(meta["classes"]) == predictor.classes
+    assert json.loads(meta["palette"]) == predictor.palette.tolist()
+    assert json.loads(meta["crf"]) == dataclasses.asdict(SAVED_CRF)
+    dense = json.loads(meta["dense_crf"])
+    assert dense == {k: v for k, v in dataclasses.asdict(predictor.dense).items() if k != "enabled"}
+    assert set(dense) <= set(inspect.signature(dense_crf).parameters)
+
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    (images_in,), (marginals_out,) = session.get_inputs(), session.get_outputs()
+    assert (images_in.name, images_in.shape) == ("images", ["batch", 3, H, W])
+    assert (marginals_out.name, marginals_out.shape) == ("marginals", ["batch", 5, H, W])
+    data = SyntheticContext(5, size=192, seed=4)
+    crops = torch.stack([data[i][0][:, 40 : 40 + H, 32 : 32 + W] for i in range(5)])
+    for batch in (crops[:2], crops[2:]):
+        got = session.run(None, {"images": batch.numpy()})[0]
+        want = predictor(batch, ("crf",))["crf"].numpy()
+        assert got.shape == want.shape == (len(batch), 5, H, W)
+        # Measured: max |dQ| 6e-8, every label equal.
+        assert np.abs(got - want).max() <= 1e-4
+        assert (got.argmax(1) == want.argmax(1)).mean() >= 0.999
+
+
+def test_refusals_are_one_line_errors(checkpoint, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "model.onnx"
+    argv = ["export", "--checkpoint", str(checkpoint), "--size", "64", "64", "--out"]
+    fails(
+        [*argv[:3], "--size", "16", "64", "--out", str(out)],
+        capsys,
+        "expected a whole number >= 32",
+    )
+    with pytest.raises(ValueError, match="at least 32 pixels, got 64 31"):
+        export_onnx(checkpoint, out, (64, 31))
+    fails([*argv, str(checkpoint), "--overwrite"], capsys, "is an input of this command")
+    fails([*argv, str(tmp_path)], capsys, "is a folder")
+    out.write_bytes(b"kept")
+    fails([*argv, str(out)], capsys, "exists; pass --overwrite")
+    assert out.read_bytes() == b"kept"
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    if os.geteuid() == 0:  # root writes anywhere: simulate the refusal the OS would give
+
+        def refuse(*args, **kwargs):
+            raise PermissionError(13, "Permission denied")
+
+        with monkeypatch.context() as patch:
+            patch.setattr(tempfile, "TemporaryFile", refuse)
+            fails([*argv, str(locked / "model.onnx")], capsys, "cannot write to the output folder")
+    else:
+        locked.chmod(0o500)
+        fails([*argv, str(locked / "model.onnx")], capsys, "cannot write to the output folder")
+        locked.chmod(0o700)
+    assert list(locked.iterdir()) == []
+
+    monkeypatch.setitem(sys.modules, "onnx", None)  # what `import onnx` meets when not installed
+    fails([*argv, str(tmp_path / "new.onnx")], capsys, "pip install 'piecewise-crf[export]'")
