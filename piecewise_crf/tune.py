@@ -15,7 +15,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -45,26 +45,18 @@ DEFAULT_GRID = {
 }
 
 
-@dataclass(frozen=True)
-class DenseSetting:
-    """One grid point: the parameters of `dense_crf` (the config's `dense_crf` section)."""
+def params(dense: DenseCRFConfig) -> dict[str, Any]:
+    """A grid point's parameters: the dense_crf section without `enabled`."""
+    return {k: v for k, v in asdict(dense).items() if k != "enabled"}
 
-    bi_weight: float
-    bi_xy_std: float
-    bi_rgb_std: float
-    pos_weight: float
-    pos_xy_std: float
-    iterations: int
 
-    def config(self) -> DenseCRFConfig:
-        return DenseCRFConfig(enabled=True, **asdict(self))
+def set_line(dense: DenseCRFConfig) -> str:
+    """Ready to paste after a command's `--set`."""
+    return " ".join(f"dense_crf.{k}={_num(v)}" for k, v in params(dense).items())
 
-    def set_line(self) -> str:
-        """Ready to paste after a command's `--set`."""
-        return " ".join(f"dense_crf.{k}={_num(v)}" for k, v in asdict(self).items())
 
-    def yaml(self) -> str:
-        return "dense_crf:\n" + "".join(f"  {k}: {_num(v)}\n" for k, v in asdict(self).items())
+def yaml_section(dense: DenseCRFConfig) -> str:
+    return "dense_crf:\n" + "".join(f"  {k}: {_num(v)}\n" for k, v in params(dense).items())
 
 
 def _num(v: float) -> str:
@@ -78,7 +70,7 @@ def dense_grid(
     pos_weights: Sequence[float] = DEFAULT_GRID["pos_weight"],
     pos_xy_stds: Sequence[float] = DEFAULT_GRID["pos_xy_std"],
     iterations: Sequence[int] = DEFAULT_GRID["iterations"],
-) -> list[DenseSetting]:
+) -> list[DenseCRFConfig]:
     """Every combination of the given values (duplicates dropped), validated."""
 
     def values(name: str, given: Sequence[Any], positive: bool, integer: bool = False) -> list:
@@ -109,43 +101,44 @@ def dense_grid(
         values("pos_xy_std", pos_xy_stds, positive=True),
         values("iterations", iterations, positive=False, integer=True),
     ]
-    return [DenseSetting(*combo) for combo in itertools.product(*axes)]
+    names = ("bi_weight", "bi_xy_std", "bi_rgb_std", "pos_weight", "pos_xy_std", "iterations")
+    return [
+        DenseCRFConfig(**dict(zip(names, combo, strict=True))) for combo in itertools.product(*axes)
+    ]
 
 
 def _refine_grid(
-    image: Tensor, probs: Tensor, grid: Sequence[DenseSetting], device: torch.device
+    image: Tensor, probs: Tensor, grid: Sequence[DenseCRFConfig], device: torch.device
 ) -> list[Tensor]:
     """Labels (H, W) for every grid point: `dense_crf` on one image, lattices shared.
 
     Same steps as `dense_crf(rgb, probs, ...)` for one image: uint8 RGB as `evaluate.refine`
     makes it, unary log(max(p, 1e-5)), Potts mean-field over the Gaussian + bilateral lattices.
     """
-    from piecewise_crf.densecrf import dense as dcrf
+    from piecewise_crf.densecrf import bilateral_kernel, gaussian_kernel, mean_field, unary_scores
 
     k, h, w = probs.shape
-    rgb = (image.permute(1, 2, 0) * 255).round().clamp(0, 255).to(torch.uint8).to(device)[None]
+    rgb = (image.permute(1, 2, 0) * 255).round().clamp(0, 255).to(torch.uint8).to(device)
     q = probs.float().to(device)
-    logp = q.permute(1, 2, 0).reshape(-1, k).clamp(min=dcrf.PROB_FLOOR).log()
+    logp = unary_scores(q).reshape(k, -1)
     labels: list[Tensor | None] = [None] * len(grid)
     order = sorted(range(len(grid)), key=lambda i: (grid[i].bi_xy_std, grid[i].bi_rgb_std))
     for (xy, rgb_std), group in itertools.groupby(
         order, key=lambda i: (grid[i].bi_xy_std, grid[i].bi_rgb_std)
     ):
-        bilateral = dcrf._bilateral_lattice(rgb, xy, rgb_std, q.dtype)
+        bilateral = bilateral_kernel(rgb, xy, rgb_std, dtype=q.dtype)
         for i in group:
             s = grid[i]
-            gauss = dcrf._gaussian_lattice(1, h, w, s.pos_xy_std, q.dtype, q.device)
-            out = dcrf.mean_field(
-                [gauss, bilateral], logp, [s.pos_weight, s.bi_weight], s.iterations
-            )
-            labels[i] = out.argmax(1).view(h, w).cpu()
+            gauss = gaussian_kernel(h, w, s.pos_xy_std, dtype=q.dtype, device=q.device)
+            out = mean_field(logp, [gauss, bilateral], [s.pos_weight, s.bi_weight], s.iterations)
+            labels[i] = out.argmax(0).view(h, w).cpu()
     return labels  # type: ignore[return-value]
 
 
 def tune_dense_crf(
     predictor: Predictor,
     dataset: Dataset,
-    grid: Sequence[DenseSetting],
+    grid: Sequence[DenseCRFConfig],
     *,
     indices: Sequence[int] | None = None,
     progress: bool = False,
@@ -173,7 +166,7 @@ def tune_dense_crf(
 def rank_results(
     baseline: ConfusionMatrix,
     matrices: Sequence[ConfusionMatrix],
-    grid: Sequence[DenseSetting],
+    grid: Sequence[DenseCRFConfig],
     classes: Sequence[str],
     mean_classes: Sequence[int] | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -184,7 +177,7 @@ def rank_results(
     for i, setting in enumerate(grid):
         metrics = summary[str(i)]
         metrics.pop("classes")
-        rows.append({"params": asdict(setting), **metrics})
+        rows.append({"params": params(setting), **metrics})
 
     def key(row: dict[str, Any]) -> float:
         v = row["mean_iou"]
@@ -237,7 +230,7 @@ def tune_dense_crf_checkpoint(
     root: str | Path | None = None,
     split: str = "val",
     limit: int | None = None,
-    grid: Sequence[DenseSetting] | None = None,
+    grid: Sequence[DenseCRFConfig] | None = None,
     pairwise_mode: str | None = None,
     pairwise_scale: float | None = None,
     json_path: str | Path | None = None,
@@ -275,7 +268,7 @@ def tune_dense_crf_checkpoint(
     baseline, matrices = tune_dense_crf(predictor, data, grid, indices=indices, progress=progress)
     mean_classes = data.mean_classes() if hasattr(data, "mean_classes") else None
     base, rows = rank_results(baseline, matrices, grid, classes, mean_classes)
-    best = DenseSetting(**rows[0]["params"])
+    best = DenseCRFConfig(**rows[0]["params"])
     result = {
         "dataset": name,
         "split": split,
@@ -290,8 +283,8 @@ def tune_dense_crf_checkpoint(
     }
     print(format_ranking(base, rows, top))
     print(f"best dense CRF (mean IoU {100 * (rows[0]['mean_iou'] or 0):.2f}):")
-    print(f"  --set {best.set_line()}")
-    print(best.yaml().rstrip())
+    print(f"  --set {set_line(best)}")
+    print(yaml_section(best).rstrip())
     if json_path is not None:
         write_json(result, json_path)
         print(f"all {len(rows)} results written to {json_path}")

@@ -1,4 +1,5 @@
-"""Dense CRF: lattice vs exact kernels, input handling, and agreement with pydensecrf."""
+"""Dense CRF: lattice vs exact kernels, numba vs torch lattices, the building blocks, input
+handling, and agreement with pydensecrf."""
 
 from pathlib import Path
 
@@ -7,14 +8,19 @@ import pytest
 import torch
 from PIL import Image
 
-from piecewise_crf.densecrf import dense_crf
-from piecewise_crf.densecrf.dense import (
+from piecewise_crf.densecrf import (
     PROB_FLOOR,
-    _bilateral_lattice,
-    _gaussian_lattice,
-    _softmax_rows,
+    bilateral_kernel,
+    cpu,
+    dense_crf,
+    gaussian_kernel,
+    lattice,
+    mean_field,
+    unary_scores,
 )
-from piecewise_crf.densecrf.lattice import stack
+from piecewise_crf.densecrf.cpu import CpuLattice
+from piecewise_crf.densecrf.dense import _softmax_rows
+from piecewise_crf.densecrf.lattice import Lattice, stack
 from piecewise_crf.densecrf.reference import dense_crf_exact
 
 CAMVID = Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid"
@@ -169,7 +175,7 @@ def test_agrees_with_pydensecrf_on_camvid(params):
             sxy=full["bi_xy_std"], srgb=full["bi_rgb_std"], rgbim=image, compat=full["bi_weight"]
         )
         ref = np.asarray(crf.inference(5)).reshape(k, h, w)
-        ours = dense_crf(image, probs, 5, **full)
+        ours = dense_crf(image, probs, iterations=5, **full)
         assert (ref.argmax(0) == probs.argmax(0)).mean() < 0.9  # the CRF changes many labels
         assert (ours.argmax(0) == ref.argmax(0)).mean() >= 0.99
         assert np.abs(ours - ref).max() < 1e-3
@@ -178,8 +184,8 @@ def test_agrees_with_pydensecrf_on_camvid(params):
 def test_stacked_reordered_lattices_filter_like_each_alone():
     img, _ = toy()
     h, w, _ = img.shape
-    bilateral = _bilateral_lattice(img[None], 5.0, 20.0, torch.float64)
-    gauss = _gaussian_lattice(1, h, w, 1.5, torch.float64, torch.device("cpu"))
+    bilateral = bilateral_kernel(img, 5.0, 20.0, dtype=torch.float64, backend="torch")
+    gauss = gaussian_kernel(h, w, 1.5, dtype=torch.float64, backend="torch")
     values = torch.rand(h * w, 3, dtype=torch.float64)
 
     def alone(lattice):  # filter in the lattice's own order, back to pixel order
@@ -201,3 +207,131 @@ def test_softmax_rows_matches_torch_and_survives_underflow():
     out = _softmax_rows(x)
     torch.testing.assert_close(out, torch.softmax(x, 1))
     assert torch.isfinite(out).all()
+
+
+def torch_filter(lat: Lattice, values: torch.Tensor) -> torch.Tensor:
+    """A torch lattice's filter in the points' own order."""
+    out = lat.filter(values[lat.order])
+    return torch.empty_like(out).index_copy_(0, lat.order, out)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("d", [2, 5])
+def test_numba_lattice_filters_like_the_torch_lattice(dtype, d):
+    g = torch.Generator().manual_seed(d)
+    feats = (6 * torch.rand(3000, d, generator=g)).to(dtype)
+    values = torch.rand(3000, 4, generator=g, dtype=dtype)
+    ours, theirs = cpu.build(feats.numpy()), lattice.build(feats)
+    assert ours.num_vertices == theirs.num_vertices
+    for a, b in ((ours, theirs), (ours.normalised(), theirs.normalised())):
+        got = torch.from_numpy(a.filter(values.numpy(), 0.5))
+        torch.testing.assert_close(got, torch_filter(b, values) * 0.5, atol=1e-5, rtol=1e-5)
+
+
+def test_numba_lattice_does_not_depend_on_thread_count():
+    img, _ = toy(60, 80)
+    values = torch.rand(60 * 80, 3).numpy()
+    threads = torch.get_num_threads()
+    try:
+        out = []
+        for n in (1, 2):  # 2 chunks of points number their vertices apart, then merge
+            torch.set_num_threads(n)
+            lat = bilateral_kernel(img, 5.0, 20.0)
+            out.append((lat.num_vertices, lat.filter(values)))
+    finally:
+        torch.set_num_threads(threads)
+    assert out[0][0] == out[1][0]
+    np.testing.assert_allclose(out[0][1], out[1][1], atol=1e-6)
+
+
+def test_numba_batch_lattice_never_connects_images():
+    pairs = [toy(seed=s) for s in range(2)]
+    images = torch.stack([i for i, _ in pairs])
+    joint = bilateral_kernel(images, 5.0, 20.0)
+    assert isinstance(joint, CpuLattice) and joint.num_points == 2 * 20 * 24
+    values = torch.rand(2 * 20 * 24, 3).numpy()
+    alone = [bilateral_kernel(img, 5.0, 20.0) for img, _ in pairs]
+    expected = np.concatenate(
+        [lat.filter(v) for lat, v in zip(alone, np.split(values, 2), strict=True)]
+    )
+    np.testing.assert_allclose(joint.filter(values), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{}, dict(compat=1 - 2 * np.eye(4) + np.diag(np.ones(3), 1)), dict(pos_xy_std=1.0)],
+    ids=["potts", "compat", "small-std"],
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_numba_and_torch_backends_agree(kwargs, dtype):
+    pairs = [toy(seed=s) for s in range(2)]
+    images = torch.stack([i for i, _ in pairs])
+    probs = torch.stack([p for _, p in pairs]).to(dtype)
+    ours = dense_crf(images, probs, backend="numba", **kwargs)
+    theirs = dense_crf(images, probs, backend="torch", **kwargs)
+    assert ours.dtype == dtype
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
+    torch.testing.assert_close(dense_crf(images, probs, **kwargs), ours, atol=0, rtol=0)
+
+
+def test_numba_softmax_matches_torch_and_survives_underflow():
+    g = torch.Generator().manual_seed(0)
+    x = 30 * torch.randn(100, 7, generator=g)
+    x[0] = torch.tensor([0.0, -80, -90, -200, -1e30, 1e-3, -88])  # below the clamp at -80
+    for dtype in (torch.float32, torch.float64):
+        got = x.to(dtype).numpy().copy()
+        cpu._softmax_block(got, np.empty(got.size, np.int32), dtype == torch.float32)
+        torch.testing.assert_close(torch.from_numpy(got), torch.softmax(x.to(dtype), 1))
+
+
+def test_kernels_built_once_and_reused():
+    img, p = toy()
+    k, h, w = p.shape
+    logp = unary_scores(p).reshape(k, -1)
+    assert gaussian_kernel(h, w, 3.0) is gaussian_kernel(h, w, 3)  # cached per size
+    bilateral = bilateral_kernel(img.numpy(), 80.0, 13.0)
+    for weight, its in ((10.0, 5), (4.0, 2)):
+        q = mean_field(logp, [gaussian_kernel(h, w, 3.0), bilateral], [3.0, weight], its)
+        expected = dense_crf(img, p, iterations=its, bi_weight=weight)
+        torch.testing.assert_close(q.reshape(k, h, w), expected, atol=0, rtol=0)
+    q_np = mean_field(logp.numpy(), [bilateral], [4.0], 0)
+    np.testing.assert_allclose(q_np, torch.softmax(logp, 0).numpy(), atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (
+            lambda k, s: mean_field(s, [k, gaussian_kernel(20, 24, backend="torch")], [1, 1]),
+            "one backend",
+        ),
+        (lambda k, s: mean_field(s, [k], [1.0, 2.0]), "one weight per kernel"),
+        (lambda k, s: mean_field(s[:, :-1], [k], [1.0]), "points"),
+        (lambda k, s: mean_field(s, [k], [1.0], iterations=-1), "iterations"),
+        (lambda k, s: mean_field(s, [k], [1.0], compat=np.eye(3)), "compat must be"),
+        (lambda k, s: dense_crf(*toy(), backend="cuda"), "backend must be one of"),
+        (lambda k, s: gaussian_kernel(20, 24, device="cuda", backend="numba"), "CPU only"),
+        (lambda k, s: gaussian_kernel(20, 24, 0.0), "xy_std must be"),
+        (lambda k, s: bilateral_kernel(toy()[0].float()), "uint8"),
+        (lambda k, s: bilateral_kernel(toy()[0], 80.0, 1e-9), "too large to hash"),
+        (lambda k, s: bilateral_kernel(toy()[0], 80.0, 1e-9, backend="torch"), "too large to hash"),
+        (lambda k, s: cpu.build(np.array([[0.0, np.nan]], np.float32)), "finite"),
+        (lambda k, s: lattice.build(torch.tensor([[0.0, np.inf]])), "finite"),
+    ],
+)
+def test_building_block_errors(call, match):
+    kernel = gaussian_kernel(20, 24)
+    scores = torch.randn(4, 20 * 24)
+    with pytest.raises(ValueError, match=match):
+        call(kernel, scores)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_kernels_use_torch():
+    img, p = toy()
+    assert isinstance(bilateral_kernel(img.cuda()), Lattice)
+    assert isinstance(gaussian_kernel(20, 24, device="cuda"), Lattice)
+    assert isinstance(gaussian_kernel(20, 24, device="cpu"), CpuLattice)
+    out = dense_crf(img.cuda(), p.cuda())
+    assert out.device.type == "cuda"
+    torch.testing.assert_close(out.cpu(), dense_crf(img, p), atol=1e-4, rtol=0)

@@ -2,7 +2,6 @@
 
 import dataclasses
 import json
-from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -17,6 +16,7 @@ from piecewise_crf.tune import (
     BASELINE,
     DEFAULT_GRID,
     dense_grid,
+    params,
     rank_results,
     subset_indices,
     tune_dense_crf,
@@ -48,11 +48,11 @@ def test_grid_point_equals_the_crf_dense_stage_of_evaluate(checkpoint):
     # Independently: evaluate with the same parameters, on the same images.
     for i in (0, 5):
         setting = grid[i]
-        predictor = Predictor(model, crf=config.crf, dense=setting.config())
+        predictor = Predictor(model, crf=config.crf, dense=setting)
         expected = score(predictor, data, indices=[0, 2], batch_size=1)
         np.testing.assert_array_equal(matrices[i].matrix, expected["crf+dense"].matrix)
         np.testing.assert_array_equal(baseline.matrix, expected["crf"].matrix)
-        row = next(r for r in rows if r["params"] == asdict(setting))
+        row = next(r for r in rows if r["params"] == params(setting))
         assert row["mean_iou"] == expected["crf+dense"].compute()["mean_iou"]
     assert base["mean_iou"] == expected["crf"].compute()["mean_iou"]
     # bi_weight 0 with a fixed Gaussian kernel: the bilateral stds cannot matter.
@@ -88,15 +88,15 @@ def test_checkpoint_search_writes_json_and_cli_prints_the_set_line(checkpoint, t
     printed = capsys.readouterr().out
     best = json.loads((tmp_path / "cli.json").read_text())["best"]["params"]
     line = next(s for s in printed.splitlines() if s.strip().startswith("--set "))
-    assert line.split()[1:] == [
-        "dense_crf.bi_weight=4",
+    assert line.split()[1:] == [  # the order of the config's dense_crf section
+        "dense_crf.iterations=2",
+        "dense_crf.pos_xy_std=1",
+        "dense_crf.pos_weight=3",
         "dense_crf.bi_xy_std=67",
         f"dense_crf.bi_rgb_std={best['bi_rgb_std']:g}",
-        "dense_crf.pos_weight=3",
-        "dense_crf.pos_xy_std=1",
-        "dense_crf.iterations=2",
+        "dense_crf.bi_weight=4",
     ]
-    assert "dense_crf:\n  bi_weight: 4\n" in printed and BASELINE in printed
+    assert "dense_crf:\n  iterations: 2\n" in printed and BASELINE in printed
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,26 @@
-"""Dense (fully connected) CRF refinement in PyTorch, agreeing with pydensecrf."""
+"""Dense (fully connected) CRF refinement agreeing with pydensecrf: numba on CPU, PyTorch on
+other devices. ``dense_crf`` does it all; its building blocks are public: kernels built once
+(``gaussian_kernel``, ``bilateral_kernel``) and mean-field on any list of them, from
+``unary_scores(probs)``."""
 
-from piecewise_crf.densecrf.dense import dense_crf
+from piecewise_crf.densecrf.dense import (
+    BACKENDS,
+    PROB_FLOOR,
+    Kernel,
+    bilateral_kernel,
+    dense_crf,
+    gaussian_kernel,
+    mean_field,
+    unary_scores,
+)
 
-__all__ = ["dense_crf"]
+__all__ = [
+    "BACKENDS",
+    "PROB_FLOOR",
+    "Kernel",
+    "bilateral_kernel",
+    "dense_crf",
+    "gaussian_kernel",
+    "mean_field",
+    "unary_scores",
+]

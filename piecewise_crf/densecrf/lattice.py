@@ -1,4 +1,5 @@
-"""Permutohedral lattice (Adams, Baek and Davis 2010) in PyTorch, as pydensecrf uses it.
+"""Permutohedral lattice (Adams, Baek and Davis 2010) in PyTorch, as pydensecrf uses it: the
+dense CRF's lattice for CUDA tensors (``cpu.py`` holds the same lattice in numba for CPU ones).
 
 For features ``f`` (P, d) the lattice filter approximates ``c * sum_j exp(-|f_i - f_j|^2 / 2)
 v_j`` with a constant ``c`` that symmetric normalisation cancels.
@@ -21,6 +22,7 @@ import math
 import warnings
 from dataclasses import dataclass, replace
 
+import numpy as np
 import torch
 
 
@@ -36,6 +38,17 @@ class Embedding:
     weights: torch.Tensor  # (d+1, P): barycentric weight of simplex vertex r (remainder r)
 
 
+def elevation_scale(d: int, dtype: torch.dtype, device=None) -> torch.Tensor:
+    """Per-feature scale (d,) of the elevation onto the hyperplane sum = 0, chosen so that the
+    blur has std 1 in feature space (pydensecrf's ``scale_factor``)."""
+    # pydensecrf keeps sqrt(2/3) (d + 1) in a C float and multiplies in double: computed any
+    # other way, the scale is 1 ulp off for d = 3 and 5, and points on a simplex boundary land
+    # in the neighbouring simplex (3 of 36 random 3-D volume cases lost a voxel's label).
+    inv_std = float(np.float32(math.sqrt(2.0 / 3.0) * (d + 1)))
+    scale = [1.0 / math.sqrt((i + 2) * (i + 1)) * inv_std for i in range(d)]  # its order
+    return torch.tensor(scale, dtype=torch.float64, device=device).to(dtype)
+
+
 def embed(f: torch.Tensor) -> Embedding:
     """Find the enclosing simplex and barycentric weights of every feature vector ``f`` (P, d).
 
@@ -45,8 +58,7 @@ def embed(f: torch.Tensor) -> Embedding:
     num, d = f.shape
     d1 = d + 1
     i = torch.arange(d, device=f.device, dtype=f.dtype)[:, None]
-    # Elevation onto the hyperplane sum = 0, scaled so the blur has std 1 in feature space.
-    cf = f.T * (math.sqrt(2.0 / 3.0) * d1 / torch.sqrt((i + 2) * (i + 1)))
+    cf = f.T * elevation_scale(d, f.dtype, f.device)[:, None]
     elevated = torch.zeros(d1, num, dtype=f.dtype, device=f.device)
     elevated[:d] = cf.flip(0).cumsum(0).flip(0)  # sum_{k >= j} cf_k
     elevated[1:] -= (i + 1) * cf
@@ -78,12 +90,28 @@ def embed(f: torch.Tensor) -> Embedding:
     return Embedding(rem0, rank, bary)
 
 
-def _check_size(cells: int, groups: int) -> None:
+TOO_LARGE = (
+    "dense CRF lattice too large to hash: a standard deviation is tiny compared with the image "
+    "size or colour range; use larger stds or split the batch"
+)
+
+
+def check_features(extent: list[float], eps: float) -> None:
+    """Refuse features whose lattice float arithmetic (machine epsilon ``eps``) cannot resolve:
+    non-finite ones, or ones whose elevated coordinates, at most (d+1) sum_k extent_k scale_k
+    for ``extent`` (d,) the largest |f_k|, leave under 4 ulps for the lattice's unit spacing."""
+    scale = elevation_scale(len(extent), torch.float64).tolist()
+    bound = (len(extent) + 1) * sum(e * s for e, s in zip(extent, scale, strict=True))
+    if not math.isfinite(bound):
+        raise ValueError("dense CRF features must be finite")
+    if bound >= 0.25 / eps:
+        raise ValueError(TOO_LARGE)
+
+
+def check_size(cells: int, groups: int) -> None:
+    """Refuse lattices whose vertex codes (``cells`` per image) would overflow int64."""
     if cells * groups >= 2**62:
-        raise ValueError(
-            "dense CRF lattice too large to hash: a standard deviation is tiny compared with the "
-            "image size or colour range; use larger stds or split the batch"
-        )
+        raise ValueError(TOO_LARGE)
 
 
 def _codes(rem0: torch.Tensor, rank: torch.Tensor, group: torch.Tensor, groups: int):
@@ -98,7 +126,7 @@ def _codes(rem0: torch.Tensor, rank: torch.Tensor, group: torch.Tensor, groups: 
     rem0 = rem0[:d]
     lo = rem0.amin(1) - 2 * d1
     radix = rem0.amax(1) + 2 * d1 - lo + 1
-    _check_size(math.prod(radix.tolist()), groups)
+    check_size(math.prod(radix.tolist()), groups)
     strides = torch.cumprod(torch.cat([radix.new_ones(1), radix[:-1]]), 0)
     base = ((rem0 - lo[:, None]) * strides[:, None]).sum(0) + group * radix.prod()
     # sum_i strides_i [rank_i > d - r] for every r, via a suffix sum over rank values.
@@ -122,7 +150,7 @@ def _simplices(emb: Embedding, group: torch.Tensor, groups: int):
     radix = cell.amax(1) - lo + 1
     # The rank is a permutation of 0..d, so its first d entries in base d+1 identify it.
     sizes = radix.tolist() + [d1] * d
-    _check_size(math.prod(sizes), groups)
+    check_size(math.prod(sizes), groups)
     strides = [math.prod(sizes[:j]) for j in range(2 * d)]
     offset = sum(int(lo_j) * st for lo_j, st in zip(lo.tolist(), strides, strict=False))
     key = group * math.prod(sizes) - offset
@@ -174,6 +202,10 @@ class Lattice:
     @property
     def num_vertices(self) -> int:
         return self.neighbours.shape[2]
+
+    @property
+    def num_points(self) -> int:
+        return self.order.numel()
 
     @property
     def num_corners(self) -> int:
@@ -302,6 +334,7 @@ def build(f: torch.Tensor, group: torch.Tensor | None = None, groups: int = 1) -
     d1 = d + 1
     if group is None:
         group = torch.zeros(num, dtype=torch.int64, device=f.device)
+    check_features(f.abs().amax(0).tolist(), torch.finfo(f.dtype).eps)
     emb = embed(f)
     order, simplex, counts, rep = _simplices(emb, group, groups)  # simplex: of sorted points
     s = counts.numel()

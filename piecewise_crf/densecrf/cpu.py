@@ -1,0 +1,531 @@
+"""The permutohedral lattice and dense-CRF mean-field on CPU, compiled with numba.
+
+The same lattice as ``lattice.py`` (same embedding arithmetic, vertices, blur and symmetric
+normalisation, so both agree to float rounding) in another layout: the points keep their own
+order and each stores its d+1 vertex indices and weights. The vertices are found by hashing
+one int64 code per point and corner into an open-addressing table, skipped for the corners a
+point shares with the point before it (most, along image rows).
+
+One mean-field step is one pass over the points (slice the previous step's blurred vertex
+values, add the unary, softmax, splat into the next step's vertices) plus a blur of the
+vertices. The splat runs in parallel chunks of points, each into its own copy of the vertex
+values, summed before the blur: a 480x360 frame has ~10k bilateral and ~23k Gaussian vertices,
+so a copy per thread is ~1.4 MB at K=11. The softmax exponentiates blocks of points with a
+polynomial that vectorises (float32; libm's exp measured 3x slower per pass); float64 keeps
+libm's exp.
+
+Functions compile on first use (~14 s for float32 on this 2-core machine; ``cache=True`` keeps
+the machine code under ``__pycache__`` for later processes). Parallel functions are thin
+``prange`` loops over serial chunk functions. They use ``torch.get_num_threads()`` threads, at most
+numba's ``NUMBA_NUM_THREADS``; numba's and torch's OpenMP calls reach one runtime (torch's,
+loaded first), which spins ~7 ms after each parallel region (``OMP_WAIT_POLICY=PASSIVE``,
+set before Python starts, stops that).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import numba
+import numpy as np
+import torch
+
+from piecewise_crf.densecrf.lattice import check_features, check_size, elevation_scale
+
+_PARALLEL = dict(parallel=True, cache=True, nogil=True)
+_SERIAL = dict(cache=True, nogil=True)
+_BLOCK = 64  # points per block: loops over a block vectorise and its scratch stays in L1
+# 2^f on [-1/2, 1/2], relative error 1e-7 in float32 (least squares on Chebyshev nodes).
+_EXP2 = (6.9314718e-01, 2.4022646e-01, 5.5503290e-02, 9.6185198e-03, 1.3399860e-03, 1.5337577e-04)
+
+
+def threads() -> int:
+    """Threads the kernels run on: torch's intra-op setting, capped at numba's pool."""
+    return max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+
+
+@dataclass(frozen=True)
+class CpuLattice:
+    """One kernel's permutohedral lattice over P points (one image or several), in point order.
+
+    ``vertex`` (P, d+1) int32 and ``weight`` (P, d+1) are every point's simplex corners and
+    barycentric weights (times the point's normalisation once ``normalised``); ``neighbours``
+    (M, d+1, 2) int32 in [0, M] are the blur neighbours along each lattice axis, M meaning none.
+    ``alpha = 1 / (1 + 2^-d)`` is pydensecrf's constant.
+    """
+
+    vertex: np.ndarray
+    weight: np.ndarray
+    neighbours: np.ndarray
+    alpha: float
+
+    @property
+    def num_vertices(self) -> int:
+        return self.neighbours.shape[0]
+
+    @property
+    def num_points(self) -> int:
+        return self.vertex.shape[0]
+
+    def filter(self, values: np.ndarray, scale: float = 1.0) -> np.ndarray:
+        """``scale * alpha * (slice . blur . splat)(values)`` for (P, C) values."""
+        numba.set_num_threads(threads())
+        values = np.ascontiguousarray(values, dtype=self.weight.dtype)
+        rows = (self.num_vertices + 1, values.shape[1])
+        parts = np.empty((threads(), *rows), values.dtype)
+        _splat(self.vertex, self.weight, values, parts)
+        vertex = np.empty(rows, values.dtype)
+        _reduce(parts, values.dtype.type(scale * self.alpha), vertex)
+        _blur(vertex, np.empty_like(vertex), self.neighbours)
+        out = np.empty_like(values)
+        _slice(self.vertex, self.weight, vertex, out)
+        return out
+
+    def normalised(self) -> CpuLattice:
+        """pydensecrf's symmetric normalisation ``n_i = (sum_j k(f_i, f_j))^-1/2``, folded into
+        the weights (the splat reads and the slice writes each point through them)."""
+        total = self.filter(np.ones((self.vertex.shape[0], 1), self.weight.dtype))
+        norm = 1.0 / np.sqrt(total + 1e-20)
+        return replace(self, weight=self.weight * norm.astype(self.weight.dtype))
+
+
+def build(f: np.ndarray, group: np.ndarray | None = None, groups: int = 1) -> CpuLattice:
+    """The (unnormalised) lattice of features ``f`` (P, d) float32/float64, already divided by
+    the stds; ``group`` (P,) int64 is each point's image (None: one image), as ``lattice.build``.
+    """
+    f = np.ascontiguousarray(f)
+    num, d = f.shape
+    d1 = d + 1
+    if num * d1 >= 2**31:
+        raise ValueError("dense CRF input too large: more than 2^31 point-vertex pairs")
+    check_features(_extent(f).tolist(), float(np.finfo(f.dtype).eps))
+    numba.set_num_threads(threads())
+    # check_features keeps |rem0| below 2^21 for float32 features: int32 halves the traffic.
+    rem0 = np.empty((num, d1), np.int32 if f.dtype == np.float32 else np.int64)
+    rank = np.empty((num, d1), np.int8)
+    bary = np.empty((num, d1), f.dtype)
+    scale = elevation_scale(d, torch.from_numpy(f[:0]).dtype).numpy()
+    chunks = max(1, min(num, 4 * threads()))
+    low = np.full((chunks, d1), np.iinfo(np.int64).max)
+    high = np.full((chunks, d1), np.iinfo(np.int64).min)
+    _embed(f, scale, rem0, rank, bary, low, high)
+    lo = low[:, :d].min(0) - 2 * d1
+    radix = high[:, :d].max(0) + 2 * d1 - lo + 1
+    cells = math.prod(radix.tolist())
+    check_size(cells, groups)
+    strides = np.cumprod(np.concatenate([[1], radix[:-1]])).astype(np.int64)
+    group = np.zeros(num, np.int64) if group is None else np.asarray(group, np.int64)
+    vertex = np.empty((num, d1), np.int32)
+    codes, keys, slots = _hash_vertices(rem0, rank, group, lo, strides, cells, vertex, threads())
+    steps = d1 * np.eye(d1, d, dtype=np.int64) @ strides - strides.sum()
+    neighbours = np.empty((codes.shape[0], d1, 2), np.int32)
+    _neighbours(codes, keys, slots, steps, neighbours)
+    return CpuLattice(vertex, bary, neighbours, 1.0 / (1.0 + 2.0**-d))
+
+
+def mean_field(
+    logp: np.ndarray,
+    lattices: list[CpuLattice],
+    weights: list[float],
+    iterations: int,
+    mu: np.ndarray | None = None,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """Parallel mean-field from ``Q = softmax(logp)``, as ``dense.mean_field``: ``logp`` (K, P)
+    C-contiguous is minus the unary energy, ``lattices`` normalised, ``mu`` (K, K) symmetric or
+    None (Potts). Returns Q (K, P), in ``out`` if given, which may be ``logp`` itself (each
+    point's scores are read before its marginals are written)."""
+    numba.set_num_threads(threads())
+    dtype, k = logp.dtype, logp.shape[0]
+    potts, poly = mu is None, dtype == np.float32
+    mu = np.zeros((1, 1), dtype) if potts else np.ascontiguousarray(mu, dtype=dtype)
+    vertex = tuple(lat.vertex for lat in lattices)
+    weight = tuple(lat.weight.astype(dtype, copy=False) for lat in lattices)
+    rows = [(lat.num_vertices + 1, k) for lat in lattices]
+    values = tuple(np.zeros(r, dtype) for r in rows)
+    spares = [np.empty(r, dtype) for r in rows]
+    parts = tuple(np.empty((threads(), *r), dtype) for r in rows)
+    q = np.empty_like(logp) if out is None else out
+    for step in range(iterations + 1):
+        last = step == iterations
+        _point_pass(logp, vertex, weight, values, parts, step == 0, last, potts, mu, poly, q)
+        if last:
+            break
+        for j, lat in enumerate(lattices):
+            _reduce(parts[j], dtype.type(weights[j] * lat.alpha), values[j])
+            _blur(values[j], spares[j], lat.neighbours)
+    return q
+
+
+@numba.njit(**_SERIAL)
+def _extent(f):  # pragma: no cover - compiled
+    """The largest |f| of every column of ``f`` (P, d), as float64 (numpy's measured 20x
+    slower); NaN if a column has one."""
+    out = np.zeros(f.shape[1])
+    for i in range(f.shape[0]):
+        for j in range(f.shape[1]):
+            v = abs(f[i, j])
+            if v > out[j] or v != v:  # once NaN, always NaN
+                out[j] = v
+    return out
+
+
+@numba.njit(**_PARALLEL)
+def _embed(f, scale, rem0, rank, bary, low, high):  # pragma: no cover - compiled
+    """Enclosing simplex (rem0, rank) and barycentric weights of every row of ``f``, with the
+    float operations of ``lattice.embed`` in the same order (so both find the same simplex);
+    ``low``/``high`` (chunks, d+1): each chunk's smallest and largest rem0."""
+    num, chunks = f.shape[0], low.shape[0]
+    for c in numba.prange(chunks):
+        lo, hi = c * num // chunks, (c + 1) * num // chunks
+        _embed_chunk(f[lo:hi], scale, rem0[lo:hi], rank[lo:hi], bary[lo:hi], low[c], high[c])
+
+
+@numba.njit(**_SERIAL)
+def _embed_chunk(f, scale, rem0, rank, bary, low, high):  # pragma: no cover - compiled
+    """``_embed`` on some points, by blocks laid out coordinate-major so that every step
+    vectorises over the block (measured 3.7x faster than point by point, where the rank's
+    comparisons branch)."""
+    num, d = f.shape
+    d1 = d + 1
+    t = f.dtype.type
+    inv, d1f, one = t(1.0 / d1), t(d1), t(1.0)
+    cf = np.empty((d, _BLOCK), f.dtype)
+    el = np.empty((d1, _BLOCK), f.dtype)
+    res = np.empty((d1, _BLOCK), f.dtype)
+    r0 = np.empty((d1, _BLOCK), np.int64)
+    rk = np.empty((d1, _BLOCK), np.int64)
+    y = np.empty((d1, _BLOCK), f.dtype)
+    lowest, highest = low.copy(), high.copy()  # written back once: no false sharing
+    for start in range(0, num, _BLOCK):
+        n = min(_BLOCK, num - start)
+        for j in range(d):
+            for b in range(n):
+                cf[j, b] = f[start + b, j] * scale[j]
+        # Elevation: el_j = sum_{k >= j} cf_k - j cf_{j-1} (a suffix sum, then a subtraction).
+        el[d, :n] = 0.0
+        el[d - 1, :n] = cf[d - 1, :n]
+        for j in range(d - 2, -1, -1):
+            for b in range(n):
+                el[j, b] = el[j + 1, b] + cf[j, b]
+        for j in range(d):
+            for b in range(n):
+                el[j + 1, b] -= t(j + 1) * cf[j, b]
+        # Nearest remainder-0 point (rounding half to even), residuals, and the rank:
+        # rank_a = sum(down) + #{b: res_b > res_a} + #{b < a: res_b == res_a}.
+        rk[0, :n] = 0
+        for j in range(d1):
+            for b in range(n):
+                down = np.rint(el[j, b] * inv)
+                rem = down * d1f
+                res[j, b] = el[j, b] - rem
+                r0[j, b] = np.int64(rem)
+                rk[0, b] += np.int64(down)
+        for a in range(1, d1):
+            rk[a, :n] = rk[0, :n]
+        for other in range(d1):
+            for a in range(d1):
+                for b in range(n):
+                    rk[a, b] += np.int64(res[other, b] > res[a, b])
+            for a in range(other + 1, d1):
+                for b in range(n):
+                    rk[a, b] += np.int64(res[other, b] == res[a, b])
+        # A point off the sum-0 plane is brought back by moving its extreme coordinates.
+        for a in range(d1):
+            for b in range(n):
+                wrap = d1 if rk[a, b] < 0 else (-d1 if rk[a, b] > d else 0)
+                rk[a, b] += wrap
+                r0[a, b] += wrap
+        # Barycentric weights: y[d - rank_a] = v_a; vertex r gets y[r] - y[r - 1], vertex 0
+        # gets 1 + y[0] - y[d] (Adams et al.).
+        for b in range(n):
+            i = start + b
+            for a in range(d1):
+                rem0[i, a] = r0[a, b]
+                rank[i, a] = rk[a, b]
+                lowest[a] = min(lowest[a], r0[a, b])
+                highest[a] = max(highest[a], r0[a, b])
+                y[d - rk[a, b], b] = (el[a, b] - t(r0[a, b])) * inv
+            bary[i, 0] = (y[0, b] - y[d, b]) + one
+            for r in range(1, d1):
+                bary[i, r] = y[r, b] - y[r - 1, b]
+    low[:], high[:] = lowest, highest
+
+
+@numba.njit(**_SERIAL)
+def _find(keys, code):  # pragma: no cover - compiled
+    """The slot of ``code`` in an open-addressing table (linear probing, 2^n slots, -1 empty),
+    or the empty slot where it belongs; Fibonacci hashing of the non-negative code."""
+    mask = keys.shape[0] - 1
+    shift = np.uint64(64 - int(np.log2(keys.shape[0])))
+    h = np.int64((np.uint64(code) * np.uint64(0x9E3779B97F4A7C15)) >> shift)
+    while keys[h] != code and keys[h] != -1:
+        h = (h + 1) & mask
+    return h
+
+
+@numba.njit(**_SERIAL)
+def _table(codes, size):  # pragma: no cover - compiled
+    """A table of ``size`` slots (a power of two) holding ``codes``: keys, and slots (M,) the
+    index into ``codes`` of each key."""
+    keys = np.full(size, -1, np.int64)
+    slots = np.empty(size, np.int32)
+    for v in range(codes.shape[0]):
+        h = _find(keys, codes[v])
+        keys[h], slots[h] = codes[v], v
+    return keys, slots
+
+
+@numba.njit(**_PARALLEL)
+def _hash_vertices(rem0, rank, group, lo, strides, cells, vertex, chunks):  # pragma: no cover
+    """Number the lattice vertices of every point's simplex into ``vertex`` (P, d+1); return
+    the vertex codes (M,) and their table (keys, slots).
+
+    Chunks of points number their vertices in parallel, each with its own table; their codes
+    are then merged into one table (a few times M insertions) and the numbers mapped to it.
+    """
+    num, d1 = rank.shape
+    found = np.empty(num * d1, np.int64)  # chunk c's codes start at its first point * (d+1)
+    counts = np.empty(chunks, np.int64)
+    for c in numba.prange(chunks):
+        a, b = c * num // chunks, (c + 1) * num // chunks
+        counts[c] = _number_chunk(
+            rem0[a:b], rank[a:b], group[a:b], lo, strides, cells, vertex[a:b], found[a * d1 :]
+        )
+    size = 1 << int(np.ceil(np.log2(2 * counts.sum() + 2)))
+    keys = np.full(size, -1, np.int64)
+    slots = np.empty(size, np.int32)
+    codes = np.empty(counts.sum(), np.int64)
+    number = np.empty(num * d1, np.int32)  # chunk numbers to vertices, laid out as ``found``
+    m = 0
+    for c in range(chunks):
+        start = c * num // chunks * d1
+        for v in range(start, start + counts[c]):
+            h = _find(keys, found[v])
+            if keys[h] == -1:
+                keys[h], slots[h], codes[m] = found[v], m, found[v]
+                m += 1
+            number[v] = slots[h]
+    for c in numba.prange(chunks):
+        a, b = c * num // chunks, (c + 1) * num // chunks
+        for i in range(a, b):
+            for r in range(d1):
+                vertex[i, r] = number[a * d1 + vertex[i, r]]
+    return codes[:m].copy(), keys, slots
+
+
+@numba.njit(**_SERIAL)
+def _number_chunk(rem0, rank, group, lo, strides, cells, vertex, found):  # pragma: no cover
+    """Number the vertices of these points' simplices in order of first use into ``vertex``,
+    writing their codes to ``found``; returns how many.
+
+    Vertex r of a simplex has coordinates ``rem0 + r - (d+1) [rank > d - r]``, coded in mixed
+    radix (``strides``, one block of ``cells`` codes per image) as ``lattice._codes``. A vertex
+    is corner r of every simplex that has it, and neighbouring points share most corners, so
+    each corner is first compared with the previous point's corner r (on a CamVid frame this
+    skips 56% of the table look-ups for the bilateral lattice, 76% for the Gaussian one).
+    """
+    num, d1 = rank.shape
+    d = d1 - 1
+    stride_sum = strides.sum()
+    keys, slots = _table(found[:0], 1 << 12)
+    m = 0
+    above = np.zeros(d1 + 1, np.int64)
+    previous = np.full(d1, -1, np.int64)
+    for i in range(num):
+        if 2 * (m + d1) > keys.shape[0]:  # keep the table at most half full
+            keys, slots = _table(found[:m], 2 * keys.shape[0])
+        base = group[i] * cells
+        above[:] = 0
+        for j in range(d):
+            base += (rem0[i, j] - lo[j]) * strides[j]
+            above[d + 1 - rank[i, j]] += strides[j]
+        shift = 0
+        for r in range(d1):
+            shift += above[r]  # sum of strides_j over the j with rank_j > d - r
+            code = base + r * stride_sum - d1 * shift
+            if code == previous[r]:
+                vertex[i, r] = vertex[i - 1, r]
+                continue
+            previous[r] = code
+            h = _find(keys, code)
+            if keys[h] == -1:
+                keys[h], slots[h], found[m] = code, m, code
+                m += 1
+            vertex[i, r] = slots[h]
+    return m
+
+
+@numba.njit(**_PARALLEL)
+def _neighbours(codes, keys, slots, steps, out):  # pragma: no cover - compiled
+    """``out[v, j]``: the vertices at ``code_v + steps_j`` and ``code_v - steps_j`` (M if none)."""
+    m = codes.shape[0]
+    for v in numba.prange(m):
+        for j in range(steps.shape[0]):
+            for side in range(2):
+                h = _find(keys, codes[v] + steps[j] if side == 0 else codes[v] - steps[j])
+                out[v, j, side] = m if keys[h] == -1 else slots[h]
+
+
+@numba.njit(**_PARALLEL)
+def _splat(vertex, weight, values, parts):  # pragma: no cover - compiled
+    """``parts[c]`` = the splat of chunk c of the points (parts (T, M+1, C))."""
+    num, d1 = vertex.shape
+    chunks = parts.shape[0]
+    for c in numba.prange(chunks):
+        part = parts[c]
+        part[:] = 0.0
+        for i in range(c * num // chunks, (c + 1) * num // chunks):
+            for r in range(d1):
+                row = part[vertex[i, r]]
+                wt = weight[i, r]
+                for j in range(values.shape[1]):
+                    row[j] += wt * values[i, j]
+
+
+@numba.njit(**_SERIAL)
+def _reduce(parts, scale, out):  # pragma: no cover - compiled
+    """``out = scale * sum_c parts[c]``, with the missing vertex (last row) kept at zero."""
+    chunks, rows, width = parts.shape
+    for v in range(rows - 1):
+        for j in range(width):
+            s = parts[0, v, j]
+            for c in range(1, chunks):
+                s += parts[c, v, j]
+            out[v, j] = scale * s
+    out[rows - 1] = 0.0
+
+
+@numba.njit(**_SERIAL)
+def _blur(values, spare, neighbours):  # pragma: no cover - compiled
+    """Convolve (M+1, C) vertex values in place with ``[1/2, 1, 1/2]`` along every lattice
+    axis (row M, the missing vertex, stays zero); ``spare`` is scratch of the same shape."""
+    m, axes, _ = neighbours.shape
+    half = values.dtype.type(0.5)
+    src, dst = values, spare
+    dst[m] = 0.0
+    for axis in range(axes):
+        for v in range(m):
+            a, b = neighbours[v, axis, 0], neighbours[v, axis, 1]
+            for j in range(values.shape[1]):
+                dst[v, j] = src[v, j] + half * (src[a, j] + src[b, j])
+        src, dst = dst, src
+    if axes % 2:
+        values[:] = src
+
+
+@numba.njit(**_PARALLEL)
+def _slice(vertex, weight, values, out):  # pragma: no cover - compiled
+    """``out[i] = sum_r weight[i, r] values[vertex[i, r]]``."""
+    num, d1 = vertex.shape
+    for i in numba.prange(num):
+        out[i] = 0.0
+        for r in range(d1):
+            row = values[vertex[i, r]]
+            wt = weight[i, r]
+            for j in range(out.shape[1]):
+                out[i, j] += wt * row[j]
+
+
+@numba.njit(**_SERIAL)
+def _softmax_block(x, bits, poly):  # pragma: no cover - compiled
+    """Softmax of every row of the (n, K) block ``x`` in place, by the polynomial exponential
+    when ``poly`` (float32 only); ``bits`` (n K,) int32 scratch."""
+    n, k = x.shape
+    t = x.dtype.type
+    for b in range(n):
+        top = x[b, 0]
+        for j in range(1, k):
+            top = max(top, x[b, j])
+        for j in range(k):
+            x[b, j] -= top
+    flat = x.reshape(n * k)
+    if poly:
+        # exp(x) = 2^e 2^f with e = round(x log2(e)), |f| <= 1/2; 2^e through the exponent
+        # bits. Below -80 (2^-115) the term is clamped: it is 1e-35 of the row's largest.
+        for j in range(n * k):
+            u = max(flat[j], t(-80.0)) * t(1.4426950408889634)
+            e = np.floor(u + t(0.5))
+            f = u - e
+            p = t(_EXP2[5])
+            for c in (_EXP2[4], _EXP2[3], _EXP2[2], _EXP2[1], _EXP2[0]):
+                p = p * f + t(c)
+            flat[j] = p * f + t(1.0)
+            bits[j] = (np.int32(e) + 127) << 23
+        scale = bits[: n * k].view(np.float32)
+        for j in range(n * k):
+            flat[j] *= scale[j]
+    else:
+        for j in range(n * k):
+            flat[j] = math.exp(flat[j])
+    for b in range(n):
+        s = x[b, 0]
+        for j in range(1, k):
+            s += x[b, j]
+        inv = t(1.0) / s
+        for j in range(k):
+            x[b, j] *= inv
+
+
+@numba.njit(**_PARALLEL)
+def _point_pass(
+    logp, vertex, weight, values, parts, first, last, potts, mu, poly, q
+):  # pragma: no cover
+    """One pass over the points of ``logp`` (K, P): ``Q_i = softmax(logp_i + message_i)``, the
+    message sliced from ``values`` (skipped when ``first``), minus ``message @ mu`` unless
+    ``potts``; then ``Q`` is splatted into ``parts`` (chunk c into ``parts[kernel][c]``), or
+    written to ``q`` (K, P) when ``last``."""
+    num, chunks = logp.shape[1], parts[0].shape[0]
+    for c in numba.prange(chunks):
+        lo, hi = c * num // chunks, (c + 1) * num // chunks
+        _pass_chunk(logp, vertex, weight, values, parts, c, lo, hi, first, last, potts, mu, poly, q)
+
+
+@numba.njit(**_SERIAL)
+def _pass_chunk(
+    logp, vertex, weight, values, parts, c, lo, hi, first, last, potts, mu, poly, q
+):  # pragma: no cover
+    """``_point_pass`` on the points lo..hi-1, splatting into ``parts[kernel][c]``."""
+    k = logp.shape[0]
+    if not last:
+        for kernel in range(len(parts)):
+            parts[kernel][c] = 0.0
+    x = np.empty((_BLOCK, k), logp.dtype)
+    message = np.empty(k, logp.dtype)
+    bits = np.empty(_BLOCK * k, np.int32)
+    for start in range(lo, hi, _BLOCK):
+        n = min(_BLOCK, hi - start)
+        for b in range(n):
+            i = start + b
+            message[:] = 0.0
+            if not first:
+                for kernel in range(len(vertex)):
+                    for r in range(vertex[kernel].shape[1]):
+                        row = values[kernel][vertex[kernel][i, r]]
+                        wt = weight[kernel][i, r]
+                        for j in range(k):
+                            message[j] += wt * row[j]
+            if potts:
+                for j in range(k):
+                    x[b, j] = logp[j, i] + message[j]
+            else:
+                for j in range(k):
+                    s = logp[j, i]
+                    for l in range(k):
+                        s -= message[l] * mu[l, j]
+                    x[b, j] = s
+        _softmax_block(x[:n], bits, poly)
+        for b in range(n):
+            i = start + b
+            if last:
+                for j in range(k):
+                    q[j, i] = x[b, j]
+                continue
+            for kernel in range(len(vertex)):
+                part = parts[kernel][c]
+                for r in range(vertex[kernel].shape[1]):
+                    row = part[vertex[kernel][i, r]]
+                    wt = weight[kernel][i, r]
+                    for j in range(k):
+                        row[j] += wt * x[b, j]
