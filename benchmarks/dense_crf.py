@@ -1,6 +1,6 @@
 """Time our dense CRF against pydensecrf: a CamVid frame (480x360, K=11, 5 iterations) on 2 and
-1 threads, a batch of 8, image size from 0.1 to 2 megapixels, 2 to 60 labels, and numba's
-first-call cost.
+1 threads (``dense_crf`` and the pydensecrf drop-in ``compat``), a batch of 8, image size from
+0.1 to 2 megapixels, 2 to 60 labels, and numba's first-call cost.
 
 Usage: python benchmarks/dense_crf.py [--camvid DIR] [--repeats N] [--quick] [--out JSON]
 Every row times ours and pydensecrf in the same run, their repeats interleaved so that load
@@ -27,6 +27,7 @@ import torch
 from common import commit, describe, machine
 from PIL import Image
 
+import piecewise_crf.densecrf.compat as compat
 from piecewise_crf.densecrf import (
     bilateral_kernel,
     dense,
@@ -96,6 +97,12 @@ def median_times(fns: dict, repeats: int) -> dict:
 def pydensecrf_run(image: np.ndarray, probs: np.ndarray, iterations: int) -> np.ndarray:
     import pydensecrf.densecrf as dcrf
 
+    return api_run(dcrf, image, probs, iterations)
+
+
+def api_run(dcrf, image: np.ndarray, probs: np.ndarray, iterations: int) -> np.ndarray:
+    """pydensecrf's API as its users write it, the CRF's construction included, on ``dcrf``:
+    ``pydensecrf.densecrf`` or its drop-in ``piecewise_crf.densecrf.compat``."""
     k, h, w = probs.shape
     crf = dcrf.DenseCRF2D(w, h, k)
     crf.setUnaryEnergy(np.ascontiguousarray(-np.log(np.maximum(probs, 1e-5)).reshape(k, -1)))
@@ -155,6 +162,7 @@ def camvid_rows(frames, it: int, repeats: int) -> dict:
             {
                 f"ours{suffix}_s": lambda: dense_crf(image, probs, iterations=it, **PARAMS),
                 f"pydensecrf{suffix}_s": lambda: pydensecrf_run(image, probs, it),
+                f"compat{suffix}_s": lambda: api_run(compat, image, probs, it),
                 # The Gaussian kernel is cached per image size, as in every call after the first.
                 f"ours{suffix}_bilateral_kernel_s": lambda: bilateral_kernel(
                     image, PARAMS["bi_xy_std"], PARAMS["bi_rgb_std"]
@@ -170,9 +178,10 @@ def camvid_rows(frames, it: int, repeats: int) -> dict:
             repeats,
         )
         rows |= t
-        rows[f"ratio{suffix}_ours_over_pydensecrf"] = (
-            t[f"ours{suffix}_s"] / t[f"pydensecrf{suffix}_s"]
-        )
+        for name in ("ours", "compat"):
+            rows[f"ratio{suffix}_{name}_over_pydensecrf"] = (
+                t[f"{name}{suffix}_s"] / t[f"pydensecrf{suffix}_s"]
+            )
     torch.set_num_threads(threads)
     images = np.stack([f[0] for f in frames])
     batch = np.stack([f[1] for f in frames])
@@ -189,6 +198,9 @@ def camvid_rows(frames, it: int, repeats: int) -> dict:
     ours = dense_crf(image, probs, iterations=it, **PARAMS)
     rows["label_agreement"] = float((ref.argmax(0) == ours.argmax(0)).mean())
     rows["max_abs_diff"] = float(np.abs(ref - ours).max())
+    drop_in = api_run(compat, image, probs, it)
+    rows["label_agreement_compat"] = float((ref.argmax(0) == drop_in.argmax(0)).mean())
+    rows["max_abs_diff_compat"] = float(np.abs(ref - drop_in).max())
     return rows
 
 

@@ -70,7 +70,7 @@ def _number(kind: type, low: float, *, open_low: bool = False, high: float | Non
 POSITIVE = _number(float, 0.0, open_low=True)  # scales, standard deviations, minutes
 NON_NEGATIVE = _number(float, 0.0)  # weights, pairwise scales
 FRACTION = _number(float, 0.0, open_low=True, high=1.0)  # box fractions
-COUNT = _number(int, 1)  # --limit, --top, dense-CRF iterations
+COUNT = _number(int, 1)  # --limit, --top
 ITERATIONS = _number(int, 0)  # mean-field iterations (0 = the unary's softmax)
 
 

@@ -335,3 +335,16 @@ def test_cuda_kernels_use_torch():
     out = dense_crf(img.cuda(), p.cuda())
     assert out.device.type == "cuda"
     torch.testing.assert_close(out.cpu(), dense_crf(img, p), atol=1e-4, rtol=0)
+
+
+def test_the_cpu_path_leaves_torchs_thread_setting_alone():
+    threads = torch.get_num_threads()
+    image = np.zeros((20, 24, 3), np.uint8)
+    probs = np.full((3, 20, 24), 1 / 3, np.float32)
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            dense_crf(image, probs, iterations=1)
+            assert torch.get_num_threads() == n
+    finally:
+        torch.set_num_threads(threads)

@@ -6,8 +6,12 @@ Change only the imports::
     from piecewise_crf.densecrf.compat import unary_from_softmax  # was: from pydensecrf.utils ...
 
 Same names, signatures, input checks and results as pydensecrf (lucasb-eyer/pydensecrf,
-pydensecrf2 on PyPI), computed in PyTorch on the permutohedral lattice of
-``piecewise_crf.densecrf.lattice``.
+pydensecrf2 on PyPI), computed on a permutohedral lattice: on CPU numba's
+(``piecewise_crf.densecrf.cpu``, as ``dense_crf``), on other torch devices torch's
+(``piecewise_crf.densecrf.lattice``). On CPU, mean-field runs fused (one pass over the points
+per step for all kernels, ``cpu.mean_field``) when every term is Potts, or all share one
+vector or matrix compat, and none normalises before or after; otherwise each term filters on
+its own.
 
 Sign convention (pydensecrf's). Everything is an *energy*, lower = more likely: the unary is
 ``U = -log p`` (nlabels, nvar), and one mean-field step is ``Q = softmax(-U - sum_k m_k)``
@@ -20,6 +24,8 @@ vector v ``mu(Q) = diag(v) Q``, a matrix M ``mu(Q) = (M + M^T) / 2 Q`` (a penalt
 Beyond pydensecrf (keywords it never had):
 - ``device``: ``DenseCRF2D(w, h, n, device="cuda")`` runs on that torch device; inputs and
   results stay numpy arrays.
+- ``backend``: ``"auto"`` (numba on CPU, torch elsewhere), ``"numba"`` or ``"torch"``
+  (``piecewise_crf.densecrf.BACKENDS``), as ``dense_crf``'s.
 - ``batch``: ``DenseCRF2D(w, h, n, batch=B)`` is B same-size CRFs at once (one joint lattice
   per kernel that never links two images, like ``piecewise_crf.densecrf.dense_crf``):
   ``setUnaryEnergy`` takes (B, nlabels, nvar), ``addPairwiseBilateral`` (B, h, w, 3),
@@ -44,6 +50,9 @@ from numbers import Number
 import numpy as np
 import torch
 
+from piecewise_crf.densecrf import cpu
+from piecewise_crf.densecrf.cpu import CpuLattice
+from piecewise_crf.densecrf.dense import BACKENDS
 from piecewise_crf.densecrf.lattice import Lattice, Stacked, build, inverse_permutation, stack
 
 __all__ = [
@@ -236,14 +245,25 @@ class LogisticUnary(Unary):
 class _Term:
     """One pairwise energy: its lattice (normalised if symmetric), normalisation, compat."""
 
-    lattice: Lattice
+    lattice: Lattice | CpuLattice
     normalization: NormalizationType
-    compat: float | torch.Tensor  # Potts weight, (M,) diagonal or (M, M) symmetric matrix
+    compat: float | np.ndarray  # Potts weight, (M,) diagonal or (M, M) symmetric matrix
+
+
+def _scales(lattice, normalization: NormalizationType, ones) -> tuple:
+    """A term's (P, 1) normalisation (before, after) its filter, None where it has none:
+    pydensecrf's DenseKernel::initLattice, ``1 / (K 1 + 1e-20)``. (Its NO_NORMALIZATION
+    computes a mean norm too, but filter() never applies it.) ``ones`` (P, 1), numpy or torch
+    as the lattice."""
+    if normalization not in (NORMALIZE_BEFORE, NORMALIZE_AFTER):
+        return None, None
+    scale = 1 / (lattice.filter(ones) + 1e-20)
+    return (scale, None) if normalization == NORMALIZE_BEFORE else (None, scale)
 
 
 @dataclass(frozen=True)
-class _Plan:
-    """The terms re-expressed in one point order, ready for mean-field steps.
+class _TorchPlan:
+    """The terms on torch lattices, re-expressed in one point order, ready for mean-field steps.
 
     Potts terms whose normalisation is built into their lattice (symmetric, none) are stacked
     and filtered together (one splat and one slice product for all, as ``dense_crf``); the
@@ -256,32 +276,53 @@ class _Plan:
     weights: list[float]
     others: list[tuple[Lattice, torch.Tensor | None, torch.Tensor | None, float | torch.Tensor]]
 
+    def gather(self, t: torch.Tensor) -> torch.Tensor:
+        """Rows in point order -> rows in the plan's order."""
+        return t.index_select(0, self.order)
 
-def _plan(terms: list[_Term], num: int, device: torch.device) -> _Plan:
+    def scatter(self, t: torch.Tensor) -> torch.Tensor:
+        """Rows in the plan's order -> rows in point order."""
+        return t.index_select(0, self.inverse)
+
+    def pairwise(self, q: torch.Tensor) -> torch.Tensor:
+        """``sum_k mu_k(K_k Q)`` for marginals q (P, M) in the plan's order (pydensecrf's
+        ``PairwisePotential::apply`` summed over the terms)."""
+        if self.potts is None:
+            energy = torch.zeros_like(q)
+        else:
+            energy = self.potts.filter(q, self.weights).neg_()  # Potts: -w K Q
+        for lattice, before, after, compat in self.others:
+            filtered = lattice.filter(q if before is None else q * before)
+            if after is not None:
+                filtered.mul_(after)
+            if isinstance(compat, float):
+                energy.sub_(filtered, alpha=compat)
+            elif compat.dim() == 1:
+                energy.addcmul_(filtered, compat)
+            else:
+                energy.addmm_(filtered, compat)  # compat is symmetric: (M Q)^T = Q^T M
+        return energy
+
+
+def _torch_plan(terms: list[_Term], num: int, device: torch.device) -> _TorchPlan:
     # One order for all kernels, that of the lattice with the most corners (dense_crf's choice:
     # the others' splat and slice are re-expressed in it, so steps permute nothing).
     if not terms:
         order = torch.arange(num, device=device)
-        return _Plan(order, order, None, [], [])
+        return _TorchPlan(order, order, None, [], [])
     home = max((t.lattice for t in terms), key=lambda lat: lat.num_corners)
+    ones = torch.ones(num, 1, device=device)
     stacked, weights, others = [], [], []
     for term in terms:
         lat = term.lattice if term.lattice is home else term.lattice.reordered(home.order)
-        norm = term.normalization
-        if isinstance(term.compat, float) and norm in (NO_NORMALIZATION, NORMALIZE_SYMMETRIC):
+        norm, potts = term.normalization, isinstance(term.compat, float)
+        if potts and norm in (NO_NORMALIZATION, NORMALIZE_SYMMETRIC):
             stacked.append(lat)
             weights.append(term.compat)
             continue
-        scale = None
-        if norm in (NORMALIZE_BEFORE, NORMALIZE_AFTER):
-            # pydensecrf's DenseKernel::initLattice: 1 / (K 1 + 1e-20). (Its NO_NORMALIZATION
-            # computes a mean norm too, but filter() never applies it.)
-            ones = torch.ones(num, 1, device=device)
-            scale = (lat.filter(ones) + 1e-20).reciprocal_()
-        before = scale if norm == NORMALIZE_BEFORE else None
-        after = scale if norm == NORMALIZE_AFTER else None
-        others.append((lat, before, after, term.compat))
-    return _Plan(
+        mu = term.compat if potts else _tensor(term.compat, device)
+        others.append((lat, *_scales(lat, norm, ones), mu))
+    return _TorchPlan(
         home.order,
         inverse_permutation(home.order),
         stack(stacked) if stacked else None,
@@ -290,24 +331,90 @@ def _plan(terms: list[_Term], num: int, device: torch.device) -> _Plan:
     )
 
 
-def _pairwise(plan: _Plan, q: torch.Tensor) -> torch.Tensor:
-    """``sum_k mu_k(K_k Q)`` for marginals q (P, M) in the plan's order (pydensecrf's
-    ``PairwisePotential::apply`` summed over the terms)."""
-    if plan.potts is None:
-        energy = torch.zeros_like(q)
-    else:
-        energy = plan.potts.filter(q, plan.weights).neg_()  # Potts: -w K Q
-    for lattice, before, after, compat in plan.others:
-        filtered = lattice.filter(q if before is None else q * before)
-        if after is not None:
-            filtered.mul_(after)
-        if isinstance(compat, float):
-            energy.sub_(filtered, alpha=compat)
-        elif compat.dim() == 1:
-            energy.addcmul_(filtered, compat)
-        else:
-            energy.addmm_(filtered, compat)  # compat is symmetric: (M Q)^T = Q^T M
-    return energy
+@dataclass(frozen=True)
+class _CpuPlan:
+    """The terms on numba lattices, which work in point order (``gather`` and ``scatter`` move
+    nothing).
+
+    ``fused`` (lattices, weights, compat matrix or None for Potts) is how ``cpu.mean_field``
+    runs them all in one pass over the points per step (``_fusion``), None where it cannot;
+    ``filters`` (lattice, normalisation before, after, compat) filter them one by one, for
+    those cases and for ``stepInference`` and ``klDivergence``.
+    """
+
+    filters: list[tuple[CpuLattice, np.ndarray | None, np.ndarray | None, float | np.ndarray]]
+    fused: tuple[list[CpuLattice], list[float], np.ndarray | None] | None
+
+    def gather(self, t: torch.Tensor) -> torch.Tensor:
+        return t
+
+    def scatter(self, t: torch.Tensor) -> torch.Tensor:
+        return t
+
+    def pairwise(self, q: torch.Tensor) -> torch.Tensor:
+        """``sum_k mu_k(K_k Q)`` for marginals q (P, M), as ``_TorchPlan.pairwise``."""
+        values = q.numpy()
+        energy = np.zeros_like(values)
+        for lattice, before, after, compat in self.filters:
+            potts = isinstance(compat, float)
+            x = values if before is None else values * before
+            filtered = lattice.filter(x, -compat if potts else 1.0)  # Potts: -w K Q
+            if after is not None:
+                filtered *= after
+            if potts:
+                energy += filtered
+            elif compat.ndim == 1:
+                energy += filtered * compat
+            else:
+                energy += filtered @ compat  # compat is symmetric: (M Q)^T = Q^T M
+        return torch.from_numpy(energy)
+
+    def mean_field(self, scores: np.ndarray, iterations: int) -> torch.Tensor:
+        """Q (P, M) after ``iterations`` fused steps from ``softmax(scores)``: ``scores`` (M, P)
+        C-contiguous is minus the unary energy."""
+        lattices, weights, mu = self.fused
+        q = np.empty(scores.shape[::-1], scores.dtype)
+        # Written as its transpose, (M, P) column-major: pydensecrf's result layout without a
+        # copy (1 ms of 37 on a CamVid frame); numba compiles this layout once more (2.7 s).
+        cpu.mean_field(scores, lattices, weights, iterations, mu, out=q.T)
+        return torch.from_numpy(q)
+
+
+def _fusion(terms: list[_Term]) -> tuple[list[CpuLattice], list[float], np.ndarray | None] | None:
+    """How ``cpu.mean_field`` runs these terms fused: their lattices, weights and one compat
+    matrix (None: Potts, each term's weight its own). None where it cannot: no terms, a
+    normalisation before or after the filter (not folded into the lattice), or compats that
+    differ beyond Potts weights."""
+    if not terms or any(t.normalization in (NORMALIZE_BEFORE, NORMALIZE_AFTER) for t in terms):
+        return None
+    lattices = [t.lattice for t in terms]
+    potts = [isinstance(t.compat, float) for t in terms]
+    if all(potts):  # mu(Q) = -w Q: the message enters with a plus sign
+        return lattices, [t.compat for t in terms], None
+    if any(potts):
+        return None
+    mus = [np.diag(t.compat) if t.compat.ndim == 1 else t.compat for t in terms]
+    if not all(np.array_equal(mu, mus[0]) for mu in mus[1:]):
+        return None
+    return lattices, [1.0] * len(terms), mus[0]
+
+
+def _cpu_plan(terms: list[_Term], num: int) -> _CpuPlan:
+    ones = np.ones((num, 1), np.float32)
+    filters = [(t.lattice, *_scales(t.lattice, t.normalization, ones), t.compat) for t in terms]
+    return _CpuPlan(filters, _fusion(terms))
+
+
+_Plan = _TorchPlan | _CpuPlan
+
+
+def _iterate(plan: _Plan, logp: torch.Tensor, iterations: int) -> torch.Tensor:
+    """Q (P, M) after ``iterations`` mean-field steps from ``softmax(logp)``, in the plan's
+    order, filtering the terms one by one (or stacked)."""
+    q = _softmax(logp)
+    for _ in range(iterations):
+        q = _softmax(logp - plan.pairwise(q))
+    return q
 
 
 def _softmax(x: torch.Tensor) -> torch.Tensor:
@@ -318,13 +425,31 @@ def _softmax(x: torch.Tensor) -> torch.Tensor:
     return e.div_(e.sum(1, keepdim=True))
 
 
-def _lattice(feats: np.ndarray, device: torch.device, symmetric: bool) -> Lattice:
-    """The lattice of features (B, nvar, D) (one per image, joined), normalised if symmetric."""
-    images, nvar, _ = feats.shape
-    group = None
-    if images > 1:
-        group = torch.arange(images, device=device).repeat_interleave(nvar)
-    lattice = build(_tensor(feats, device).view(images * nvar, -1), group, images)
+def _engine(backend: str, device: torch.device) -> str:
+    """The lattice implementation for ``backend`` on ``device``: numba (CPU only) or torch."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        return "numba" if device.type == "cpu" else "torch"
+    if backend == "numba" and device.type != "cpu":
+        raise ValueError(f"backend='numba' runs on CPU only, got device={device}")
+    return backend
+
+
+def _lattice(feats: np.ndarray, engine: str, device: torch.device, symmetric: bool):
+    """The lattice of features (B, nvar, D) (one per image, joined), normalised if symmetric:
+    numba's for the numba engine, else torch's on ``device``."""
+    images, nvar, d = feats.shape
+    if engine == "numba":
+        group = None if images == 1 else np.repeat(np.arange(images), nvar)
+        # Writable: cpu.build wraps the features in a tensor, which warns for read-only ones.
+        points = np.require(feats.reshape(images * nvar, d), requirements=("C", "W"))
+        lattice = cpu.build(points, group, images)
+    else:
+        group = None
+        if images > 1:
+            group = torch.arange(images, device=device).repeat_interleave(nvar)
+        lattice = build(_tensor(feats, device).view(images * nvar, d), group, images)
     return lattice.normalised() if symmetric else lattice
 
 
@@ -337,28 +462,39 @@ def _positions(w: int, h: int, sx: float, sy: float) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=4)
-def _gaussian_lattice(w, h, sx, sy, images, device, symmetric) -> Lattice:
+def _gaussian_lattice(w, h, sx, sy, images, engine, device, symmetric):
     """The position kernel's lattice depends on the image size alone, so it is built once
-    (measured 20-35 ms of the ~150 ms a CamVid frame took without the cache)."""
+    (measured for a CamVid frame: torch's 20-35 ms of ~150 ms in all, numba's 8 of 56)."""
     xy = np.broadcast_to(_positions(w, h, sx, sy), (images, w * h, 2))
-    return _lattice(xy, device, symmetric)
+    return _lattice(xy, engine, device, symmetric)
 
 
 class DenseCRF:
     """pydensecrf's ``DenseCRF(nvar, nlabels)``: a dense CRF over nvar points of any feature space.
 
-    ``device`` (a torch device, default CPU) and ``batch`` (B same-size CRFs at once; every
-    array then gains a leading B axis) are this module's additions; see the module docstring.
+    ``device`` (a torch device, default CPU), ``batch`` (B same-size CRFs at once; every array
+    then gains a leading B axis) and ``backend`` are this module's additions; see the module
+    docstring.
     """
 
-    def __init__(self, nvar: int, nlabels: int, *, device=None, batch: int | None = None):
+    def __init__(
+        self,
+        nvar: int,
+        nlabels: int,
+        *,
+        device=None,
+        batch: int | None = None,
+        backend: str = "auto",
+    ):
         self._nvar = _count(nvar, "nvar")
         self._nlabel = _count(nlabels, "nlabels")
         self._batch = None if batch is None else _count(batch, "batch")
         self._device = torch.device("cpu" if device is None else device)
-        self._unary: torch.Tensor | None = None  # (B nvar, nlabels) energies, point order
+        self._engine = _engine(backend, self._device)
+        self._scores: np.ndarray | None = None  # minus the unary energy, (B, nlabels, nvar)
         self._terms: list[_Term] = []
         self._plan_cache: _Plan | None = None
+        self._logp_cache: torch.Tensor | None = None  # _scores as (B nvar, nlabels), plan order
 
     @property
     def _images(self) -> int:
@@ -400,11 +536,9 @@ class DenseCRF:
         self._set_unary(u._energy)
 
     def _set_unary(self, u: np.ndarray | None) -> None:
-        if u is None:
-            self._unary = None
-            return
-        points_first = _tensor(np.swapaxes(u, -1, -2), self._device)  # (B,) nvar, nlabels
-        self._unary = points_first.view(-1, self._nlabel)
+        shape = (self._images, self._nlabel, self._nvar)
+        self._scores = None if u is None else np.negative(u).reshape(shape)  # a copy
+        self._logp_cache = None
 
     # -- pairwise -----------------------------------------------------------------------------
 
@@ -423,36 +557,50 @@ class DenseCRF:
             raise ValueError(f"Bad shape for pairwise energy (Need {shape}, got {feats.shape})")
         points_first = np.swapaxes(feats, -1, -2)
         points_first = np.broadcast_to(points_first, (self._images, *points_first.shape[-2:]))
-        lattice_of = functools.partial(_lattice, points_first, self._device)
-        self._add(lattice_of, compat, kernel, normalization)
+        self._add(functools.partial(_lattice, points_first), compat, kernel, normalization)
 
     def _add(self, lattice_of, compat, kernel, normalization) -> None:
-        """Check a term's arguments, then add it on the lattice ``lattice_of(symmetric)``."""
+        """Check a term's arguments, then add it on the lattice
+        ``lattice_of(engine, device, symmetric)``."""
         _member(KernelType, kernel, "kernel")
         norm = _member(NormalizationType, normalization, "normalization")
         mu = _compatibility(compat, self._nlabel)
-        if not isinstance(mu, float):
-            mu = _tensor(mu, self._device)
-        lattice = lattice_of(norm == NORMALIZE_SYMMETRIC)
+        lattice = lattice_of(self._engine, self._device, norm == NORMALIZE_SYMMETRIC)
         self._terms.append(_Term(lattice, norm, mu))
-        self._plan_cache = None
+        self._plan_cache = self._logp_cache = None
 
     # -- inference ----------------------------------------------------------------------------
 
     def _plan(self) -> _Plan:
         if self._plan_cache is None:
-            self._plan_cache = _plan(self._terms, self._images * self._nvar, self._device)
+            num = self._images * self._nvar
+            if self._engine == "numba":
+                self._plan_cache = _cpu_plan(self._terms, num)
+            else:
+                self._plan_cache = _torch_plan(self._terms, num, self._device)
         return self._plan_cache
 
     def _logp(self, plan: _Plan) -> torch.Tensor:
-        """Minus the unary energy (zero without one), (P, M) in the plan's order."""
-        if self._unary is None:
-            return torch.zeros(len(plan.order), self._nlabel, device=self._device)
-        return self._unary.index_select(0, plan.order).neg_()
+        """Minus the unary energy (zero without one), (P, M) in the plan's order; cached, so
+        never written to."""
+        if self._logp_cache is None:
+            num = self._images * self._nvar
+            if self._scores is None:
+                self._logp_cache = torch.zeros(num, self._nlabel, device=self._device)
+            else:
+                points_first = _tensor(np.swapaxes(self._scores, 1, 2), self._device)
+                self._logp_cache = plan.gather(points_first.view(num, self._nlabel))
+        return self._logp_cache
+
+    def _label_major_scores(self) -> np.ndarray:
+        """Minus the unary energy (zeros without one), (M, P) C-contiguous, images in turn."""
+        if self._scores is None:
+            return np.zeros((self._nlabel, self._images * self._nvar), np.float32)
+        return self._scores[0] if self._images == 1 else np.hstack(self._scores)
 
     def _to_numpy(self, q: torch.Tensor, plan: _Plan) -> np.ndarray:
         """(P, M) in the plan's order -> float32 (B,) nlabels x nvar, column-major like Eigen."""
-        points = q.index_select(0, plan.inverse).view(self._images, self._nvar, self._nlabel)
+        points = plan.scatter(q).view(self._images, self._nvar, self._nlabel)
         out = points.cpu().numpy().transpose(0, 2, 1)
         return out if self._batch is not None else out[0]
 
@@ -466,25 +614,25 @@ class DenseCRF:
         if q.shape != need:
             raise ValueError(f"Q must have shape {need} (nlabels, nvar), got {q.shape}")
         points_first = _tensor(np.swapaxes(q, -1, -2).astype(np.float32, copy=False), self._device)
-        t = points_first.view(-1, self._nlabel)
-        return t.index_select(0, plan.order)
+        return plan.gather(points_first.view(-1, self._nlabel))
 
     def inference(self, n_iterations: int) -> np.ndarray:
         """Run ``n_iterations`` mean-field steps from ``softmax(-U)``; return Q (nlabels, nvar)
         float32 (negative counts run none, as pydensecrf)."""
         plan = self._plan()
-        logp = self._logp(plan)
-        q = _softmax(logp)
-        for _ in range(int(n_iterations)):
-            q = _softmax(logp - _pairwise(plan, q))
+        iterations = max(0, int(n_iterations))
+        if isinstance(plan, _CpuPlan) and plan.fused is not None:
+            q = plan.mean_field(self._label_major_scores(), iterations)
+        else:
+            q = _iterate(plan, self._logp(plan), iterations)
         return self._to_numpy(q, plan)
 
     def startInference(self):
         """Return ``(Q, tmp1, tmp2)``: Q = softmax(-U) (zeros without a unary, as pydensecrf)
         and two scratch matrices, which stay empty (0, 0) as pydensecrf's Python views of them."""
         plan = self._plan()
-        if self._unary is None:
-            q = torch.zeros(len(plan.order), self._nlabel, device=self._device)
+        if self._scores is None:
+            q = torch.zeros(self._images * self._nvar, self._nlabel, device=self._device)
         else:
             q = _softmax(self._logp(plan))
         return self._to_numpy(q, plan), eigen.MatrixXf(), eigen.MatrixXf()
@@ -493,18 +641,16 @@ class DenseCRF:
         """One mean-field step, updating ``Q`` (from ``startInference``) in place."""
         plan = self._plan()
         q = self._from_numpy(Q, plan)
-        Q[...] = self._to_numpy(_softmax(self._logp(plan) - _pairwise(plan, q)), plan)
+        Q[...] = self._to_numpy(_softmax(self._logp(plan) - plan.pairwise(q)), plan)
 
     def klDivergence(self, Q):
         """pydensecrf's ``klDivergence``: ``sum Q log Q + sum U Q + sum Q mu(K Q)``, the mean-field
         free energy up to the log partition function (a float; one per image with ``batch``)."""
         plan = self._plan()
         q = self._from_numpy(Q, plan)
-        energy = _pairwise(plan, q) - self._logp(plan)
+        energy = plan.pairwise(q) - self._logp(plan)
         terms = (q.double() * (q.clamp(min=1e-20).log() + energy).double()).sum(1)
-        image = plan.order // self._nvar  # of every sorted point
-        per_image = terms.new_zeros(self._images).index_add_(0, image, terms)
-        values = per_image.cpu().numpy()
+        values = plan.scatter(terms).view(self._images, -1).sum(1).cpu().numpy()
         return values if self._batch is not None else float(values[0])
 
 
@@ -512,18 +658,25 @@ class DenseCRF2D(DenseCRF):
     """pydensecrf's ``DenseCRF2D(w, h, nlabels)``: a dense CRF over the pixels of a w x h image,
     points in row-major order (index ``y * w + x``), so ``Q.reshape(nlabels, h, w)``."""
 
-    def __init__(self, w: int, h: int, nlabels: int, *, device=None, batch: int | None = None):
+    def __init__(
+        self,
+        w: int,
+        h: int,
+        nlabels: int,
+        *,
+        device=None,
+        batch: int | None = None,
+        backend: str = "auto",
+    ):
         self._w, self._h = _count(w, "w"), _count(h, "h")
-        super().__init__(self._w * self._h, nlabels, device=device, batch=batch)
+        super().__init__(self._w * self._h, nlabels, device=device, batch=batch, backend=backend)
 
     def addPairwiseGaussian(
         self, sxy, compat, kernel=DIAG_KERNEL, normalization=NORMALIZE_SYMMETRIC
     ) -> None:
         """Add the position kernel with standard deviation ``sxy`` (a number or (sx, sy))."""
         sx, sy = _stds(sxy, 2, "sxy")
-        lattice_of = functools.partial(
-            _gaussian_lattice, self._w, self._h, sx, sy, self._images, self._device
-        )
+        lattice_of = functools.partial(_gaussian_lattice, self._w, self._h, sx, sy, self._images)
         self._add(lattice_of, compat, kernel, normalization)
 
     def addPairwiseBilateral(
@@ -542,10 +695,13 @@ class DenseCRF2D(DenseCRF):
                 "addPairwiseBilateral only works for RGB images (h, w, 3). For other types, use "
                 "create_pairwise_bilateral to construct your own features and addPairwiseEnergy"
             )
-        rgb = img.reshape(self._images, self._nvar, 3).astype(np.float32) / srgb
-        xy = np.broadcast_to(_positions(self._w, self._h, sx, sy), (self._images, self._nvar, 2))
-        feats = np.concatenate([xy, rgb], 2)
-        self._add(functools.partial(_lattice, feats, self._device), compat, kernel, normalization)
+        # Written in place: measured 1.6 ms for a CamVid frame, 4.4 ms by astype and concatenate.
+        feats = np.empty((self._images, self._nvar, 5), np.float32)
+        feats[..., :2] = _positions(self._w, self._h, sx, sy)
+        np.divide(
+            img.reshape(self._images, self._nvar, 3), srgb, out=feats[..., 2:], dtype=np.float32
+        )
+        self._add(functools.partial(_lattice, feats), compat, kernel, normalization)
 
 
 # ---------------------------------------------------------------------------------------------

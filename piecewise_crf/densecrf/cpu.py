@@ -24,8 +24,11 @@ set before Python starts, stops that).
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import ParamSpec, TypeVar
 
 import numba
 import numpy as np
@@ -35,6 +38,8 @@ from piecewise_crf.densecrf.lattice import check_features, check_size, elevation
 
 _PARALLEL = dict(parallel=True, cache=True, nogil=True)
 _SERIAL = dict(cache=True, nogil=True)
+P = ParamSpec("P")
+R = TypeVar("R")
 _BLOCK = 64  # points per block: loops over a block vectorise and its scratch stays in L1
 # 2^f on [-1/2, 1/2], relative error 1e-7 in float32 (least squares on Chebyshev nodes).
 _EXP2 = (6.9314718e-01, 2.4022646e-01, 5.5503290e-02, 9.6185198e-03, 1.3399860e-03, 1.5337577e-04)
@@ -43,6 +48,24 @@ _EXP2 = (6.9314718e-01, 2.4022646e-01, 5.5503290e-02, 9.6185198e-03, 1.3399860e-
 def threads() -> int:
     """Threads the kernels run on: torch's intra-op setting, capped at numba's pool."""
     return max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+
+
+def _torch_threads_kept(run: Callable[P, R]) -> Callable[P, R]:
+    """Run on `threads()` numba threads and leave torch's setting as it was: numba's OpenMP pool
+    shares torch's runtime, and its first parallel call set torch to every core (measured:
+    torch.set_num_threads(1), one dense_crf, then torch.get_num_threads() == 2)."""
+
+    @functools.wraps(run)
+    def kept(*args: P.args, **kwargs: P.kwargs) -> R:
+        torch_threads = torch.get_num_threads()
+        numba.set_num_threads(threads())
+        try:
+            return run(*args, **kwargs)
+        finally:
+            if torch.get_num_threads() != torch_threads:
+                torch.set_num_threads(torch_threads)
+
+    return kept
 
 
 @dataclass(frozen=True)
@@ -68,9 +91,9 @@ class CpuLattice:
     def num_points(self) -> int:
         return self.vertex.shape[0]
 
+    @_torch_threads_kept
     def filter(self, values: np.ndarray, scale: float = 1.0) -> np.ndarray:
         """``scale * alpha * (slice . blur . splat)(values)`` for (P, C) values."""
-        numba.set_num_threads(threads())
         values = np.ascontiguousarray(values, dtype=self.weight.dtype)
         rows = (self.num_vertices + 1, values.shape[1])
         parts = np.empty((threads(), *rows), values.dtype)
@@ -90,6 +113,7 @@ class CpuLattice:
         return replace(self, weight=self.weight * norm.astype(self.weight.dtype))
 
 
+@_torch_threads_kept
 def build(f: np.ndarray, group: np.ndarray | None = None, groups: int = 1) -> CpuLattice:
     """The (unnormalised) lattice of features ``f`` (P, d) float32/float64, already divided by
     the stds; ``group`` (P,) int64 is each point's image (None: one image), as ``lattice.build``.
@@ -100,7 +124,6 @@ def build(f: np.ndarray, group: np.ndarray | None = None, groups: int = 1) -> Cp
     if num * d1 >= 2**31:
         raise ValueError("dense CRF input too large: more than 2^31 point-vertex pairs")
     check_features(_extent(f).tolist(), float(np.finfo(f.dtype).eps))
-    numba.set_num_threads(threads())
     # check_features keeps |rem0| below 2^21 for float32 features: int32 halves the traffic.
     rem0 = np.empty((num, d1), np.int32 if f.dtype == np.float32 else np.int64)
     rank = np.empty((num, d1), np.int8)
@@ -124,6 +147,7 @@ def build(f: np.ndarray, group: np.ndarray | None = None, groups: int = 1) -> Cp
     return CpuLattice(vertex, bary, neighbours, 1.0 / (1.0 + 2.0**-d))
 
 
+@_torch_threads_kept
 def mean_field(
     logp: np.ndarray,
     lattices: list[CpuLattice],
@@ -136,7 +160,6 @@ def mean_field(
     C-contiguous is minus the unary energy, ``lattices`` normalised, ``mu`` (K, K) symmetric or
     None (Potts). Returns Q (K, P), in ``out`` if given, which may be ``logp`` itself (each
     point's scores are read before its marginals are written)."""
-    numba.set_num_threads(threads())
     dtype, k = logp.dtype, logp.shape[0]
     potts, poly = mu is None, dtype == np.float32
     mu = np.zeros((1, 1), dtype) if potts else np.ascontiguousarray(mu, dtype=dtype)
