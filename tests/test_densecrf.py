@@ -1,12 +1,11 @@
 """Dense CRF: lattice vs exact kernels, numba vs torch lattices, the building blocks, input
 handling, and agreement with pydensecrf."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from fixtures_data import camvid_frames
+from fixtures_data import noisy_regions as toy
 
 from piecewise_crf.densecrf import (
     PROB_FLOOR,
@@ -23,19 +22,7 @@ from piecewise_crf.densecrf.dense import _softmax_rows
 from piecewise_crf.densecrf.lattice import Lattice, stack
 from piecewise_crf.densecrf.reference import dense_crf_exact
 
-CAMVID = Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid"
 DEEPLAB = dict(pos_xy_std=1.0, pos_weight=3.0, bi_xy_std=67.0, bi_rgb_std=3.0, bi_weight=4.0)
-
-
-def toy(h=20, w=24, k=4, seed=0):
-    """A three-region noisy RGB image and random marginals."""
-    g = torch.Generator().manual_seed(seed)
-    img = torch.zeros(h, w, 3)
-    img[:, : w // 2] = torch.tensor([200.0, 40, 40])
-    img[:, w // 2 :] = torch.tensor([30.0, 60, 220])
-    img[h // 2 :, w // 4 : 3 * w // 4] = torch.tensor([40.0, 200, 60])
-    img = (img + 8 * torch.randn(h, w, 3, generator=g)).clamp(0, 255).to(torch.uint8)
-    return img, torch.softmax(1.5 * torch.randn(k, h, w, generator=g), 0)
 
 
 @pytest.mark.parametrize(
@@ -144,27 +131,12 @@ def test_cuda_matches_cpu():
     torch.testing.assert_close(out.cpu(), dense_crf(images, probs), atol=1e-4, rtol=0)
 
 
-def camvid_frames(count: int, k: int = 11):
-    """CamVid val frames with noisy unaries: softmax of a smoothed one-hot label plus noise."""
-    if not (CAMVID / "val.txt").exists():
-        pytest.skip(f"CamVid not found at {CAMVID}")
-    rng = np.random.default_rng(0)
-    for line in (CAMVID / "val.txt").read_text().split("\n")[:count]:
-        image_path, label_path = line.split()
-        image = np.array(Image.open(CAMVID / image_path).convert("RGB"))
-        label = torch.from_numpy(np.minimum(np.array(Image.open(CAMVID / label_path)), k - 1))
-        onehot = torch.nn.functional.one_hot(label.long(), k).permute(2, 0, 1)[None].float()
-        smooth = torch.nn.functional.avg_pool2d(3.0 * onehot, 9, 1, 4)[0]
-        logits = smooth + torch.from_numpy(rng.normal(0, 1.5, smooth.shape)).float()
-        yield image, torch.softmax(logits, 0).numpy()
-
-
 @pytest.mark.parametrize("params", [{}, DEEPLAB], ids=["defaults", "deeplab"])
 def test_agrees_with_pydensecrf_on_camvid(params):
     dcrf = pytest.importorskip("pydensecrf.densecrf", reason="pydensecrf2 is not installed")
     full = dict(pos_xy_std=3.0, pos_weight=3.0, bi_xy_std=80.0, bi_rgb_std=13.0, bi_weight=10.0)
     full |= params
-    for image, probs in camvid_frames(2):
+    for image, _, probs in camvid_frames(2):
         k, h, w = probs.shape
         crf = dcrf.DenseCRF2D(w, h, k)
         crf.setUnaryEnergy(

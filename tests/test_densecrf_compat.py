@@ -6,16 +6,14 @@ import itertools
 import logging
 import sys
 import types
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from fixtures_data import camvid_frames, noisy_regions
 
 import piecewise_crf.densecrf.compat as compat
 
-CAMVID = Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid"
 README = dict(gauss=dict(sxy=3, compat=3), bilateral=dict(sxy=80, srgb=13, compat=10))
 DEEPLAB = dict(gauss=dict(sxy=1, compat=3), bilateral=dict(sxy=67, srgb=3, compat=4))
 
@@ -48,21 +46,6 @@ def run(crf, iterations=5, steps=3):
         kls.append(crf.klDivergence(q_step))
         crf.stepInference(q_step, tmp1, tmp2)
     return q, np.array(kls), np.array(q_step)
-
-
-def camvid_frames(count: int, k: int = 11):
-    """CamVid val frames with noisy softmax outputs (a smoothed one-hot label plus noise)."""
-    if not (CAMVID / "val.txt").exists():
-        pytest.skip(f"CamVid not found at {CAMVID}")
-    rng = np.random.default_rng(0)
-    for line in (CAMVID / "val.txt").read_text().split("\n")[:count]:
-        image_path, label_path = line.split()
-        image = np.array(Image.open(CAMVID / image_path).convert("RGB"))
-        label = torch.from_numpy(np.minimum(np.array(Image.open(CAMVID / label_path)), k - 1))
-        onehot = torch.nn.functional.one_hot(label.long(), k).permute(2, 0, 1)[None].float()
-        smooth = torch.nn.functional.avg_pool2d(3.0 * onehot, 9, 1, 4)[0]
-        logits = smooth + torch.from_numpy(rng.normal(0, 1.5, smooth.shape)).float()
-        yield image, np.array(Image.open(CAMVID / label_path)), torch.softmax(logits, 0).numpy()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -311,14 +294,9 @@ def test_utils_range_checks(ref_utils):
 
 
 def toy(h=20, w=24, k=4, seed=0):
-    """A three-region noisy RGB image and random marginals (K, H, W) float32."""
-    g = torch.Generator().manual_seed(seed)
-    img = torch.zeros(h, w, 3)
-    img[:, : w // 2] = torch.tensor([200.0, 40, 40])
-    img[:, w // 2 :] = torch.tensor([30.0, 60, 220])
-    img[h // 2 :, w // 4 : 3 * w // 4] = torch.tensor([40.0, 200, 60])
-    img = (img + 8 * torch.randn(h, w, 3, generator=g)).clamp(0, 255).to(torch.uint8)
-    return img.numpy(), torch.softmax(1.5 * torch.randn(k, h, w, generator=g), 0).numpy()
+    """`noisy_regions` as numpy arrays, pydensecrf's inputs."""
+    img, probs = noisy_regions(h, w, k, seed)
+    return img.numpy(), probs.numpy()
 
 
 U = np.ones((2, 12), np.float32)

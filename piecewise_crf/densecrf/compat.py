@@ -52,7 +52,7 @@ import torch
 
 from piecewise_crf.densecrf import cpu
 from piecewise_crf.densecrf.cpu import CpuLattice
-from piecewise_crf.densecrf.dense import BACKENDS
+from piecewise_crf.densecrf.dense import resolve_backend
 from piecewise_crf.densecrf.lattice import Lattice, Stacked, build, inverse_permutation, stack
 
 __all__ = [
@@ -425,17 +425,6 @@ def _softmax(x: torch.Tensor) -> torch.Tensor:
     return e.div_(e.sum(1, keepdim=True))
 
 
-def _engine(backend: str, device: torch.device) -> str:
-    """The lattice implementation for ``backend`` on ``device``: numba (CPU only) or torch."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "auto":
-        return "numba" if device.type == "cpu" else "torch"
-    if backend == "numba" and device.type != "cpu":
-        raise ValueError(f"backend='numba' runs on CPU only, got device={device}")
-    return backend
-
-
 def _lattice(feats: np.ndarray, engine: str, device: torch.device, symmetric: bool):
     """The lattice of features (B, nvar, D) (one per image, joined), normalised if symmetric:
     numba's for the numba engine, else torch's on ``device``."""
@@ -490,7 +479,7 @@ class DenseCRF:
         self._nlabel = _count(nlabels, "nlabels")
         self._batch = None if batch is None else _count(batch, "batch")
         self._device = torch.device("cpu" if device is None else device)
-        self._engine = _engine(backend, self._device)
+        self._engine = resolve_backend(backend, self._device)
         self._scores: np.ndarray | None = None  # minus the unary energy, (B, nlabels, nvar)
         self._terms: list[_Term] = []
         self._plan_cache: _Plan | None = None

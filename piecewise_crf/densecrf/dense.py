@@ -83,7 +83,7 @@ def dense_crf(
     b, k, h, w = q.shape
     img = _image(image, b, h, w, batched).to(q.device)
     _check_params(iterations, pos_xy_std, bi_xy_std, bi_rgb_std, pos_weight, bi_weight)
-    engine = _backend(backend, q.device)
+    engine = resolve_backend(backend, q.device)
     mu = _compat(compat, k, q)
 
     logp = unary_scores(q).contiguous()  # (B, K, H, W), overwritten by the marginals
@@ -149,7 +149,7 @@ def gaussian_kernel(
     if not xy_std > 0:
         raise ValueError(f"xy_std must be a positive number, got {xy_std!r}")
     device = torch.device(device)
-    engine = _backend(backend, device)
+    engine = resolve_backend(backend, device)
     return _gaussian_kernel(height, width, float(xy_std), batch, dtype, device, engine)
 
 
@@ -174,7 +174,7 @@ def bilateral_kernel(
         raise ValueError(f"xy_std and rgb_std must be positive, got {xy_std!r}, {rgb_std!r}")
     img = img if img.dim() == 4 else img[None]
     b, h, w, _ = img.shape
-    engine = _backend(backend, img.device)
+    engine = resolve_backend(backend, img.device)
     xy = _positions(b, h, w, dtype)
     if engine == "numba":
         feats = np.empty((xy.shape[0], 5), xy.dtype)
@@ -283,7 +283,9 @@ def _numpy(mu: torch.Tensor | None) -> np.ndarray | None:
     return None if mu is None else mu.numpy()
 
 
-def _backend(backend: str, device: torch.device) -> str:
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """The lattice implementation for `backend` ("auto", "numba", "torch") on `device`:
+    auto is numba on CPU, torch elsewhere."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
