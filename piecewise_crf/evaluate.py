@@ -235,8 +235,8 @@ def evaluate_checkpoint(
     """
     if json_path is not None and confusion_path is None:
         confusion_path = Path(json_path).with_name(Path(json_path).stem + "_confusion.png")
-    refuse_overwriting_inputs([json_path], [checkpoint], "--json")
-    refuse_overwriting_inputs([confusion_path], [checkpoint], "--confusion")
+    refuse_overwriting_inputs([json_path], [checkpoint], "--json", suffix=".json")
+    refuse_overwriting_inputs([confusion_path], [checkpoint], "--confusion", suffix=".png")
     for path in (json_path, confusion_path):
         if path is not None:
             ensure_writable(Path(path).parent)

@@ -104,13 +104,26 @@ def read_torch_file(path: str | Path, what: str) -> Any:
 
 
 def refuse_overwriting_inputs(
-    outputs: Iterable[str | Path], inputs: Iterable[str | Path], flag: str
+    outputs: Iterable[str | Path],
+    inputs: Iterable[str | Path],
+    flag: str,
+    *,
+    suffix: str | None = None,
 ) -> None:
-    """Raise ValueError when an output path is one of the inputs (after resolving symlinks)."""
+    """Raise ValueError when an output path is one of the inputs (after resolving symlinks), or,
+    with `suffix`, an existing file of another kind (`--json data/val.txt` is a mistake, not a
+    results file to replace)."""
     sources = {Path(p).resolve(): Path(p) for p in inputs if p is not None}
     for out in outputs:
-        if out is not None and Path(out).resolve() in sources:
+        if out is None:
+            continue
+        if Path(out).resolve() in sources:
             raise ValueError(
                 f"{flag} {out} is an input of this command ({sources[Path(out).resolve()]}); "
                 f"writing it would destroy it: choose another {flag} path"
+            )
+        if suffix and Path(out).exists() and Path(out).suffix.lower() != suffix:
+            raise ValueError(
+                f"{flag} {out} exists and is not a {suffix} file; writing it would replace it: "
+                f"choose a {suffix} path"
             )

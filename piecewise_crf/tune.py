@@ -252,7 +252,7 @@ def tune_dense_crf_checkpoint(
     if limit is not None and limit < 1:
         raise ValueError(f"--limit must be a positive number of images, got {limit}")
     if json_path is not None:
-        refuse_overwriting_inputs([json_path], [checkpoint], "--json")
+        refuse_overwriting_inputs([json_path], [checkpoint], "--json", suffix=".json")
         ensure_writable(Path(json_path).parent)
     given = {"pairwise_mode": pairwise_mode, "pairwise_scale": pairwise_scale}
     overrides = {key: value for key, value in given.items() if value is not None}

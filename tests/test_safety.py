@@ -141,6 +141,11 @@ def test_worker_errors_weights_and_checkpoints_are_one_line(data, run, tmp_path,
     torch.save({"model": torch.nn.Linear(2, 2), "config": {}}, foreign)  # a pickled module
     err = fails([*evaluate, str(foreign)], capsys, "refusing to read checkpoint", tmp_path)
     assert "weights_only" not in err
+    listing = data / "val.txt"  # an existing file that is not a results file
+    fails([*evaluate, str(run / "final.pt"), "--json", str(listing)], capsys, "not a .json", data)
+    fails(
+        [*evaluate, str(run / "final.pt"), "--confusion", str(listing)], capsys, "not a .png", data
+    )
     for output in ("--json", "--confusion"):  # an output path that is the input checkpoint
         fails([*evaluate, str(run / "final.pt"), output, str(run / "final.pt")], capsys,
               "is an input of this command", run)  # fmt: skip
