@@ -1,21 +1,25 @@
-"""The paper's ablation on CamVid: each row adds one component, each trains on the same budget.
+"""The paper's ablation on CamVid: each row adds one component; every row trains the same epochs.
 
-    python benchmarks/ablation.py --row fcn --data-root ../shared/data/camvid \
-        --weights ../shared/weights/mobilenet_v2_imagenet.pth --minutes 20
+    python benchmarks/ablation.py --row fcn --seed 1 --data-root ../shared/data/camvid \
+        --weights ../shared/weights/mobilenet_v2_imagenet.pth
     python benchmarks/ablation.py --table          # the README table from the committed JSON
 
-Rows, all from configs/camvid.yaml:
+Rows, all from configs/camvid.yaml (--config):
   fcn         one input scale (the recipe's largest), no pyramid pooling, unary only
   pool        + sliding pyramid pooling
   multiscale  + the recipe's second input scale
   pairwise    + CNN pairwise potentials trained piecewise, scored after mean-field; this row also
               writes "dense": the same model with dense-CRF refinement (nothing more to train)
-Each row trains for --minutes of training steps on this machine (train.minutes: the poly lr
-follows elapsed time), so slower rows take fewer steps; evaluation is timed apart. The pairwise
-row sweeps the pairwise mode and scale on val, and refines the best of them with the dense CRF.
-There is no held-out split beside val here, so that choice is made and scored on the same images
-(stated in the JSON).
-Each row writes benchmarks/results/ablation_<row>.json with the commit, command and machine.
+Protocol: every row trains for the recipe's `train.epochs` (no minute budget: `train.minutes` 0)
+with seed --seed, on `train_without_0001TP` (CamVid train minus the 62 frames of drive 0001TP),
+without validation during training. The pairwise row then runs `calibrate_checkpoint` with its
+defaults (the pairwise weights fitted on training images, nets frozen) into calibrated.pt; no CRF
+setting is chosen on a scored split. Each row is scored on two splits: `train_0001TP` ("choice",
+a drive the model never trained on, for choices made from this table) and `val`.
+Each (row, seed) writes benchmarks/results/ablation_<row>_seed<S>.json (the pairwise row also
+ablation_dense_seed<S>.json) with the commit, command and machine; run folders go to
+--out/<row>_seed<S>. The table averages the seeds of a row and ignores the JSON of the older
+minute-budget protocol (ablation_<row>.json).
 """
 
 from __future__ import annotations
@@ -23,30 +27,34 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
+import re
 import shlex
 import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from common import commit, describe, machine
 
-from piecewise_crf.config import load_config
-from piecewise_crf.evaluate import score, summarise, sweep_settings
+from piecewise_crf.calibrate import calibrate_checkpoint
+from piecewise_crf.config import Config, load_config
+from piecewise_crf.evaluate import score, subset_indices, summarise
+from piecewise_crf.files import atomic_write_text
 from piecewise_crf.inference import Predictor
-from piecewise_crf.runtime import open_dataset
-from piecewise_crf.train import train, training_set
+from piecewise_crf.runtime import dataset_from_config
+from piecewise_crf.train import train
 
 ROWS = ("fcn", "pool", "multiscale", "pairwise", "dense")
 TRAINED = ROWS[:-1]
 RESULTS = Path(__file__).parent / "results"
-SWEEP_SCALES = (0.001, 0.003, 0.01, 0.1, 1.0)
+TRAIN_SPLIT = "train_without_0001TP"
+SPLITS = {"choice": "train_0001TP", "val": "val"}  # JSON key -> split scored
 METRICS = ("mean_iou", "pixel_accuracy", "mean_accuracy")
 
 
-def row_config(row: str, args: argparse.Namespace):
+def row_config(row: str, args: argparse.Namespace) -> Config:
     config = load_config(args.config, args.set)
     m = config.model
     m.backbone_weights = args.weights
@@ -57,46 +65,59 @@ def row_config(row: str, args: argparse.Namespace):
     if row != "pairwise":
         m.relations = ()
         m.custom_relations = {}
-    return config
+    config.train.seed = args.seed
+    config.train.minutes = 0.0  # the recipe's epochs end training, not a clock
+    # no validation inside training: the row is scored once, below
+    data = dataclasses.replace(config.data, train_split=TRAIN_SPLIT, val_split="")
+    return dataclasses.replace(config, data=data)
 
 
-def prediction_seconds(predictor: Predictor, val, stages, count: int = 5) -> float:
-    """Median seconds per val image for the given stages (after one warm-up image)."""
+def prediction_seconds(predictor: Predictor, data: Any, stage: str, count: int = 5) -> float:
+    """Median seconds per image of `data` for one stage (after one warm-up image)."""
     times = []
     for i in range(count + 1):
-        image = val[i][0]
+        image = data[i][0]
         tic = time.perf_counter()
-        predictor(image[None], stages)
+        predictor(image[None], (stage,))
         times.append(time.perf_counter() - tic)
     return statistics.median(times[1:])
 
 
+def score_splits(
+    predictor: Predictor, stages: tuple[str, ...], args: argparse.Namespace
+) -> tuple[dict[str, dict[str, dict]], Any]:
+    """{stage: {"choice"/"val": metrics}} of `stages`, and the val dataset (for the timing)."""
+    out: dict[str, dict[str, dict]] = {s: {} for s in stages}
+    for key, split in SPLITS.items():
+        data = dataset_from_config(predictor.config, split, root=args.data_root)
+        indices = subset_indices(len(data), args.limit)
+        print(f"scoring {stages} on {split} ({len(indices)} images)")
+        matrices = score(predictor, data, indices=indices, stages=stages, progress=True)
+        for stage, m in summarise(matrices, data.classes).items():
+            out[stage][key] = {
+                "split": split,
+                "images": len(indices),
+                **{k: m[k] for k in METRICS},
+                "per_class_iou": dict(zip(m["classes"], m["per_class_iou"], strict=True)),
+            }
+    return out, data
+
+
 def run_row(row: str, args: argparse.Namespace) -> list[Path]:
     config = row_config(row, args)
-    config.train.minutes = args.minutes
-    config.train.epochs = 10**6  # the budget ends training
-    # no validation inside training: the row is scored once, below
-    training = dataclasses.replace(config, data=dataclasses.replace(config.data, val_split=""))
+    folder = args.out / f"{row}_seed{args.seed}"
     tic = time.perf_counter()
-    result = train(training, args.out / row, data_root=args.data_root, overwrite=True)
+    history = train(config, folder, data_root=args.data_root, overwrite=True).history
     train_s = time.perf_counter() - tic
-    model = result.model.eval()
-    steps = result.history[-1]["step"]
-    per_epoch = math.ceil(len(training_set(config, args.data_root)) / config.train.batch_size)
-    val = open_dataset(
-        config.data.dataset,
-        args.data_root,
-        config.data.val_split,
-        num_classes=config.model.num_classes,
-    )
+    checkpoint = folder / "final.pt"  # what the row is scored from
 
-    common = {
+    common: dict[str, Any] = {
+        "seed": args.seed,
         "commit": commit(),
         "command": shlex.join(["python", *sys.argv]),
-        "machine": machine(),
-        "budget_minutes": args.minutes,
-        "steps": steps,
-        "epochs": round(steps / per_epoch, 1),
+        "train_split": TRAIN_SPLIT,
+        "epochs": history[-1]["epoch"],
+        "steps": history[-1]["step"],
         "train_seconds": round(train_s, 1),
         "model": {
             "backbone": config.model.backbone,
@@ -108,89 +129,100 @@ def run_row(row: str, args: argparse.Namespace) -> list[Path]:
         },
     }
     if row != "pairwise":
-        predictor = Predictor(model, crf=config.crf, amp=config.train.amp)
-        matrices = score(predictor, val, stages=("unary",), progress=True)
-        metrics = summarise(matrices, val.classes)["unary"]
-        seconds = prediction_seconds(predictor, val, ("unary",))
-        return [write_row(row, common, metrics, seconds, stage="unary", folder=args.results)]
+        predictor = Predictor.from_checkpoint(checkpoint, dense_enabled=False)
+        scores, val = score_splits(predictor, ("unary",), args)
+        common["machine"] = machine(predictor.device)
+        seconds = prediction_seconds(predictor, val, "unary")
+        return [write_row(row, "unary", scores["unary"], seconds, common, args.results)]
 
-    sweep = sweep_settings(config.crf, SWEEP_SCALES, ("raw", "interaction"))
-    predictor = Predictor(model, crf=config.crf, sweep=sweep, amp=config.train.amp)
-    matrices = score(predictor, val, stages=("unary", *sweep), progress=True)
-    sweep_results = summarise(matrices, val.classes)
-    unary = sweep_results.pop("unary")
-    name = max(sweep_results, key=lambda s: sweep_results[s]["mean_iou"])
-    chosen = sweep[name]
-    predictor = Predictor(model, crf=chosen, dense=config.dense_crf, amp=config.train.amp)
-    refined = summarise(
-        score(predictor, val, stages=("crf", "crf+dense"), progress=True), val.classes
-    )
-    common["unary_of_this_model"] = {k: unary[k] for k in METRICS}
-    common["sweep"] = {
-        s: {
-            "mode": c.pairwise_mode,
-            "scale": c.pairwise_scale,
-            "mean_iou": sweep_results[s]["mean_iou"],
-        }
-        for s, c in sweep.items()
+    calibrated = folder / "calibrated.pt"
+    calibrated.unlink(missing_ok=True)  # from an earlier run of this folder: stale now
+    record = calibrate_checkpoint(checkpoint, out=calibrated, root=args.data_root)
+    predictor = Predictor.from_checkpoint(calibrated)
+    scores, val = score_splits(predictor, ("unary", "crf", "crf+dense"), args)
+    crf = predictor.config.crf
+    common["machine"] = machine(predictor.device)
+    common["unary_of_this_model"] = {
+        key: {k: s[k] for k in METRICS} for key, s in scores["unary"].items()
     }
-    common["chosen"] = {
-        "mode": chosen.pairwise_mode,
-        "scale": chosen.pairwise_scale,
-        "chosen_on": "val",
+    common["calibrated_crf"] = {
+        "mode": crf.pairwise_mode,
+        "ring_weights": crf.ring_weights,
+        "calibrated_on": record["split"],
+        "images": len(record["indices"]),
     }
-    crf_seconds = prediction_seconds(predictor, val, ("crf",))
-    dense_seconds = prediction_seconds(predictor, val, ("crf+dense",))
+    crf_s = prediction_seconds(predictor, val, "crf")
+    dense_s = prediction_seconds(predictor, val, "crf+dense")
     return [
-        write_row("pairwise", common, refined["crf"], crf_seconds, stage=name, folder=args.results),
-        write_row(
-            "dense",
-            common,
-            refined["crf+dense"],
-            dense_seconds,
-            stage="crf+dense",
-            folder=args.results,
-        ),
+        write_row("pairwise", "crf", scores["crf"], crf_s, common, args.results),
+        write_row("dense", "crf+dense", scores["crf+dense"], dense_s, common, args.results),
     ]
 
 
 def write_row(
-    row: str, common: dict, metrics: dict, seconds: float, *, stage: str, folder: Path
+    row: str, stage: str, scores: dict[str, dict], seconds: float, common: dict, folder: Path
 ) -> Path:
     record = {
         "row": row,
         "stage": stage,
-        **{k: metrics[k] for k in METRICS},
-        "per_class_iou": dict(zip(metrics["classes"], metrics["per_class_iou"], strict=True)),
+        **scores,
         "predict_seconds_per_image": round(seconds, 3),
         **common,
     }
-    path = folder / f"ablation_{row}.json"
+    path = folder / f"ablation_{row}_seed{common['seed']}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=2) + "\n")
+    atomic_write_text(json.dumps(record, indent=2) + "\n", path)
     print(
-        f"{row:<11} mIoU {record['mean_iou']:.3f}  pixel acc {record['pixel_accuracy']:.3f}  "
-        f"mean acc {record['mean_accuracy']:.3f}  {seconds:.2f} s/image  -> {path}"
+        f"{row:<11} choice mIoU {scores['choice']['mean_iou']:.3f}  "
+        f"val mIoU {scores['val']['mean_iou']:.3f}  "
+        f"val pixel acc {scores['val']['pixel_accuracy']:.3f}  {seconds:.2f} s/image  -> {path}"
     )
     return path
+
+
+def seed_records(folder: Path, row: str) -> list[dict]:
+    """The row's JSON records, by seed."""
+    found = []
+    for path in folder.glob(f"ablation_{row}_seed*.json"):
+        match = re.fullmatch(rf"ablation_{row}_seed(\d+)\.json", path.name)
+        if match:
+            found.append((int(match[1]), json.loads(path.read_text())))
+    return [r for _, r in sorted(found, key=lambda x: x[0])]
+
+
+def cell(values: list[float]) -> str:
+    """Percent: one value, or the mean then each seed's, e.g. '57.3 (56.9, 57.7)'."""
+    text = f"{100 * statistics.mean(values):.1f}"
+    if len(values) > 1:
+        text += " (" + ", ".join(f"{100 * v:.1f}" for v in values) + ")"
+    return text
 
 
 def table(folder: Path) -> str:
     """Markdown table of the rows measured so far (a missing row says so)."""
     lines = [
-        "| row | mIoU | pixel acc. | mean acc. | epochs | train min | predict s/image | commit |",
-        "|---|---|---|---|---|---|---|---|",
+        "| row | seeds | choice-set mIoU | val mIoU | pixel acc. (val) | epochs | train min "
+        "| predict s/image | commit |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in ROWS:
-        path = folder / f"ablation_{row}.json"
-        if not path.exists():
-            lines.append(f"| {row} | not run yet | | | | | | |")
+        records = seed_records(folder, row)
+        if not records:
+            lines.append(f"| {row} | not run yet | | | | | | | |")
             continue
-        r = json.loads(path.read_text())
+
+        def mean(key: str, records: list[dict] = records) -> float:
+            return statistics.mean(r[key] for r in records)
+
+        seeds = ", ".join(str(r["seed"]) for r in records)
+        epochs = ", ".join(sorted({str(r["epochs"]) for r in records}))
+        commits = ", ".join(sorted({r["commit"] for r in records}))
         lines.append(
-            f"| {row} | {100 * r['mean_iou']:.1f} | {100 * r['pixel_accuracy']:.1f} | "
-            f"{100 * r['mean_accuracy']:.1f} | {r['epochs']} | {r['train_seconds'] / 60:.0f} | "
-            f"{r['predict_seconds_per_image']:.2f} | {r['commit']} |"
+            f"| {row} | {seeds} | {cell([r['choice']['mean_iou'] for r in records])} "
+            f"| {cell([r['val']['mean_iou'] for r in records])} "
+            f"| {100 * statistics.mean(r['val']['pixel_accuracy'] for r in records):.1f} "
+            f"| {epochs} | {mean('train_seconds') / 60:.0f} "
+            f"| {mean('predict_seconds_per_image'):.2f} | {commits} |"
         )
     return "\n".join(lines)
 
@@ -199,14 +231,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--row", choices=TRAINED, help="the row to train and score")
     parser.add_argument("--table", action="store_true", help="print the table of measured rows")
+    parser.add_argument("--seed", type=int, default=0, help="train.seed of the row")
     parser.add_argument("--data-root", type=Path, default=Path("../shared/data/camvid"))
     parser.add_argument("--weights", help="MobileNetV2 ImageNet state dict (or 'hed' for VGG-16)")
     parser.add_argument("--config", default=str(Path(__file__).parents[1] / "configs/camvid.yaml"))
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--minutes", type=float, default=20.0, help="budget per row")
+    parser.add_argument("--limit", type=int, help="score only N images per split (spread)")
     parser.add_argument("--out", type=Path, default=Path("runs/ablation"), help="run folders")
     parser.add_argument("--results", type=Path, default=RESULTS, help="folder for the JSON rows")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     args = parser.parse_args()
     if args.table:
         print(table(args.results))

@@ -1,4 +1,4 @@
-"""The `piecewise-crf` command: train, evaluate, predict, tune-dense-crf, demo, export.
+"""The `piecewise-crf` command: train, evaluate, predict, calibrate, tune-dense-crf, demo, export.
 
 Errors a user can fix (missing files, bad labels, unknown config keys, a checkpoint that does not
 fit, a diverged run) print one `error: ...` line and exit with status 2.
@@ -146,6 +146,23 @@ def _predict(args: argparse.Namespace) -> None:
         progress=not args.quiet,
     )
     print(f"{len(written)} predictions written to {args.out}")
+
+
+def _calibrate(args: argparse.Namespace) -> None:
+    from piecewise_crf.calibrate import calibrate_checkpoint
+
+    calibrate_checkpoint(
+        args.checkpoint,
+        out=args.out,
+        dataset=args.dataset,
+        root=args.root,
+        split=args.split,
+        limit=args.limit,
+        rings=args.rings,
+        modes=args.modes,
+        steps=args.steps,
+        device=args.device,
+    )
 
 
 def _tune_dense_crf(args: argparse.Namespace) -> None:
@@ -317,6 +334,37 @@ def build_parser() -> argparse.ArgumentParser:
         "0: never downscale)",
     )
     p.set_defaults(run=_predict)
+
+    p = commands.add_parser(
+        "calibrate",
+        help="learn the pairwise weights through mean-field (nets frozen), into the checkpoint",
+    )
+    p.add_argument("--checkpoint", required=True, help="a .pt file written by train")
+    p.add_argument(
+        "--out",
+        help="write the calibrated checkpoint here (a new file); default: update --checkpoint "
+        "in place, keeping its previous crf settings under 'calibration'",
+    )
+    p.add_argument("--dataset", help="dataset name (default: the checkpoint's)")
+    p.add_argument("--root", help="dataset folder (default: the checkpoint's data.root)")
+    p.add_argument("--split", help="split to fit on (default: the checkpoint's data.train_split)")
+    p.add_argument("--limit", type=COUNT, default=8, help="images, spread over the split (8)")
+    p.add_argument(
+        "--rings",
+        type=COUNT,
+        default=1,
+        help="weights per relation: one per offset ring 1..N, the last for farther ones (1)",
+    )
+    p.add_argument(
+        "--modes",
+        nargs="+",
+        choices=["raw", "interaction"],
+        default=["raw", "interaction"],
+        help="pairwise modes to fit; the one with the lower loss is kept (both)",
+    )
+    p.add_argument("--steps", type=_number(int, 0), default=20, help="gradient steps (20)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p.set_defaults(run=_calibrate)
 
     p = commands.add_parser(
         "tune-dense-crf", help="grid-search the dense-CRF parameters on a validation subset"

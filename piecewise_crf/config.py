@@ -61,6 +61,9 @@ class CRFConfig:
         1.0  # multiplies pairwise scores in mean-field; choose on validation data
     )
     box_fraction: float | None = None  # range box at prediction; None = model.box_fraction
+    ring_weights: dict[str, list[float]] = field(default_factory=dict)  # relation -> a weight
+    # per offset ring (1 = the 8 neighbours, 2, ...; the last holds beyond), on top of
+    # pairwise_scale; empty = 1. Learned by `piecewise-crf calibrate`.
 
 
 @dataclass
@@ -83,6 +86,12 @@ class DataConfig:
     crop_size: tuple[int, int] = (256, 256)  # (H, W) training crop; labels padded with ignore
     scale_range: tuple[float, float] = (0.7, 1.2)  # random rescaling in training (the paper's)
     flip: bool = True  # random horizontal flip in training
+    colour_jitter: tuple[float, float, float, float] = (
+        0.0,
+        0.0,
+        0.0,
+        0.0,
+    )  # training: brightness, contrast, saturation factors in [1-x, 1+x], hue in [-h, h] turns
     num_workers: int = 2
     class_names: tuple[str, ...] = ()  # "folder" datasets: a name per class (default class_0, ...)
     palette: tuple[tuple[int, int, int], ...] = ()  # "folder": an RGB colour per class
@@ -386,6 +395,24 @@ def validate(config: Config) -> None:
     _at_least("crf.iterations", c.iterations, 0)
     _choice("crf.pairwise_mode", c.pairwise_mode, PAIRWISE_MODES)
     _finite("crf.pairwise_scale", c.pairwise_scale, ">=", 0)
+    _check(
+        isinstance(c.ring_weights, dict), "crf.ring_weights", "relation: [weights]", c.ring_weights
+    )
+    named = [*m.relations, *m.custom_relations]
+    for name, weights in c.ring_weights.items():
+        _check(
+            name in named,
+            "crf.ring_weights",
+            f"keyed by the model's relations ({', '.join(named)})",
+            name,
+        )
+        ok = isinstance(weights, (list, tuple)) and len(weights) > 0
+        _check(
+            ok and all(_is_finite(w) and w >= 0 for w in weights),
+            f"crf.ring_weights.{name}",
+            "a non-empty list of finite numbers >= 0",
+            weights,
+        )
     if c.box_fraction is not None:
         _fraction("crf.box_fraction", c.box_fraction)
 
@@ -429,6 +456,17 @@ def validate(config: Config) -> None:
         low_high,
     )
     _check(isinstance(data.flip, bool), "data.flip", "true or false", data.flip)
+    jitter = data.colour_jitter
+    _check(
+        isinstance(jitter, (list, tuple))
+        and len(jitter) == 4
+        and all(map(_is_finite, jitter))
+        and all(0 <= v <= 1 for v in jitter[:3])
+        and 0 <= jitter[3] <= 0.5,
+        "data.colour_jitter",
+        "[brightness, contrast, saturation, hue] with the first three in 0..1, hue in 0..0.5",
+        jitter,
+    )
     _at_least("data.num_workers", data.num_workers, 0)
     for key, given in (("data.class_names", data.class_names), ("data.palette", data.palette)):
         _check(

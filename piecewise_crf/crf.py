@@ -116,9 +116,17 @@ def centre_interactions(scores: Tensor, dims: tuple[int, int] = (1, 2)) -> Tenso
     )
 
 
-def grid_mean_field(unary: Tensor, pairwise: Sequence[GridPairwise], iterations: int = 3) -> Tensor:
+def grid_mean_field(
+    unary: Tensor,
+    pairwise: Sequence[GridPairwise],
+    iterations: int = 3,
+    weights: Sequence[float | Tensor] | None = None,
+) -> Tensor:
     """`mean_field` on a grid: unary (B, K, h, w) scores, pairwise as compact per-offset maps.
 
+    `weights` (one number or 0-d tensor per offset) multiply that offset's scores, applied to
+    its messages: the same as scaling z, without a scaled copy of z per offset, so a gradient
+    with respect to the weights (`piecewise_crf.calibrate`) keeps only the message maps.
     Returns marginals (B, K, h, w). Same update as `mean_field`, with messages gathered by slicing
     the grid per offset; memory is that of the scores plus a few (B, K, h, w) buffers. The
     products are broadcast multiply-and-sum over the label axis, vectorised over the grid: an
@@ -130,18 +138,40 @@ def grid_mean_field(unary: Tensor, pairwise: Sequence[GridPairwise], iterations:
     model's export had not finished after 9 minutes, with Pad it takes 0.5-1.5.
     """
     h, w = map(int, unary.shape[-2:])  # ints under the ONNX tracer too, whose sizes are tensors
+    if weights is not None and len(weights) != len(pairwise):
+        raise ValueError(
+            f"weights must have one entry per offset ({len(pairwise)}), got {len(weights)}"
+        )
     regions = []
-    for (dy, dx), z in pairwise:
+    for i, ((dy, dx), z) in enumerate(pairwise):
         p, q = offset_slices(h, w, dy, dx)
-        regions.append((p, q, _padding(p, h, w), _padding(q, h, w), z))
+        weight = 1.0 if weights is None else weights[i]
+        regions.append((p, q, _padding(p, h, w), _padding(q, h, w), z, weight))
     marginals = unary.softmax(1)
     for _ in range(iterations):
         messages = torch.zeros_like(unary)
-        for (pr, pc), (qr, qc), to_p, to_q, z in regions:
-            messages = messages + F.pad((z * marginals[:, None, :, qr, qc]).sum(2), to_p)
-            messages = messages + F.pad((z * marginals[:, :, None, pr, pc]).sum(1), to_q)
+        for (pr, pc), (qr, qc), to_p, to_q, z, weight in regions:
+            to_p_sum = (z * marginals[:, None, :, qr, qc]).sum(2)
+            to_q_sum = (z * marginals[:, :, None, pr, pc]).sum(1)
+            if weights is not None:
+                to_p_sum, to_q_sum = to_p_sum * weight, to_q_sum * weight
+            messages = messages + F.pad(to_p_sum, to_p)
+            messages = messages + F.pad(to_q_sum, to_q)
         marginals = (unary + messages).softmax(1)
     return marginals
+
+
+def ring(offset: Offset) -> int:
+    """The offset's ring: its Chebyshev length max(|dy|, |dx|) in nodes (1 = the 8 neighbours)."""
+    return max(abs(offset[0]), abs(offset[1]))
+
+
+def ring_weight(weights: Sequence[float | Tensor], offset: Offset) -> float | Tensor:
+    """The weight of `offset` from one weight per ring (1, 2, ...); the last one holds for every
+    farther ring, so a single weight covers a whole relation, and no weights mean 1."""
+    if len(weights) == 0:
+        return 1.0
+    return weights[min(ring(offset), len(weights)) - 1]
 
 
 def _padding(region: tuple[slice, slice], h: int, w: int) -> tuple[int, int, int, int]:

@@ -84,6 +84,7 @@ def crf_marginals(
         iterations=crf.iterations,
         pairwise_mode=crf.pairwise_mode,
         pairwise_scale=crf.pairwise_scale,
+        ring_weights=crf.ring_weights,
     )
     return model.upsample(grid, tuple(map(int, images.shape[-2:])))  # ints when traced too
 

@@ -8,7 +8,7 @@ All potentials are scores (log-potentials, higher = more likely).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -18,7 +18,7 @@ from torch.utils.checkpoint import checkpoint
 
 from piecewise_crf.backbones import build_backbone
 from piecewise_crf.config import ModelConfig
-from piecewise_crf.crf import GridPairwise, centre_interactions, grid_mean_field
+from piecewise_crf.crf import GridPairwise, centre_interactions, grid_mean_field, ring_weight
 from piecewise_crf.featmap import FeatMapNet, grid_size
 from piecewise_crf.potentials import PairwiseNet, UnaryNet, offset_chunks
 from piecewise_crf.relations import Offset, Relation, build_relations, offset_slices
@@ -55,7 +55,7 @@ class GridPotentials:
 
     unary: Tensor
     pairwise: dict[str, RelationScores]
-    _raw: list[GridPairwise] | None = field(default=None, repr=False)
+    _raw: list[tuple[str, Offset, Tensor]] | None = field(default=None, repr=False)
 
     def materialise(self, mode: str = "raw", scale: float = 1.0) -> list[GridPairwise]:
         """All pairwise scores of all relations, in the form `grid_mean_field` takes.
@@ -65,14 +65,21 @@ class GridPotentials:
         """
         if mode not in PAIRWISE_MODES:
             raise ValueError(f"pairwise mode must be one of {PAIRWISE_MODES}, got {mode!r}")
-        if self._raw is None:
-            self._raw = [item for scores in self.pairwise.values() for item in scores]
         out = []
-        for offset, z in self._raw:
+        for _, offset, z in self._scores():
             if mode == "interaction":
                 z = centre_interactions(z)
             out.append((offset, z * scale if scale != 1.0 else z))
         return out
+
+    def relation_names(self) -> list[str]:
+        """The relation of each offset, in the order `materialise` lists them."""
+        return [name for name, _, _ in self._scores()]
+
+    def _scores(self) -> list[tuple[str, Offset, Tensor]]:
+        if self._raw is None:
+            self._raw = [(n, o, z) for n, scores in self.pairwise.items() for o, z in scores]
+        return self._raw
 
 
 @dataclass
@@ -290,8 +297,13 @@ class DeepStructuredModel(nn.Module):
         iterations: int = 3,
         pairwise_mode: str = "raw",
         pairwise_scale: float = 1.0,
+        ring_weights: Mapping[str, Sequence[float | Tensor]] | None = None,
     ) -> Tensor:
-        """Mean-field marginals (B, K, h, w) on the node grid; iterations=0 gives softmax(unary)."""
+        """Mean-field marginals (B, K, h, w) on the node grid; iterations=0 gives softmax(unary).
+
+        Pairwise scores enter multiplied by `pairwise_scale` and, for a relation named in
+        `ring_weights`, by its weight for the offset's ring (`crf.ring_weight`).
+        """
         unary = _full_precision(potentials.unary)
         if iterations == 0 or not potentials.pairwise:
             return unary.softmax(1)
@@ -299,7 +311,14 @@ class DeepStructuredModel(nn.Module):
             (o, _full_precision(z))
             for o, z in potentials.materialise(pairwise_mode, pairwise_scale)
         ]
-        return grid_mean_field(unary, pairwise, iterations)
+        weights = None
+        if ring_weights:
+            names = potentials.relation_names()
+            weights = [
+                ring_weight(ring_weights.get(name, ()), offset)
+                for name, (offset, _) in zip(names, pairwise, strict=True)
+            ]
+        return grid_mean_field(unary, pairwise, iterations, weights)
 
     def upsample(self, grid_marginals: Tensor, size: tuple[int, int]) -> Tensor:
         """Bilinear upsampling of grid marginals to image size (H, W).

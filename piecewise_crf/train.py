@@ -77,9 +77,11 @@ RUN_FILES = ("last.pt", "best.pt", "final.pt", "log.csv", "curves.png", "config.
 
 
 def training_set(config: Config, root: str | Path | None) -> Dataset:
-    """The training split with the paper's augmentation (scale, flip, crop/pad)."""
+    """The training split with the paper's augmentation (scale, flip, crop/pad) and colour jitter."""
     data = config.data
-    transforms = train_transforms(data.crop_size, data.scale_range, data.flip)
+    transforms = train_transforms(
+        data.crop_size, data.scale_range, data.flip, colour_jitter=data.colour_jitter
+    )
     return dataset_from_config(config, data.train_split, root=root, transforms=transforms)
 
 

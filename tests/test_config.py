@@ -136,6 +136,12 @@ def test_int_fields_take_only_ints(value):
          "interaction, got 'interation'; did you mean 'interaction'?"),
         ("crf", "pairwise_scale", -0.5, "crf.pairwise_scale must be a finite number >= 0, got -0.5"),
         ("crf", "box_fraction", 0, "crf.box_fraction must be in (0, 1], got 0.0"),
+        ("crf", "ring_weights", {"surround": [1]}, "crf.ring_weights must be keyed by the "
+         "model's relations (surrounding, above_below), got 'surround'"),
+        ("crf", "ring_weights", {"surrounding": []}, "crf.ring_weights.surrounding must be a "
+         "non-empty list of finite numbers >= 0, got []"),
+        ("crf", "ring_weights", {"surrounding": [0.1, -1]}, "crf.ring_weights.surrounding must "
+         "be a non-empty list of finite numbers >= 0, got [0.1, -1]"),
         ("dense_crf", "iterations", -2, "dense_crf.iterations must be >= 0, got -2"),
         ("dense_crf", "pos_xy_std", 0, "dense_crf.pos_xy_std must be a finite number > 0, got 0.0"),
         ("dense_crf", "bi_xy_std", math.nan, "dense_crf.bi_xy_std must be a finite number > 0, "
@@ -156,6 +162,10 @@ def test_int_fields_take_only_ints(value):
         ("data", "scale_range", [0, 1], "data.scale_range must be two finite numbers [low, high] "
          "with 0 < low <= high, got (0.0, 1.0)"),
         ("data", "num_workers", -1, "data.num_workers must be >= 0, got -1"),
+        ("data", "colour_jitter", [0.4, 0.4, 0.4, 0.6], "data.colour_jitter must be [brightness, "
+         "contrast, saturation, hue] with the first three in 0..1, hue in 0..0.5, got (0.4, 0.4, "
+         "0.4, 0.6)"),
+        ("data", "colour_jitter", [0.4], "data.colour_jitter: expected 4 values, got [0.4]"),
         ("train", "epochs", -3, "train.epochs must be >= 1, got -3"),
         ("train", "batch_size", 0, "train.batch_size must be >= 1, got 0"),
         ("train", "lr", 0, "train.lr must be a finite number > 0, got 0.0"),

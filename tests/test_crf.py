@@ -12,6 +12,8 @@ from piecewise_crf.crf import (
     grid_to_edge_list,
     mean_field,
     piecewise_nll,
+    ring,
+    ring_weight,
 )
 from piecewise_crf.relations import AboveBelow, Surrounding, offset_slices
 
@@ -184,3 +186,31 @@ def test_centre_interactions_removes_row_and_column_means():
     torch.testing.assert_close(
         centre_interactions(additive), torch.zeros(1, 4, 4), atol=1e-6, rtol=0
     )
+
+
+def test_offset_weights_equal_scaled_scores_and_have_exact_gradients():
+    unary, pairwise = random_grid()
+    weights = [0.1 * (i % 5) + 0.05 for i in range(len(pairwise))]
+    scaled = [(o, w * z) for w, (o, z) in zip(weights, pairwise, strict=True)]
+    torch.testing.assert_close(
+        grid_mean_field(unary, pairwise, 3, weights), grid_mean_field(unary, scaled, 3)
+    )
+    # d/dw of a loss through mean-field, against central differences
+    w = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
+
+    def loss(weight):
+        return grid_mean_field(unary, pairwise, 3, [weight] * len(pairwise))[:, 0].log().sum()
+
+    loss(w).backward()
+    eps = 1e-6
+    numeric = (loss(w.detach() + eps) - loss(w.detach() - eps)) / (2 * eps)
+    assert abs(float(w.grad) - float(numeric)) < 1e-6 * max(1.0, abs(float(numeric)))
+    with pytest.raises(ValueError, match="one entry per offset"):
+        grid_mean_field(unary, pairwise, 3, weights[:-1])
+
+
+def test_ring_weight_by_hand():
+    assert [ring(o) for o in [(0, 1), (1, 1), (-2, 1), (0, -3)]] == [1, 1, 2, 3]
+    assert ring_weight([], (5, 0)) == 1.0
+    assert ring_weight([0.5], (4, 4)) == 0.5
+    assert [ring_weight([0.5, 0.2], o) for o in [(1, 0), (2, 1), (7, 0)]] == [0.5, 0.2, 0.2]

@@ -9,6 +9,7 @@ from fixtures_data import make_camvid
 from PIL import Image
 
 from piecewise_crf.data import CamVid, build_dataset
+from piecewise_crf.data.camvid import SPLITS
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid"
 
@@ -40,6 +41,32 @@ def test_missing_root_and_list(tmp_path):
         CamVid(tmp_path / "nope")
     with pytest.raises(FileNotFoundError, match="test.txt"):
         CamVid(make_camvid(tmp_path), "test")
+
+
+def test_shipped_drive_splits_partition_train_and_val(tmp_path):
+    lines = {
+        s: (SPLITS / f"{s}.txt").read_text().splitlines()
+        for s in ("train_0001TP", "train_without_0001TP", "trainval")
+    }
+    assert len(lines["train_0001TP"]) == 62 and len(lines["train_without_0001TP"]) == 305
+    assert all(line.startswith("train/0001TP_") for line in lines["train_0001TP"])
+    assert not any("0001TP" in line for line in lines["train_without_0001TP"])
+    assert len(lines["trainval"]) == 468 == len(set(lines["trainval"]))
+    # a list in the dataset folder wins over a shipped one of the same name
+    root = make_camvid(tmp_path)
+    (root / "train_0001TP.txt").write_text(
+        "train/0001TP_train000.png trainannot/0001TP_train000.png\n"
+    )
+    assert len(CamVid(root, "train_0001TP")) == 1
+
+
+@pytest.mark.skipif(not REAL.is_dir(), reason=f"real CamVid not present at {REAL}")
+def test_shipped_splits_on_real_camvid():
+    held_out, rest = CamVid(REAL, "train_0001TP"), CamVid(REAL, "train_without_0001TP")
+    train = CamVid(REAL, "train")
+    assert sorted(held_out.names + rest.names) == sorted(train.names)
+    assert len(CamVid(REAL, "trainval")) == 468
+    assert {n.split("_")[0] for n in rest.names} == {"0006R0", "0016E5"}
 
 
 @pytest.mark.skipif(not REAL.is_dir(), reason=f"real CamVid not present at {REAL}")

