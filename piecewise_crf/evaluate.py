@@ -187,8 +187,12 @@ def open_split(
 
 
 def describe(crf: CRFConfig) -> str:
-    """'raw x0.01, 3 iterations': a mean-field setting in a few words."""
-    return f"{crf.pairwise_mode} x{crf.pairwise_scale:g}, {crf.iterations} iterations"
+    """'raw x0.01, 3 iterations' (plus any ring weights): a mean-field setting in a few words."""
+    rings = "".join(
+        f", {name} rings x{'/'.join(f'{w:.3g}' for w in weights)}"
+        for name, weights in crf.ring_weights.items()
+    )
+    return f"{crf.pairwise_mode} x{crf.pairwise_scale:g}{rings}, {crf.iterations} iterations"
 
 
 def subset_indices(n: int, limit: int | None) -> list[int]:

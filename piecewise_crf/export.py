@@ -54,7 +54,9 @@ class Exported:
                 f"  input   images {_shape(self.input_shape)} float RGB in [0, 1]",
                 f"  output  marginals {_shape(self.output_shape)}, the crf stage",
                 f"  crf     {crf['iterations']} mean-field iterations, {crf['pairwise_mode']} "
-                f"pairwise scores x{crf['pairwise_scale']:g}, box fraction "
+                f"pairwise scores x{crf['pairwise_scale']:g}"
+                + "".join(f", {n} rings x{w}" for n, w in crf.get("ring_weights", {}).items())
+                + ", box fraction "
                 f"{crf['box_fraction']:g} on a {self.grid[0]}x{self.grid[1]} node grid",
                 "  metadata: classes, palette, crf, dense_crf (the post-processing's settings)",
             ]
