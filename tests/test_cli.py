@@ -99,6 +99,21 @@ def test_config_and_checkpoint_mistakes(camvid_run, tmp_path, capsys):
     fails([*evaluate, "--checkpoint", str(run / "final.pt")], capsys, "predicts 11 classes")
 
 
+def test_calibrate_through_the_cli(camvid_run, tmp_path, capsys):
+    root, run = camvid_run
+    final = run / "final.pt"
+    before = final.read_bytes()
+    argv = ["calibrate", "--checkpoint", str(final), "--root", str(root), "--limit", "2"]
+    out = tmp_path / "calibrated.pt"
+    assert main([*argv, "--steps", "2", "--out", str(out)]) == 0
+    assert final.read_bytes() == before and "ring_weights" in capsys.readouterr().out
+    assert load_checkpoint(out)["calibration"]["split"] == "train"
+    fails([*argv, "--out", str(out)], capsys, "exists")
+    fails([*argv, "--out", str(root / "train.txt")], capsys, "train.txt")
+    fails([*argv, "--split", "nope"], capsys, "nope.txt")
+    assert final.read_bytes() == before
+
+
 def test_demo_writes_a_report_that_opens_from_disk(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(synthetic.SPLITS, "train", (0, 16))
     monkeypatch.setitem(synthetic.SPLITS, "val", (1, 3))
