@@ -46,7 +46,7 @@ SCAN = tuple(10.0**e for e in (-3, -2.5, -2, -1.5, -1, -0.5, 0))  # the single-w
 @dataclass
 class Sample:
     """One calibration image's frozen potentials: unary (1, K, h, w) and raw pairwise scores
-    (kept as float16 by `frozen_samples`, computed with in float32)."""
+    (computed in float32, kept as float16 by `frozen_samples`)."""
 
     unary: Tensor
     pairwise: list[tuple[Offset, Tensor]]
