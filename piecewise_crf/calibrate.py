@@ -10,11 +10,11 @@ few numbers by gradient descent through the mean-field iterations, the nets fixe
 
 on images of a split (the training split by default), T = the checkpoint's `crf.iterations`.
 Weights live in log space (they span orders of magnitude and stay positive). Each pairwise
-mode starts from the best single weight of a coarse log-spaced scan, so a poor start cannot
-trap the descent; the mode with the lower final loss is kept. The result goes into the
+mode starts from the best single weight of a coarse log-spaced scan (`SCAN`, x0.001 to x1), and
+the mode with the lower final loss is kept. The result goes into the
 checkpoint's config (`crf.pairwise_mode`, `crf.pairwise_scale = 1`, `crf.ring_weights`), so
-evaluate, predict, export and `Predictor.from_checkpoint` use it; the settings it replaced are
-kept in the checkpoint under "calibration".
+evaluate, predict, export and `Predictor.from_checkpoint` use it; the settings before the first
+calibration are kept in the checkpoint under "calibration".
 """
 
 from __future__ import annotations
@@ -258,7 +258,8 @@ def calibrate_checkpoint(
         "steps": steps,
         "unary_loss": unary_loss,
         "fits": [dataclasses.asdict(f) for f in fits],
-        "previous_crf": ckpt["config"]["crf"],
+        # the settings before the first calibration: a second one does not lose them
+        "previous_crf": ckpt.get("calibration", {}).get("previous_crf", ckpt["config"]["crf"]),
     }
     ckpt["config"] = {
         **ckpt["config"],

@@ -109,3 +109,7 @@ def test_calibrate_in_place_keeps_the_nets(checkpoint, tmp_path):
     assert {k: v for k, v in new["config"].items() if k != "crf"} == {
         k: v for k, v in old["config"].items() if k != "crf"
     }
+    calibrate_checkpoint(copy, limit=1, steps=0, modes=["interaction"], device="cpu")
+    again = load_checkpoint(copy)
+    assert again["calibration"]["previous_crf"] == old["config"]["crf"]  # the original settings
+    assert again["config"]["crf"]["pairwise_mode"] == "interaction"

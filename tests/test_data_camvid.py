@@ -52,6 +52,14 @@ def test_shipped_drive_splits_partition_train_and_val(tmp_path):
     assert all(line.startswith("train/0001TP_") for line in lines["train_0001TP"])
     assert not any("0001TP" in line for line in lines["train_without_0001TP"])
     assert len(lines["trainval"]) == 468 == len(set(lines["trainval"]))
+    held, rest = (
+        (SPLITS / f"{s}.txt").read_text().splitlines()
+        for s in ("train_0006R0", "train_without_0006R0")
+    )
+    assert len(held) == 101 and all(line.startswith("train/0006R0_") for line in held)
+    assert len(rest) == 266 and sorted(held + rest) == sorted(
+        lines["train_0001TP"] + lines["train_without_0001TP"]
+    )
     # a list in the dataset folder wins over a shipped one of the same name
     root = make_camvid(tmp_path)
     (root / "train_0001TP.txt").write_text(

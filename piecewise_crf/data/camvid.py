@@ -35,6 +35,7 @@ LABEL_TABLE = np.array([*range(len(CLASSES)), IGNORE_INDEX], dtype=np.uint8)
 # holds 62 frames of drive 0001TP, 101 of 0006R0 and 204 of 0016E5; val is 101 more of 0016E5.
 #   train_0001TP           the 62 0001TP frames: the choice set, a drive the choosing model never saw
 #   train_without_0001TP   the other 305 training frames: what a model trains on while choosing
+#   train_0006R0, train_without_0006R0   the same with drive 0006R0 held out (101 / 266 frames)
 #   trainval               train + val (468 frames), for a final model once every choice is fixed
 SPLITS = Path(__file__).parent / "splits" / "camvid"
 
