@@ -16,10 +16,9 @@ without validation during training. The pairwise row then runs `calibrate_checkp
 defaults (the pairwise weights fitted on training images, nets frozen) into calibrated.pt; no CRF
 setting is chosen on a scored split. Each row is scored on two splits: `train_0001TP` ("choice",
 a drive the model never trained on, for choices made from this table) and `val`.
-Each (row, seed) writes benchmarks/results/ablation_<row>_seed<S>.json (the pairwise row also
-ablation_dense_seed<S>.json) with the commit, command and machine; run folders go to
---out/<row>_seed<S>. The table averages the seeds of a row and ignores the JSON of the older
-minute-budget protocol (ablation_<row>.json).
+Each (row, seed) writes benchmarks/results/ablation/ablation_<row>_seed<S>.json (the pairwise row
+also ablation_dense_seed<S>.json) with the commit, command and machine; run folders go to
+--out/<row>_seed<S>. The table averages the seeds of a row.
 """
 
 from __future__ import annotations
@@ -48,7 +47,7 @@ from piecewise_crf.train import train
 
 ROWS = ("fcn", "pool", "multiscale", "pairwise", "dense")
 TRAINED = ROWS[:-1]
-RESULTS = Path(__file__).parent / "results"
+RESULTS = Path(__file__).parent / "results" / "ablation"
 TRAIN_SPLIT = "train_without_0001TP"
 SPLITS = {"choice": "train_0001TP", "val": "val"}  # JSON key -> split scored
 METRICS = ("mean_iou", "pixel_accuracy", "mean_accuracy")
