@@ -106,7 +106,7 @@ def run_row(row: str, args: argparse.Namespace) -> list[Path]:
     config = row_config(row, args)
     folder = args.out / f"{row}_seed{args.seed}"
     tic = time.perf_counter()
-    history = train(config, folder, data_root=args.data_root, overwrite=True).history
+    history = train(config, folder, data_root=args.data_root, overwrite=args.overwrite).history
     train_s = time.perf_counter() - tic
     checkpoint = folder / "final.pt"  # what the row is scored from
 
@@ -135,7 +135,8 @@ def run_row(row: str, args: argparse.Namespace) -> list[Path]:
         return [write_row(row, "unary", scores["unary"], seconds, common, args.results)]
 
     calibrated = folder / "calibrated.pt"
-    calibrated.unlink(missing_ok=True)  # from an earlier run of this folder: stale now
+    if args.overwrite:  # training replaced the run, so an earlier calibration is stale
+        calibrated.unlink(missing_ok=True)
     record = calibrate_checkpoint(checkpoint, out=calibrated, root=args.data_root)
     predictor = Predictor.from_checkpoint(calibrated)
     scores, val = score_splits(predictor, ("unary", "crf", "crf+dense"), args)
@@ -238,6 +239,9 @@ def main() -> None:
     parser.add_argument("--limit", type=int, help="score only N images per split (spread)")
     parser.add_argument("--out", type=Path, default=Path("runs/ablation"), help="run folders")
     parser.add_argument("--results", type=Path, default=RESULTS, help="folder for the JSON rows")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an earlier run of this row and seed"
+    )
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     args = parser.parse_args()
     if args.table:
@@ -248,7 +252,10 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"machine: {describe(machine())}")
-    run_row(args.row, args)
+    try:
+        run_row(args.row, args)
+    except FileExistsError as err:  # an earlier run of this row and seed: kept
+        parser.exit(2, f"error: {err}\n")
 
 
 if __name__ == "__main__":

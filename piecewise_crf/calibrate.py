@@ -77,7 +77,8 @@ def frozen_samples(
             x = image[None].to(predictor.device)
             with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
                 potentials = model(x, box_fraction=crf.box_fraction)
-            # float16 halves the cache (CamVid, 15x15 box: 125 instead of 250 MB per image)
+            # float16 halves the cache (CamVid recipe, 15x15 box: 92 instead of 184 MB per image;
+            # the loss moved by < 3e-5 on two frames)
             pairwise = [(o, z.to(torch.float16)) for o, z in potentials.materialise("raw")]
             names = potentials.relation_names()
             unary = potentials.unary.float()
