@@ -2,7 +2,8 @@
 
 Every file piecewise-crf writes goes through `atomic_write`: the bytes go to a temp file in the
 same folder (`.NAME.PID.TOKEN.tmp`), are fsynced, then renamed over NAME, so a kill, a crash or
-a full disk leaves either the old file or the new one, never a partial one.
+a full disk leaves either the old file or the new one, never a partial one. Ctrl-C and SIGTERM
+that arrive during a write are handled once it has finished.
 """
 
 from __future__ import annotations
@@ -10,7 +11,10 @@ from __future__ import annotations
 import errno
 import os
 import secrets
-from collections.abc import Callable, Iterable
+import signal
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
@@ -19,27 +23,62 @@ import torch
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
+@contextmanager
+def _interrupts_deferred() -> Iterator[None]:
+    """Hold Ctrl-C / SIGTERM until the block ends, then hand the first one to its handler.
+
+    Raised inside torch.save, an interrupt is masked by the zip writer's cleanup ("RuntimeError:
+    unexpected pos ...") or aborts the process when the writer's destructor later meets the
+    closed file (exit 1 or -6 in 2 of 30 SIGTERMs sent to a training run here). Python runs signal
+    handlers in the main thread only, so other threads need nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[tuple[int, Any]] = []
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s in previous:
+        signal.signal(s, lambda signum, frame: caught.append((signum, frame)))
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+        if caught:
+            signum, frame = caught[0]
+            handler = previous[signum]
+            if callable(handler):
+                handler(signum, frame)
+            elif handler != signal.SIG_IGN:  # the default action (or one set outside Python)
+                os.kill(os.getpid(), signum)
+
+
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
     """Call `write(f)` on a temp file beside `path`, fsync it, then rename it over `path`."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        # os.open with mode 0o666 lets the umask decide permissions, as for any other file.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as err:
-        tmp.unlink(missing_ok=True)
-        if isinstance(err, OSError) and err.errno in DISK_FULL:
-            kept = f"the previous {path.name} is intact" if path.exists() else "nothing was written"
-            raise OSError(
-                f"cannot write {path}: no space left on the device; {kept}. Free some space "
-                "(or choose an output on another disk) and run again"
-            ) from err
-        raise
+    with _interrupts_deferred():
+        try:
+            # os.open with mode 0o666 lets the umask decide permissions, as for any other file.
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            with os.fdopen(fd, "wb") as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException as err:
+            tmp.unlink(missing_ok=True)
+            if isinstance(err, OSError) and err.errno in DISK_FULL:
+                kept = (
+                    f"the previous {path.name} is intact"
+                    if path.exists()
+                    else "nothing was written"
+                )
+                raise OSError(
+                    f"cannot write {path}: no space left on the device; {kept}. Free some space "
+                    "(or choose an output on another disk) and run again"
+                ) from err
+            raise
     # Persist the rename itself (the directory entry); not possible on every platform.
     try:
         dir_fd = os.open(path.parent, os.O_RDONLY)

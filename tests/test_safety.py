@@ -241,7 +241,7 @@ def test_sigterm_is_reported_like_ctrl_c(data, tmp_path):
         time.sleep(0.1)
     process.send_signal(signal.SIGTERM)
     _, err = process.communicate(timeout=60)
-    assert process.returncode == 128 + signal.SIGTERM
+    assert process.returncode == 128 + signal.SIGTERM, err
     assert err.startswith("terminated (SIGTERM)") and "--resume" in err
     assert load_checkpoint(out / "last.pt")["epoch"] >= 1
 
