@@ -127,12 +127,20 @@ class DeepStructuredModel(nn.Module):
             {r.name: PairwiseNet(channels, num_classes, hidden) for r in self.relations}
         )
 
-    def forward(self, images: Tensor, *, box_fraction: float | None = None) -> GridPotentials:
+    def forward(
+        self,
+        images: Tensor,
+        *,
+        box_fraction: float | None = None,
+        detach_pairwise: bool = False,
+    ) -> GridPotentials:
         """Unary and pairwise scores on the node grid.
 
         `box_fraction` replaces the relations' trained range box (None keeps it). A Pairwise-Net
         scores any pair of node features, so a model trained with one box can predict with a
         smaller one: fewer edges, each a near neighbour, and a cheaper mean-field.
+        `detach_pairwise` stops the pairwise scores' gradient at the Pairwise-Nets' inputs (the
+        scores themselves are unchanged).
         """
         if box_fraction is not None and not 0 < box_fraction <= 1:
             raise ValueError(f"the prediction box fraction must be in (0, 1], got {box_fraction}")
@@ -141,10 +149,11 @@ class DeepStructuredModel(nn.Module):
         relations = self.relations
         if box_fraction is not None:
             relations = [r.resized(box_fraction) for r in relations]
+        pair_features = features.detach() if detach_pairwise else features
         pairwise = {
             r.name: RelationScores(
                 net=self.pairwise_nets[r.name],
-                maps=self.pairwise_nets[r.name].first_layer_maps(features),
+                maps=self.pairwise_nets[r.name].first_layer_maps(pair_features),
                 offsets=r.offsets(h, w),
                 max_edges=self.max_edges,
             )
@@ -190,6 +199,7 @@ class DeepStructuredModel(nn.Module):
         labels: Tensor,
         *,
         pairwise_weight: float = 1.0,
+        detach_pairwise: bool = False,
         edge_fraction: float = 1.0,
         memory_efficient: bool = False,
         class_weights: Tensor | None = None,
@@ -200,7 +210,8 @@ class DeepStructuredModel(nn.Module):
         unbiased estimate of the pairwise sum (the edge count is exact). memory_efficient
         recomputes each chunk's K*K scores in the backward pass, so training memory is bounded by
         one chunk instead of all edges. class_weights (K,) turns both terms into weighted means:
-        node p counts w[y_p], edge (p, q) counts sqrt(w[y_p] * w[y_q]).
+        node p counts w[y_p], edge (p, q) counts sqrt(w[y_p] * w[y_q]). detach_pairwise: the
+        pairwise NLL trains the Pairwise-Nets only, and FeatMap-Net learns from the unary NLL.
         """
         if (
             labels.dim() != 3
@@ -211,7 +222,7 @@ class DeepStructuredModel(nn.Module):
                 f"labels must be (B, H, W) matching images {tuple(images.shape)}, got "
                 f"{tuple(labels.shape)}; resize labels with nearest-neighbour to the image size"
             )
-        potentials = self(images)
+        potentials = self(images, detach_pairwise=detach_pairwise)
         unary = potentials.unary
         nodes = self.node_labels(labels, unary.shape[-2:])
         bad = (nodes != self.ignore_index) & ((nodes < 0) | (nodes >= self.num_classes))

@@ -199,12 +199,13 @@ def step_loss(
     *,
     class_weights: Tensor | None = None,
 ) -> LossTerms:
-    """A training step's piecewise loss with the config's `pairwise_weight`, `edge_fraction`
-    and `memory_efficient`; `class_weights` from `balancing_weights`."""
+    """A training step's piecewise loss with the config's `pairwise_weight`, `detach_pairwise`,
+    `edge_fraction` and `memory_efficient`; `class_weights` from `balancing_weights`."""
     return model.loss(
         images,
         labels,
         pairwise_weight=tc.pairwise_weight,
+        detach_pairwise=tc.detach_pairwise,
         edge_fraction=tc.edge_fraction,
         memory_efficient=tc.memory_efficient,
         class_weights=class_weights,

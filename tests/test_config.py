@@ -82,6 +82,20 @@ def test_every_shipped_config_loads(path):
     validate(load_config(path))
 
 
+def test_the_trainval_recipe_is_the_camvid_recipe_on_train_and_val():
+    recipe, trainval = (
+        load_config(CONFIGS / "camvid.yaml"),
+        load_config(CONFIGS / "camvid_trainval.yaml"),
+    )
+    assert (trainval.data.train_split, trainval.data.val_split) == ("trainval", "")
+    trainval.data.train_split, trainval.data.val_split = (
+        recipe.data.train_split,
+        recipe.data.val_split,
+    )
+    trainval.train.val_every = recipe.train.val_every  # nothing to validate on
+    assert trainval == recipe
+
+
 def test_yaml_reads_yaml_1_2_floats(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("train:\n  lr: 1e-3\n  weight_decay: 5E-4\n  minutes: 1.5e+2\n")

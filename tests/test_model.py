@@ -77,6 +77,25 @@ def test_class_weighted_loss_by_hand():
         model.loss(images.double(), labels, class_weights=torch.ones(3))
 
 
+def test_detached_pairwise_trains_featmap_on_the_unary_alone():
+    """detach_pairwise: FeatMap-Net's gradient is the unary NLL's, the Pairwise-Nets' gradient
+    is the shared model's, the loss value is unchanged."""
+    images, labels = batch()
+    runs = {}
+    for name, detach in [("shared", False), ("detached", True), ("unary", False)]:
+        model = tiny_model()
+        terms = model.loss(images, labels, detach_pairwise=detach)
+        (terms.unary if name == "unary" else terms.total).backward()
+        runs[name] = ({n: p.grad for n, p in model.named_parameters()}, terms.total.detach())
+    (shared, total), (detached, detached_total), (unary, _) = runs.values()
+    torch.testing.assert_close(detached_total, total)
+    for name, grad in detached.items():
+        want = shared[name] if name.startswith("pairwise_nets.") else unary[name]
+        torch.testing.assert_close(grad, want, msg=name)
+    block6 = "featmap.block6.0.2.weight"
+    assert not torch.allclose(shared[block6], detached[block6])
+
+
 def test_chunking_and_checkpointing_do_not_change_loss_or_gradients():
     # On the 5x6 grid, max_edges=50 splits surrounding into 2 chunks and above_below into 4.
     # Backward of the pairwise term alone: every gradient checked comes from the chunks.
