@@ -31,11 +31,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from piecewise_crf.checkpoint import load_checkpoint
-from piecewise_crf.config import PAIRWISE_MODES, config_to_dict
-from piecewise_crf.crf import grid_mean_field, pairwise_in_mode, ring_weight
+from piecewise_crf.config import config_to_dict
+from piecewise_crf.crf import centre_interactions, grid_mean_field, ring_weight
 from piecewise_crf.evaluate import open_split, subset_indices
 from piecewise_crf.files import atomic_save, refuse_overwriting_inputs
 from piecewise_crf.inference import Predictor
+from piecewise_crf.model import PAIRWISE_MODES
 from piecewise_crf.relations import Offset
 from piecewise_crf.train import balancing_weights
 
@@ -112,7 +113,9 @@ def mean_field_loss(
     objective: str = "nll",
 ) -> Tensor:
     """`node_loss` of the mean-field marginals of one sample."""
-    pairwise = [(o, pairwise_in_mode(z.float(), mode)) for o, z in sample.pairwise]
+    pairwise = [(o, z.float()) for o, z in sample.pairwise]
+    if mode == "interaction":
+        pairwise = [(o, centre_interactions(z)) for o, z in pairwise]
     q = grid_mean_field(sample.unary, pairwise, iterations, weights)
     return node_loss(q, sample.nodes, class_weights, ignore_index, objective)
 

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 from typing import NoReturn
 
-from piecewise_crf.config import PAIRWISE_MODES, load_config
+from piecewise_crf.config import load_config
 
 # DeepLab's search ranges (Chen et al. 2015); piecewise_crf.tune.DEFAULT_GRID is the same, kept
 # here so that parsing arguments does not import torch.
@@ -263,9 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--pairwise-mode",
-        choices=PAIRWISE_MODES,
-        help="pairwise scores as trained (raw), double-centred (interaction) or as pointwise "
-        "mutual information (pmi) (default: checkpoint's)",
+        choices=["raw", "interaction"],
+        help="pairwise scores as trained (raw) or double-centred (default: checkpoint's)",
     )
     p.add_argument(
         "--pairwise-scale", type=NON_NEGATIVE, help="pairwise weight (default: checkpoint's)"
@@ -287,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--sweep-modes",
         nargs="+",
         default=["raw", "interaction"],
-        choices=PAIRWISE_MODES,
+        choices=["raw", "interaction"],
         help="pairwise modes of the --pairwise-scales sweep (default: both)",
     )
     p.add_argument("--no-dense", action="store_true", help="skip the dense-CRF stage")
@@ -359,7 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--modes",
         nargs="+",
-        choices=PAIRWISE_MODES,
+        choices=["raw", "interaction"],
         default=["raw", "interaction"],
         help="pairwise modes to fit; the one with the lower loss is kept (both)",
     )
@@ -393,7 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="dense-CRF mean-field iterations to try (default: 5)",
     )
-    p.add_argument("--pairwise-mode", choices=PAIRWISE_MODES, help="default: checkpoint's")
+    p.add_argument("--pairwise-mode", choices=["raw", "interaction"], help="default: checkpoint's")
     p.add_argument("--pairwise-scale", type=NON_NEGATIVE, help="default: the checkpoint's")
     p.add_argument("--json", help="write every result here")
     p.add_argument("--top", type=COUNT, default=10, help="rows of the printed table")

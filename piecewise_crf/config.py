@@ -53,13 +53,10 @@ class ModelConfig:
     ignore_index: int = 255
 
 
-PAIRWISE_MODES = ("raw", "interaction", "pmi")  # how Pairwise-Net scores enter mean-field
-
-
 @dataclass
 class CRFConfig:
     iterations: int = 3  # mean-field iterations at prediction
-    pairwise_mode: str = "raw"  # "raw" (the paper's), "interaction" (double-centred) or "pmi"
+    pairwise_mode: str = "raw"  # "raw" (the paper's scores) or "interaction" (double-centred)
     pairwise_scale: float = (
         1.0  # multiplies pairwise scores in mean-field; choose on validation data
     )
@@ -355,7 +352,7 @@ def validate(config: Config) -> None:
     from piecewise_crf.backbones import BACKBONES
     from piecewise_crf.data import DATASETS
     from piecewise_crf.featmap import POOL_ORDERS
-    from piecewise_crf.model import NODE_LABEL_RULES
+    from piecewise_crf.model import NODE_LABEL_RULES, PAIRWISE_MODES
     from piecewise_crf.relations import RELATIONS
 
     m = config.model

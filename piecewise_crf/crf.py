@@ -18,7 +18,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from piecewise_crf.config import PAIRWISE_MODES
 from piecewise_crf.relations import Offset, offset_edges, offset_slices
 
 # Pairwise scores of one offset on the grid: (dy, dx) and a tensor (B, K, K, h', w') over the nodes p
@@ -115,30 +114,6 @@ def centre_interactions(scores: Tensor, dims: tuple[int, int] = (1, 2)) -> Tenso
         - scores.mean(i, keepdim=True)
         + scores.mean((i, j), keepdim=True)
     )
-
-
-def pointwise_mutual_information(scores: Tensor, dims: tuple[int, int] = (1, 2)) -> Tensor:
-    """log P(i, j) - log P(i) - log P(j) of the joint that the scores' softmax over (i, j) defines.
-
-    Like `centre_interactions` it drops the row and column evidence, but measured with the pair
-    distribution's own marginals (log-sum-exp), so the label pairs the Pairwise-Net finds likely
-    decide it, not the arithmetic mean over all K labels, which very unlikely labels dominate.
-    """
-    i, j = dims
-    log_joint = scores - scores.logsumexp((i, j), keepdim=True)
-    return log_joint - log_joint.logsumexp(j, keepdim=True) - log_joint.logsumexp(i, keepdim=True)
-
-
-def pairwise_in_mode(scores: Tensor, mode: str, dims: tuple[int, int] = (1, 2)) -> Tensor:
-    """Pairwise scores as mean-field uses them: "raw" (the paper's, as trained), "interaction"
-    (`centre_interactions`) or "pmi" (`pointwise_mutual_information`). Scores in, scores out."""
-    if mode == "raw":
-        return scores
-    if mode == "interaction":
-        return centre_interactions(scores, dims)
-    if mode == "pmi":
-        return pointwise_mutual_information(scores, dims)
-    raise ValueError(f"pairwise mode must be one of {PAIRWISE_MODES}, got {mode!r}")
 
 
 def grid_mean_field(

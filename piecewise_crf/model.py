@@ -17,12 +17,13 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from piecewise_crf.backbones import build_backbone
-from piecewise_crf.config import PAIRWISE_MODES, ModelConfig
-from piecewise_crf.crf import GridPairwise, grid_mean_field, pairwise_in_mode, ring_weight
+from piecewise_crf.config import ModelConfig
+from piecewise_crf.crf import GridPairwise, centre_interactions, grid_mean_field, ring_weight
 from piecewise_crf.featmap import FeatMapNet, grid_size
 from piecewise_crf.potentials import PairwiseNet, UnaryNet, offset_chunks
 from piecewise_crf.relations import Offset, Relation, build_relations, offset_slices
 
+PAIRWISE_MODES = ("raw", "interaction")
 NODE_LABEL_RULES = ("nearest", "majority")
 
 
@@ -66,7 +67,8 @@ class GridPotentials:
             raise ValueError(f"pairwise mode must be one of {PAIRWISE_MODES}, got {mode!r}")
         out = []
         for _, offset, z in self._scores():
-            z = pairwise_in_mode(z, mode)
+            if mode == "interaction":
+                z = centre_interactions(z)
             out.append((offset, z * scale if scale != 1.0 else z))
         return out
 

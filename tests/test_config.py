@@ -147,7 +147,7 @@ def test_int_fields_take_only_ints(value):
         ("model", "ignore_index", 256, "model.ignore_index must be an int in 0..255, got 256"),
         ("crf", "iterations", -1, "crf.iterations must be >= 0, got -1"),
         ("crf", "pairwise_mode", "interation", "crf.pairwise_mode must be one of raw, "
-         "interaction, pmi, got 'interation'; did you mean 'interaction'?"),
+         "interaction, got 'interation'; did you mean 'interaction'?"),
         ("crf", "pairwise_scale", -0.5, "crf.pairwise_scale must be a finite number >= 0, got -0.5"),
         ("crf", "box_fraction", 0, "crf.box_fraction must be in (0, 1], got 0.0"),
         ("crf", "ring_weights", {"surround": [1]}, "crf.ring_weights must be keyed by the "

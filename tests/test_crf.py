@@ -11,9 +11,7 @@ from piecewise_crf.crf import (
     grid_mean_field,
     grid_to_edge_list,
     mean_field,
-    pairwise_in_mode,
     piecewise_nll,
-    pointwise_mutual_information,
     ring,
     ring_weight,
 )
@@ -188,28 +186,6 @@ def test_centre_interactions_removes_row_and_column_means():
     torch.testing.assert_close(
         centre_interactions(additive), torch.zeros(1, 4, 4), atol=1e-6, rtol=0
     )
-
-
-def test_pointwise_mutual_information_of_a_known_joint():
-    # P = [[0.4, 0.1], [0.1, 0.4]]: both marginals are 1/2, so PMI = log(P / 0.25)
-    joint = torch.tensor([[0.4, 0.1], [0.1, 0.4]])
-    scores = (joint.log() + 7.0).view(1, 2, 2)  # any constant: the softmax over (i, j) is P
-    expected = torch.tensor([[math.log(1.6), math.log(0.4)], [math.log(0.4), math.log(1.6)]])
-    torch.testing.assert_close(pointwise_mutual_information(scores)[0], expected)
-    # an independent joint, u(i) + v(j), has none, however peaked its marginals
-    u, v = torch.tensor([9.0, 0.0, -3.0]), torch.tensor([-5.0, 2.0, 0.5])
-    additive = (u[:, None] + v[None, :]).view(1, 3, 3)
-    torch.testing.assert_close(
-        pointwise_mutual_information(additive), torch.zeros(1, 3, 3), atol=1e-5, rtol=0
-    )
-
-
-def test_pairwise_modes_pass_raw_scores_and_name_the_choices():
-    z = torch.randn(1, 3, 3, 2, 2)
-    assert pairwise_in_mode(z, "raw") is z
-    torch.testing.assert_close(pairwise_in_mode(z, "interaction"), centre_interactions(z))
-    with pytest.raises(ValueError, match="raw.*interaction.*pmi"):
-        pairwise_in_mode(z, "centred")
 
 
 def test_offset_weights_equal_scaled_scores_and_have_exact_gradients():
