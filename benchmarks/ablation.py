@@ -12,10 +12,11 @@ Rows, all from configs/camvid.yaml (--config):
               writes "dense": the same model with dense-CRF refinement (nothing more to train)
 Protocol: every row trains for the recipe's `train.epochs` (no minute budget: `train.minutes` 0)
 with seed --seed, on `train_without_0001TP` (CamVid train minus the 62 frames of drive 0001TP),
-without validation during training. The pairwise row then runs `calibrate_checkpoint` with its
-defaults (the pairwise weights fitted on training images, nets frozen) into calibrated.pt; no CRF
-setting is chosen on a scored split. Each row is scored on two splits: `train_0001TP` ("choice",
-a drive the model never trained on, for choices made from this table) and `val`.
+without validation during training. The pairwise row is scored with the CRF and dense-CRF
+settings of --config (the recipe's, chosen on the choice set with the recipe's 60-epoch model),
+whatever the checkpoint holds, so `--score-only` rescores a trained row after the recipe's
+settings change. Each row is scored on two splits: `train_0001TP` ("choice", a drive the model
+never trained on, for choices made from this table) and `val`.
 Each (row, seed) writes benchmarks/results/ablation/ablation_<row>_seed<S>.json (the pairwise row
 also ablation_dense_seed<S>.json) with the commit, command and machine; run folders go to
 --out/<row>_seed<S>. The table averages the seeds of a row.
@@ -37,7 +38,7 @@ from typing import Any
 import torch
 from common import commit, describe, machine
 
-from piecewise_crf.calibrate import calibrate_checkpoint
+from piecewise_crf.checkpoint import load_checkpoint
 from piecewise_crf.config import Config, load_config
 from piecewise_crf.evaluate import score, subset_indices, summarise
 from piecewise_crf.files import atomic_write_text
@@ -69,6 +70,16 @@ def row_config(row: str, args: argparse.Namespace) -> Config:
     # no validation inside training: the row is scored once, below
     data = dataclasses.replace(config.data, train_split=TRAIN_SPLIT, val_split="")
     return dataclasses.replace(config, data=data)
+
+
+def recipe_settings(config: Config) -> dict[str, Any]:
+    """The config's crf and dense-CRF settings as `Predictor.from_checkpoint` overrides."""
+    crf = {f.name: getattr(config.crf, f.name) for f in dataclasses.fields(config.crf)}
+    dense = {
+        f"dense_{f.name}": getattr(config.dense_crf, f.name)
+        for f in dataclasses.fields(config.dense_crf)
+    }
+    return {**crf, **dense}
 
 
 def prediction_seconds(predictor: Predictor, data: Any, stage: str, count: int = 5) -> float:
@@ -105,10 +116,16 @@ def score_splits(
 def run_row(row: str, args: argparse.Namespace) -> list[Path]:
     config = row_config(row, args)
     folder = args.out / f"{row}_seed{args.seed}"
-    tic = time.perf_counter()
-    history = train(config, folder, data_root=args.data_root, overwrite=args.overwrite).history
-    train_s = time.perf_counter() - tic
     checkpoint = folder / "final.pt"  # what the row is scored from
+    if args.score_only:
+        if not checkpoint.is_file():
+            raise SystemExit(f"--score-only: {checkpoint} not found; train the row first")
+        saved = load_checkpoint(checkpoint)
+        history, train_s = saved["history"], saved["train_seconds"]
+    else:
+        tic = time.perf_counter()
+        history = train(config, folder, data_root=args.data_root, overwrite=args.overwrite).history
+        train_s = time.perf_counter() - tic
 
     common: dict[str, Any] = {
         "seed": args.seed,
@@ -118,6 +135,7 @@ def run_row(row: str, args: argparse.Namespace) -> list[Path]:
         "epochs": history[-1]["epoch"],
         "steps": history[-1]["step"],
         "train_seconds": round(train_s, 1),
+        "scored_only": args.score_only,  # then `commit` is the scoring's, not the training's
         "model": {
             "backbone": config.model.backbone,
             "scales": list(config.model.scales),
@@ -134,23 +152,15 @@ def run_row(row: str, args: argparse.Namespace) -> list[Path]:
         seconds = prediction_seconds(predictor, val, "unary")
         return [write_row(row, "unary", scores["unary"], seconds, common, args.results)]
 
-    calibrated = folder / "calibrated.pt"
-    if args.overwrite:  # training replaced the run, so an earlier calibration is stale
-        calibrated.unlink(missing_ok=True)
-    record = calibrate_checkpoint(checkpoint, out=calibrated, root=args.data_root)
-    predictor = Predictor.from_checkpoint(calibrated)
+    predictor = Predictor.from_checkpoint(checkpoint, **recipe_settings(config))
     scores, val = score_splits(predictor, ("unary", "crf", "crf+dense"), args)
     crf = predictor.config.crf
     common["machine"] = machine(predictor.device)
     common["unary_of_this_model"] = {
         key: {k: s[k] for k in METRICS} for key, s in scores["unary"].items()
     }
-    common["calibrated_crf"] = {
-        "mode": crf.pairwise_mode,
-        "ring_weights": crf.ring_weights,
-        "calibrated_on": record["split"],
-        "images": len(record["indices"]),
-    }
+    common["crf"] = dataclasses.asdict(crf)
+    common["dense_crf"] = dataclasses.asdict(predictor.dense)
     crf_s = prediction_seconds(predictor, val, "crf")
     dense_s = prediction_seconds(predictor, val, "crf+dense")
     return [
@@ -253,8 +263,16 @@ def main() -> None:
     parser.add_argument(
         "--overwrite", action="store_true", help="replace an earlier run of this row and seed"
     )
+    parser.add_argument(
+        "--score-only",
+        action="store_true",
+        help="do not train: rescore the row's final.pt in --out with --config's settings "
+        "(its JSON is replaced)",
+    )
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     args = parser.parse_args()
+    if args.score_only and args.overwrite:
+        parser.error("--score-only keeps the trained run: drop --overwrite")
     if args.table:
         print(table(args.results))
         return

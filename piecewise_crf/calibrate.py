@@ -6,7 +6,8 @@ few numbers by gradient descent through the mean-field iterations, the nets fixe
 
     w[r, k] = exp(theta[r, k])   one weight per relation r and offset ring k (`crf.ring_weight`)
     Q = grid_mean_field(unary, w * pairwise scores, T)         (scores, higher = more likely)
-    loss = class-weighted mean over labelled nodes of -log Q_p(y_p)
+    loss = class-weighted mean over labelled nodes of -log Q_p(y_p)    (`--objective nll`)
+        or of 1 - Q_p(y_p), the expected error                        (`--objective error`)
 
 on images of a split (the training split by default), T = the checkpoint's `crf.iterations`.
 Weights live in log space (they span orders of magnitude and stay positive). Each pairwise
@@ -40,6 +41,7 @@ from piecewise_crf.model import PAIRWISE_MODES
 from piecewise_crf.relations import Offset
 from piecewise_crf.train import balancing_weights
 
+OBJECTIVES = ("nll", "error")
 SCAN = tuple(10.0**e for e in (-3, -2.5, -2, -1.5, -1, -0.5, 0))  # the single-weight start scan
 
 
@@ -131,6 +133,7 @@ def fit_mode(
     lr: float,
     class_weights: Tensor | None,
     ignore_index: int,
+    objective: str = "nll",
     log: Any = print,
 ) -> ModeFit:
     """Scan one shared weight, then descend on a log-weight per relation and ring."""
@@ -143,7 +146,7 @@ def fit_mode(
         for s in samples:
             with torch.set_grad_enabled(backward):
                 loss = mean_field_loss(
-                    s, mode, weights_of(), iterations, class_weights, ignore_index
+                    s, mode, weights_of(), iterations, class_weights, ignore_index, objective
                 )
                 loss = loss / len(samples)
             if backward:
@@ -188,6 +191,7 @@ def calibrate_checkpoint(
     modes: Sequence[str] = PAIRWISE_MODES,
     steps: int = 20,
     lr: float = 0.1,
+    objective: str = "nll",
     device: str = "auto",
     log: Any = print,
 ) -> dict[str, Any]:
@@ -197,6 +201,8 @@ def calibrate_checkpoint(
     if limit < 1 or rings < 1 or steps < 0:
         raise ValueError("--limit and --rings must be >= 1 and --steps >= 0")
     unknown = [m for m in modes if m not in PAIRWISE_MODES]
+    if objective not in OBJECTIVES:
+        raise ValueError(f"--objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
     if unknown or not modes:
         raise ValueError(f"--modes must be among {', '.join(PAIRWISE_MODES)}, got {list(modes)}")
     out = Path(checkpoint if out is None else out)
@@ -221,7 +227,7 @@ def calibrate_checkpoint(
 
     with torch.no_grad():
         unary = [
-            F.nll_loss(s.unary.log_softmax(1), s.nodes, weight=class_weights, ignore_index=ignore)
+            node_loss(s.unary.softmax(1), s.nodes, class_weights, ignore, objective)
             for s in samples
         ]
     unary_loss = float(torch.stack(unary).mean())
@@ -236,6 +242,7 @@ def calibrate_checkpoint(
             lr=lr,
             class_weights=class_weights,
             ignore_index=ignore,
+            objective=objective,
             log=log,
         )
         for mode in modes
@@ -247,6 +254,14 @@ def calibrate_checkpoint(
             f"{fit.mode:12s} unary {unary_loss:.4f}  scan x{fit.start_scale:.3g} {fit.start_loss:.4f}"
             f"  calibrated {fit.loss:.4f}  weights {fit.ring_weights}{mark}"
         )
+    if best.loss >= unary_loss:
+        # CamVid, NLL, 60-epoch models on 8 frames of their held-out drive: 1.528 against the
+        # unary's 1.507; the weights are then where the steps stopped on the way to zero
+        log(
+            f"warning: no weight brings the {objective} below the unary's ({best.loss:.4f} >= "
+            f"{unary_loss:.4f}): by this objective the pairwise terms only hurt on these images, "
+            "and the weights are where the steps stopped"
+        )
     new_crf = dataclasses.replace(
         crf, pairwise_mode=best.mode, pairwise_scale=1.0, ring_weights=best.ring_weights
     )
@@ -257,6 +272,7 @@ def calibrate_checkpoint(
         "indices": indices,
         "rings": rings,
         "steps": steps,
+        "objective": objective,
         "unary_loss": unary_loss,
         "fits": [dataclasses.asdict(f) for f in fits],
         # the settings before the first calibration: a second one does not lose them

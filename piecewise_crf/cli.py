@@ -161,6 +161,7 @@ def _calibrate(args: argparse.Namespace) -> None:
         rings=args.rings,
         modes=args.modes,
         steps=args.steps,
+        objective=args.objective,
         device=args.device,
     )
 
@@ -363,6 +364,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="pairwise modes to fit; the one with the lower loss is kept (both)",
     )
     p.add_argument("--steps", type=_number(int, 0), default=20, help="gradient steps (20)")
+    p.add_argument(
+        "--objective",
+        choices=["nll", "error"],
+        default="nll",
+        help="loss over labelled nodes: nll, -log Q(y), or error, 1 - Q(y), bounded (nll)",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.set_defaults(run=_calibrate)
 

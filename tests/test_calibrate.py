@@ -6,7 +6,13 @@ import pytest
 import torch
 from tiny_run import one_thread  # noqa: F401  (autouse fixture)
 
-from piecewise_crf.calibrate import Sample, calibrate_checkpoint, fit_mode, mean_field_loss
+from piecewise_crf.calibrate import (
+    Sample,
+    calibrate_checkpoint,
+    fit_mode,
+    mean_field_loss,
+    node_loss,
+)
 from piecewise_crf.checkpoint import load_checkpoint
 from piecewise_crf.crf import grid_mean_field
 from piecewise_crf.data.synthetic import SyntheticContext
@@ -30,24 +36,36 @@ def planted(seed: int, k: int = 3, h: int = 6, w: int = 7) -> Sample:
     return Sample(unary, pairwise, truth)
 
 
-def test_fit_finds_the_brute_force_optimum_of_one_weight():
+def test_node_loss_by_hand():
+    # two classes, nodes (1, 1, 3): labels 0, 1 and one unlabelled; Q of the labels 0.7 and 0.8
+    q = torch.tensor([[0.7, 0.2, 0.5], [0.3, 0.8, 0.5]]).view(1, 2, 1, 3)
+    nodes = torch.tensor([[[0, 1, 255]]])
+    weights = torch.tensor([1.0, 3.0])
+    nll = (-math.log(0.7) - 3 * math.log(0.8)) / 4
+    assert float(node_loss(q, nodes, weights, 255, "nll")) == pytest.approx(nll)
+    assert float(node_loss(q, nodes, weights, 255, "error")) == pytest.approx((0.3 + 3 * 0.2) / 4)
+    assert float(node_loss(q, nodes, None, 255, "error")) == pytest.approx((0.3 + 0.2) / 2)
+
+
+@pytest.mark.parametrize("objective", ["nll", "error"])
+def test_fit_finds_the_brute_force_optimum_of_one_weight(objective):
     samples = [planted(s) for s in range(4)]
     names = ["surrounding"] * len(samples[0].pairwise)
 
     def loss(weight: float) -> float:
         n = len(names)
         return sum(
-            float(mean_field_loss(s, "raw", [weight] * n, 3, None, 255)) for s in samples
+            float(mean_field_loss(s, "raw", [weight] * n, 3, None, 255, objective)) for s in samples
         ) / len(samples)
 
-    grid = [math.exp(e / 50) for e in range(-350, 51)]  # 0.0009 .. 2.7, 1 % apart
+    grid = [math.exp(e / 50) for e in range(-350, 201)]  # 0.0009 .. 55, 2 % apart
     brute = min(grid, key=loss)
     fit = fit_mode(
         samples, names, "raw", rings=1, iterations=3, steps=150, lr=0.1,
-        class_weights=None, ignore_index=255, log=lambda *_: None,
+        class_weights=None, ignore_index=255, objective=objective, log=lambda *_: None,
     )  # fmt: skip
     learned = fit.ring_weights["surrounding"][0]
-    assert brute < 2.0  # an interior optimum, not the end of the scan
+    assert 0.01 < brute < 50.0  # an interior optimum (nll 0.67, error 4.2), not an end of the grid
     assert learned == pytest.approx(brute, rel=0.05)
     assert fit.loss <= fit.start_loss + 1e-9
     assert fit.loss == pytest.approx(loss(brute), abs=1e-4)
@@ -113,3 +131,18 @@ def test_calibrate_in_place_keeps_the_nets(checkpoint, tmp_path):
     again = load_checkpoint(copy)
     assert again["calibration"]["previous_crf"] == old["config"]["crf"]  # the original settings
     assert again["config"]["crf"]["pairwise_mode"] == "interaction"
+
+
+def test_calibrate_records_its_objective_and_refuses_an_unknown_one(checkpoint, tmp_path):
+    out, lines = tmp_path / "error.pt", []
+    record = calibrate_checkpoint(
+        checkpoint, out=out, limit=1, steps=1, modes=["raw"], objective="error", device="cpu",
+        log=lines.append,
+    )  # fmt: skip
+    assert record["objective"] == "error"
+    warned = any(line.startswith("warning: no weight brings the error") for line in lines)
+    assert warned == (record["fits"][0]["loss"] >= record["unary_loss"])
+    assert 0 < record["unary_loss"] < 1  # an expected error, not a log-loss
+    assert load_checkpoint(out)["calibration"]["objective"] == "error"
+    with pytest.raises(ValueError, match="--objective must be one of nll, error"):
+        calibrate_checkpoint(checkpoint, out=tmp_path / "x.pt", objective="mse", device="cpu")
