@@ -24,8 +24,9 @@ from pathlib import Path
 import torch
 from common import commit, describe, machine
 
-from piecewise_crf.crf import centre_interactions, grid_mean_field
+from piecewise_crf.crf import grid_mean_field
 from piecewise_crf.evaluate import open_split
+from piecewise_crf.files import atomic_write_text
 from piecewise_crf.inference import Predictor
 from piecewise_crf.metrics import ConfusionMatrix
 
@@ -79,7 +80,7 @@ def main() -> None:
             potentials = model(x, box_fraction=box)
             scores = potentials.unary.float()
             unary.update(model.upsample(scores.softmax(1), size).argmax(1).cpu(), label)
-            pairwise = [(o, centre_interactions(z.float())) for o, z in potentials.materialise()]
+            pairwise = [(o, z.float()) for o, z in potentials.materialise("interaction")]
             for a, r, t in args.settings:
                 q = grid_mean_field(a * scores, pairwise, t, [a * r] * len(pairwise))
                 matrices[(a, r, t)].update(model.upsample(q, size).argmax(1).cpu(), label)
@@ -110,7 +111,7 @@ def main() -> None:
             "machine": info,
             "commit": commit(),
         }
-        args.json.write_text(json.dumps(record, indent=1) + "\n")
+        atomic_write_text(json.dumps(record, indent=1) + "\n", args.json)
 
 
 if __name__ == "__main__":
