@@ -15,17 +15,18 @@ T = TypeVar("T")
 
 
 def did_you_mean(name: object, options: Iterable[str]) -> str:
-    """'; did you mean 'x'?' for the closest option, else '; valid: a, b, c'."""
+    """'; did you mean 'x'?' for the option closest to `name`, or '' when none is close."""
+    close = difflib.get_close_matches(name, list(options), n=1) if isinstance(name, str) else []
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def unknown(kind: str, name: object, options: Iterable[str], *, shown: str | None = None) -> str:
+    """The message for a name that is not one of `options`: "unknown backbone 'x'; did you mean
+    'y'?", or the valid names when none is close. `shown` replaces the name in the message
+    (e.g. a config key's whole path), as it is."""
     options = list(options)
-    close = difflib.get_close_matches(name, options, n=1) if isinstance(name, str) else []
-    if close:
-        return f"; did you mean {close[0]!r}?"
-    return f"; valid: {', '.join(options)}" if options else ""
-
-
-def unknown(kind: str, name: object, options: Iterable[str]) -> str:
-    """The message for a name that is not one of `options`: "unknown backbone 'x'; did you ..."."""
-    return f"unknown {kind} {name!r}{did_you_mean(name, options)}"
+    hint = did_you_mean(name, options) or (f"; valid: {', '.join(options)}" if options else "")
+    return f"unknown {kind} {shown if shown is not None else repr(name)}{hint}"
 
 
 class Registry(Generic[T]):
