@@ -12,10 +12,11 @@ name it; or list fixed offsets under `model.custom_relations` (`FixedOffsets`).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import torch
+
+from piecewise_crf.registry import Registry
 
 Offset = tuple[int, int]
 
@@ -39,19 +40,13 @@ class Relation:
         return self
 
 
-RELATIONS: dict[str, Callable[..., Relation]] = {}  # name -> class, called with fraction=...
-
-
-def register_relation(name: str) -> Callable[[type[Relation]], type[Relation]]:
-    """Class decorator: `model.relations: [..., name]` builds `cls(fraction=model.box_fraction)`."""
-
-    def add(cls: type[Relation]) -> type[Relation]:
-        if name in RELATIONS and RELATIONS[name] is not cls:
-            raise ValueError(f"a relation named {name!r} is already registered")
-        RELATIONS[name] = cls
-        return cls
-
-    return add
+# name -> class; `model.relations: [..., name]` builds `cls(fraction=model.box_fraction)`.
+RELATIONS: Registry[type[Relation]] = Registry("relation")
+register_relation = RELATIONS.register  # class decorator: @register_relation("name")
+HOW_TO_ADD = (
+    "to add a relation, register its class with @register_relation or list its offsets under "
+    "model.custom_relations"
+)
 
 
 @register_relation("surrounding")
@@ -118,17 +113,16 @@ def build_relations(
     for name in names:
         if name in custom:
             relations.append(FixedOffsets(name, custom[name]))
-        elif name in RELATIONS:
-            relation = RELATIONS[name](fraction=fraction)
-            if relation.name != name:  # the model keys its Pairwise-Nets by relation.name
-                raise ValueError(f"relation registered as {name!r} is named {relation.name!r}")
-            relations.append(relation)
-        else:
-            raise ValueError(
-                f"unknown relation {name!r}: use one of {', '.join(RELATIONS)}, register yours "
-                f"with @register_relation, or define it under model.custom_relations (known "
-                f"there: {sorted(custom)})"
-            )
+            continue
+        try:
+            cls = RELATIONS[name]
+        except ValueError as err:  # the registry's "unknown relation 'x'; did you mean ...?"
+            there = f", which has {', '.join(sorted(custom))}" if custom else ""
+            raise ValueError(f"{err} ({HOW_TO_ADD}{there})") from None
+        relation = cls(fraction=fraction)
+        if relation.name != name:  # the model keys its Pairwise-Nets by relation.name
+            raise ValueError(f"relation registered as {name!r} is named {relation.name!r}")
+        relations.append(relation)
     return relations
 
 

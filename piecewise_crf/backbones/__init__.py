@@ -8,12 +8,13 @@ Every backbone has ``out_channels``, ``stride`` (16 for the built-in ones), ``no
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from torch import Tensor, nn
+
+from piecewise_crf.registry import Registry
 
 from .mobilenet import MobileNetV2
 from .tiny import TinyBackbone
@@ -27,11 +28,15 @@ from .weights import (
     read_hed_vgg16,
 )
 
-BACKBONES: dict[str, Callable[..., nn.Module]] = {
-    "vgg16": VGG16,
-    "mobilenet_v2": MobileNetV2,
-    "tiny": TinyBackbone,
-}
+# name -> factory. `@register_backbone("resnet_os16")` on a class makes `model.backbone:
+# resnet_os16` build it (called with no arguments; weights come from `model.backbone_weights`,
+# a state-dict file).
+BACKBONES: Registry[Callable[..., nn.Module]] = Registry("backbone")
+register_backbone = BACKBONES.register
+
+register_backbone("vgg16")(VGG16)
+register_backbone("mobilenet_v2")(MobileNetV2)
+register_backbone("tiny")(TinyBackbone)
 
 
 @runtime_checkable
@@ -45,20 +50,6 @@ class Backbone(Protocol):
     def normalize(self, images: Tensor) -> Tensor: ...
 
     def __call__(self, images: Tensor) -> Tensor: ...
-
-
-def register_backbone(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Class decorator: `@register_backbone("resnet_os16")` makes `model.backbone: resnet_os16`
-    build it (its constructor is called with no arguments; weights come from
-    `model.backbone_weights`, a state-dict file)."""
-
-    def add(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        if name in BACKBONES and BACKBONES[name] is not factory:
-            raise ValueError(f"a backbone named {name!r} is already registered")
-        BACKBONES[name] = factory
-        return factory
-
-    return add
 
 
 __all__ = [
@@ -89,11 +80,6 @@ def build_backbone(
     ``weights=None`` a backbone whose trained weights come from a checkpoint. ``options`` go to
     the constructor (e.g. ``with_last_conv=True`` for mobilenet_v2).
     """
-    if name not in BACKBONES:
-        close = difflib.get_close_matches(name, BACKBONES, n=1, cutoff=0.0)
-        raise ValueError(
-            f"unknown backbone {name!r}; valid: {', '.join(BACKBONES)} (did you mean {close[0]!r}?)"
-        )
     backbone = BACKBONES[name](**options)
     if not isinstance(backbone, Backbone):
         missing = [

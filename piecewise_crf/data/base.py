@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import scipy.io
@@ -20,6 +21,7 @@ IGNORE_INDEX = 255
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff")
 
 JointTransform = Callable[[Image.Image, np.ndarray], tuple[Tensor, Tensor]]
+Samples = tuple[list[str], list[Path], list[Path]]  # sample names, image files, label files
 
 
 def bit_palette(n: int) -> np.ndarray:
@@ -41,6 +43,15 @@ def require(path: Path, what: str, hint: str = "") -> Path:
     if not path.exists():
         raise FileNotFoundError(f"{what} not found: {path}" + (f". {hint}" if hint else ""))
     return path
+
+
+def dataset_root(root: str | Path | None, what: str, hint: str = "") -> Path:
+    """The folder of a dataset read from files, which every such reader checks first: a
+    ValueError when none is given, FileNotFoundError ("<what> root not found", `hint`) when it
+    does not exist."""
+    if root is None:
+        raise ValueError(f"{what} needs its folder: set data.root to the folder that holds it")
+    return require(Path(root), f"{what} root", hint)
 
 
 def read_lines(path: Path) -> list[str]:
@@ -218,22 +229,46 @@ class SegmentationDataset(Dataset):
         return self.transforms(image, label)
 
 
-class FilePairDataset(SegmentationDataset):
-    """A dataset whose samples are (image file, label file) pairs; `decode_label` reads one."""
+class FileDataset(SegmentationDataset):
+    """A dataset read from files under one folder, called like every reader:
+    `cls(root, split, *, transforms=None, **options)`. The root is checked first
+    (`dataset_root`, naming the dataset by `title`, with `hint` on where to get it), then
+    `read_split(root, split, **options)` gives the sample names and keeps what `load_image` and
+    `load_label` need; `options` are the reader's own keywords."""
+
+    title = "dataset"
+    hint = ""
 
     def __init__(
         self,
-        names: Sequence[str],
-        images: Sequence[Path],
-        labels: Sequence[Path],
-        transforms: JointTransform | None,
-        split: str,
+        root: str | Path | None,
+        split: str = "train",
+        *,
+        transforms: JointTransform | None = None,
+        **options: Any,
     ) -> None:
-        super().__init__(names, transforms, split)
+        root = dataset_root(root, self.title, self.hint)
+        super().__init__(self.read_split(root, split, **options), transforms, split)
+
+    def read_split(self, root: Path, split: str, **options: Any) -> list[str]:
+        raise NotImplementedError
+
+
+class FilePairDataset(FileDataset):
+    """A dataset whose samples are (image file, label file) pairs, listed by `find_samples`;
+    every listed file must exist. `decode_label` reads one label file."""
+
+    def read_split(self, root: Path, split: str, **options: Any) -> list[str]:
+        names, images, labels = self.find_samples(root, split, **options)
         check_files_exist(images, "image")
         check_files_exist(labels, "label")
         self.image_paths = list(images)
         self.label_paths = list(labels)
+        return names
+
+    def find_samples(self, root: Path, split: str, **options: Any) -> Samples:
+        """Names, image files and label files of `split` under the checked `root`."""
+        raise NotImplementedError
 
     def decode_label(self, path: Path) -> np.ndarray:
         return read_label_png(path)

@@ -9,7 +9,7 @@ import numpy as np
 from piecewise_crf.data.base import (
     IGNORE_INDEX,
     FilePairDataset,
-    JointTransform,
+    Samples,
     read_label_png,
     read_pair_list,
     remap,
@@ -51,21 +51,16 @@ class CamVid(FilePairDataset):
 
     classes = CLASSES
     palette = PALETTE
+    title, hint = "CamVid", HINT
 
-    def __init__(
-        self,
-        root: str | Path,
-        split: str = "train",
-        *,
-        transforms: JointTransform | None = None,
-        list_file: str | Path | None = None,
-    ) -> None:
-        root = require(Path(root), "CamVid root", HINT)
+    def find_samples(
+        self, root: Path, split: str, *, list_file: str | Path | None = None
+    ) -> Samples:
         list_path = Path(list_file) if list_file else root / f"{split}.txt"
         if not list_file and not list_path.exists() and (SPLITS / f"{split}.txt").exists():
             list_path = SPLITS / f"{split}.txt"
         images, labels = read_pair_list(require(list_path, "CamVid list file", HINT), root)
-        super().__init__([p.stem for p in images], images, labels, transforms, split)
+        return [p.stem for p in images], images, labels
 
     def decode_label(self, path: Path) -> np.ndarray:
         return remap(read_label_png(path), LABEL_TABLE, path)

@@ -20,7 +20,7 @@ import numpy as np
 
 from piecewise_crf.data.base import (
     FilePairDataset,
-    JointTransform,
+    Samples,
     bit_palette,
     load_mat,
     read_label_png,
@@ -76,16 +76,11 @@ class PascalContext(FilePairDataset):
 
     classes = CLASSES
     palette = PALETTE
+    title = "PASCAL-Context"
 
-    def __init__(
-        self,
-        root: str | Path,
-        split: str = "train",
-        *,
-        transforms: JointTransform | None = None,
-        context_root: str | Path | None = None,
-    ) -> None:
-        root = require(Path(root), "PASCAL-Context root")
+    def find_samples(
+        self, root: Path, split: str, *, context_root: str | Path | None = None
+    ) -> Samples:
         voc = find_voc_dir(root, "2010")
         ctx = require(Path(context_root), "PASCAL-Context folder") if context_root else root
         list_candidates = [
@@ -120,8 +115,7 @@ class PascalContext(FilePairDataset):
                 labels59 if labels59.is_file() else None,
             )
             labels = [mat_dir / f"{i}.mat" for i in ids]
-        images = [voc / "JPEGImages" / f"{i}.jpg" for i in ids]
-        super().__init__(ids, images, labels, transforms, split)
+        return ids, [voc / "JPEGImages" / f"{i}.jpg" for i in ids], labels
 
     def decode_label(self, path: Path) -> np.ndarray:
         if self.table is None:

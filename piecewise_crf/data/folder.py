@@ -21,6 +21,7 @@ from piecewise_crf.data.base import (
     IMAGE_SUFFIXES,
     FilePairDataset,
     JointTransform,
+    Samples,
     bit_palette,
     read_label_png,
     read_lines,
@@ -40,7 +41,7 @@ class FolderDataset(FilePairDataset):
 
     def __init__(
         self,
-        root: str | Path,
+        root: str | Path | None,
         split: str | None = "all",
         *,
         num_classes: int,
@@ -67,9 +68,24 @@ class FolderDataset(FilePairDataset):
                 f"palette must have shape ({num_classes}, 3), got {self.palette.shape}"
             )
         self.void_value = void_value
+        super().__init__(
+            root,
+            split or "all",
+            transforms=transforms,
+            list_file=list_file,
+            image_dir=image_dir,
+            label_dir=label_dir,
+        )
 
-        root = require(Path(root), "dataset root")
-        split = split or "all"
+    def find_samples(
+        self,
+        root: Path,
+        split: str,
+        *,
+        list_file: str | Path | None,
+        image_dir: str,
+        label_dir: str,
+    ) -> Samples:
         list_path = Path(list_file) if list_file else root / f"{split}.txt"
         if list_file or list_path.is_file():
             images, labels = self._from_list(
@@ -90,7 +106,7 @@ class FolderDataset(FilePairDataset):
                     f"{base / image_dir}/ with {base / label_dir}/{hint}"
                 )
             images, labels = self._from_folders(base / image_dir, base / label_dir)
-        super().__init__([p.stem for p in images], images, labels, transforms, split)
+        return [p.stem for p in images], images, labels
 
     @staticmethod
     def _from_list(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -20,10 +21,12 @@ from PIL import Image
 
 from piecewise_crf.data.base import (
     IGNORE_INDEX,
+    FileDataset,
     FilePairDataset,
-    JointTransform,
+    Samples,
     SegmentationDataset,
     bit_palette,
+    dataset_root,
     load_mat,
     read_label_png,
     read_lines,
@@ -68,21 +71,15 @@ def class_table(mapping_mat: Path) -> np.ndarray:
     return np.concatenate([[IGNORE_INDEX], mapped - 1]).astype(np.uint8)
 
 
-class NYUDv2(SegmentationDataset):
+class NYUDv2(FileDataset):
     """NYUDv2 from the labeled .mat (v7.3). The HDF5 file is opened lazily in each process,
     so the dataset can be used by forked or spawned DataLoader workers."""
 
     classes = CLASSES
     palette = PALETTE
+    title = "NYUDv2"
 
-    def __init__(
-        self,
-        root: str | Path,
-        split: str = "train",
-        *,
-        transforms: JointTransform | None = None,
-    ) -> None:
-        root = require(Path(root), "NYUDv2 root")
+    def read_split(self, root: Path, split: str) -> list[str]:
         self.path = require(root / LABELED_MAT, "NYUDv2 labeled data")
         self.table = class_table(root / "classMapping40.mat")
         self.indices = split_indices(root / "splits.mat", split)
@@ -100,7 +97,7 @@ class NYUDv2(SegmentationDataset):
             )
         self._file: h5py.File | None = None
         self._pid: int | None = None
-        super().__init__([f"{i + 1:04d}" for i in self.indices], transforms, split)
+        return [f"{i + 1:04d}" for i in self.indices]
 
     def _h5(self) -> h5py.File:
         # An HDF5 handle must not cross a fork: reopen in every new process.
@@ -126,17 +123,11 @@ class NYUDv2Folder(FilePairDataset):
 
     classes = CLASSES
     palette = PALETTE
+    title = "NYUDv2"
 
-    def __init__(
-        self,
-        root: str | Path,
-        split: str = "train",
-        *,
-        transforms: JointTransform | None = None,
-        image_dir: str = "image",
-        label_dir: str = "label40",
-    ) -> None:
-        root = require(Path(root), "NYUDv2 root")
+    def find_samples(
+        self, root: Path, split: str, *, image_dir: str = "image", label_dir: str = "label40"
+    ) -> Samples:
         images_root = require(root / image_dir, "NYUDv2 image folder")
         if (root / f"{split}.txt").is_file():
             names = [Path(line.split()[0]).stem for line in read_lines(root / f"{split}.txt")]
@@ -150,8 +141,14 @@ class NYUDv2Folder(FilePairDataset):
                 )
             names = [by_number[i] for i in wanted]
         images = [images_root / f"{n}.png" for n in names]
-        labels = [root / label_dir / f"{n}.png" for n in names]
-        super().__init__(names, images, labels, transforms, split)
+        return names, images, [root / label_dir / f"{n}.png" for n in names]
 
     def decode_label(self, path: Path) -> np.ndarray:
         return remap(read_label_png(path), LABEL40_TABLE, path)
+
+
+def read_nyud(root: str | Path | None, split: str, **kwargs: Any) -> SegmentationDataset:
+    """The "nyud" reader: the labeled .mat when `root` holds it, else the image/ + label40/
+    folders."""
+    labeled = (dataset_root(root, "NYUDv2") / LABELED_MAT).is_file()
+    return (NYUDv2 if labeled else NYUDv2Folder)(root, split, **kwargs)

@@ -19,7 +19,7 @@ import numpy as np
 from piecewise_crf.data.base import (
     IGNORE_INDEX,
     FilePairDataset,
-    JointTransform,
+    Samples,
     bit_palette,
     load_mat,
     read_lines,
@@ -57,18 +57,13 @@ class SiftFlow(FilePairDataset):
 
     classes = CLASSES
     palette = PALETTE
+    title = "SIFT-flow"
 
-    def __init__(
-        self,
-        root: str | Path,
-        split: str = "train",
-        *,
-        transforms: JointTransform | None = None,
-        test_list: str | Path | None = None,
-    ) -> None:
+    def find_samples(
+        self, root: Path, split: str, *, test_list: str | Path | None = None
+    ) -> Samples:
         if split not in ("train", "test"):
             raise ValueError(f"SIFT-flow splits are 'train' and 'test', got {split!r}")
-        root = require(Path(root), "SIFT-flow root")
         image_dir = require(root / "Images" / SUBDIR, "SIFT-flow image folder")
         self.label_dir = root / "SemanticLabels" / SUBDIR
         self.test_names = read_test_names(Path(test_list) if test_list else root / "TestSet1.txt")
@@ -78,8 +73,7 @@ class SiftFlow(FilePairDataset):
             test = set(self.test_names)
             names = sorted(p.stem for p in image_dir.glob("*.jpg") if p.stem not in test)
         images = [image_dir / f"{n}.jpg" for n in names]
-        labels = [self.label_dir / f"{n}.mat" for n in names]
-        super().__init__(names, images, labels, transforms, split)
+        return names, images, [self.label_dir / f"{n}.mat" for n in names]
 
     def decode_label(self, path: Path) -> np.ndarray:
         return read_siftflow_mat(path)

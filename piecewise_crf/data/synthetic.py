@@ -123,3 +123,14 @@ class SyntheticContext(Dataset):
         if self.transforms is not None:
             x, y = self.transforms(x, y)
         return x, y
+
+
+def read_synthetic(
+    root: object,
+    split: str,
+    *,
+    transforms: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None,
+) -> SyntheticContext:
+    """The "synthetic" reader: split `split` of `SPLITS`. `root` is ignored: the samples are
+    generated, not read."""
+    return SyntheticContext.split(split, transforms=transforms)

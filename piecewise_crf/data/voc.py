@@ -17,7 +17,7 @@ import numpy as np
 
 from piecewise_crf.data.base import (
     FilePairDataset,
-    JointTransform,
+    Samples,
     bit_palette,
     load_mat,
     read_label_png,
@@ -66,17 +66,11 @@ class VOCSegmentation(FilePairDataset):
 
     classes = CLASSES
     palette = PALETTE
+    title = "VOC"
 
-    def __init__(
-        self,
-        root: str | Path,
-        split: str = "train",
-        *,
-        transforms: JointTransform | None = None,
-        sbd_root: str | Path | None = None,
-        year: str = "2012",
-    ) -> None:
-        root = require(Path(root), "VOC root")
+    def find_samples(
+        self, root: Path, split: str, *, sbd_root: str | Path | None = None, year: str = "2012"
+    ) -> Samples:
         voc = find_voc_dir(root, year)
         lists = voc / "ImageSets" / "Segmentation"
         sbd = self._find_sbd(root, voc, sbd_root)
@@ -93,8 +87,7 @@ class VOCSegmentation(FilePairDataset):
             )
         label_dirs = [voc / "SegmentationClass", *([aug] if aug else [])]
         labels = [self._find_label(i, label_dirs, sbd) for i in ids]
-        images = [voc / "JPEGImages" / f"{i}.jpg" for i in ids]
-        super().__init__(ids, images, labels, transforms, split)
+        return ids, [voc / "JPEGImages" / f"{i}.jpg" for i in ids], labels
 
     @staticmethod
     def _find_sbd(root: Path, voc: Path, sbd_root: str | Path | None) -> Path | None:
