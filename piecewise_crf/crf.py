@@ -100,6 +100,36 @@ def piecewise_nll(
     return unary_nll, pairwise_nll
 
 
+OBJECTIVES = ("nll", "error")  # what `marginal_loss` measures of the marginals at labelled nodes
+
+
+def marginal_loss(
+    q: Tensor,
+    nodes: Tensor,
+    *,
+    objective: str = "nll",
+    class_weights: Tensor | None = None,
+    ignore_index: int = 255,
+) -> Tensor:
+    """Class-weighted mean over labelled nodes of -log Q_p(y_p) ("nll") or 1 - Q_p(y_p)
+    ("error", the expected error: bounded, so a few confidently wrong nodes do not decide).
+
+    q (B, K, h, w) marginals, nodes (B, h, w) labels with `ignore_index` where unlabelled; node
+    p weighs class_weights[y_p] when given.
+    """
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
+    if objective == "nll":
+        return F.nll_loss(
+            q.clamp(min=1e-8).log(), nodes, weight=class_weights, ignore_index=ignore_index
+        )
+    valid = nodes != ignore_index
+    safe = nodes.masked_fill(~valid, 0)
+    correct = q.gather(1, safe[:, None])[:, 0]
+    weight = valid.to(q.dtype) if class_weights is None else class_weights[safe] * valid
+    return ((1 - correct) * weight).sum() / weight.sum().clamp(min=1e-12)
+
+
 def centre_interactions(scores: Tensor, dims: tuple[int, int] = (1, 2)) -> Tensor:
     """Interaction-only part of pairwise scores: z - mean_j z - mean_i z + mean_ij z.
 
@@ -121,12 +151,21 @@ def grid_mean_field(
     pairwise: Sequence[GridPairwise],
     iterations: int = 3,
     weights: Sequence[float | Tensor] | None = None,
+    *,
+    centred: bool = False,
 ) -> Tensor:
     """`mean_field` on a grid: unary (B, K, h, w) scores, pairwise as compact per-offset maps.
 
     `weights` (one number or 0-d tensor per offset) multiply that offset's scores, applied to
-    its messages: the same as scaling z, without a scaled copy of z per offset, so a gradient
-    with respect to the weights (`piecewise_crf.calibrate`) keeps only the message maps.
+    its messages: the same as scaling z, without a scaled copy of z, so a gradient with respect
+    to the weights (`piecewise_crf.calibration`) keeps only the message maps. `centred` runs
+    mean-field on the scores' interaction part, `centre_interactions(z)`, without computing it:
+    a centred score is z minus its row mean r_i, minus its column mean c_j, plus a constant, and
+    once the partner's labels are summed out only r_i still depends on the label of p (and c_j
+    on that of q); the rest is the same for every label of the receiving node, which the
+    softmax ignores. So the means enter once, subtracted from the unary scores the updates add
+    their messages to, and the loop runs on the raw scores.
+
     Returns marginals (B, K, h, w). Same update as `mean_field`, with messages gathered by slicing
     the grid per offset; memory is that of the scores plus a few (B, K, h, w) buffers. The
     products are broadcast multiply-and-sum over the label axis, vectorised over the grid: an
@@ -143,10 +182,15 @@ def grid_mean_field(
             f"weights must have one entry per offset ({len(pairwise)}), got {len(weights)}"
         )
     regions = []
+    start = unary  # what each update adds the messages to
     for i, ((dy, dx), z) in enumerate(pairwise):
         p, q = offset_slices(h, w, dy, dx)
         weight = 1.0 if weights is None else weights[i]
-        regions.append((p, q, _padding(p, h, w), _padding(q, h, w), z, weight))
+        to_p, to_q = _padding(p, h, w), _padding(q, h, w)
+        if centred:
+            rows, cols = z.mean(2, dtype=unary.dtype), z.mean(1, dtype=unary.dtype)
+            start = start - weight * (F.pad(rows, to_p) + F.pad(cols, to_q))
+        regions.append((p, q, to_p, to_q, z, weight))
     marginals = unary.softmax(1)
     for _ in range(iterations):
         messages = torch.zeros_like(unary)
@@ -157,7 +201,7 @@ def grid_mean_field(
                 to_p_sum, to_q_sum = to_p_sum * weight, to_q_sum * weight
             messages = messages + F.pad(to_p_sum, to_p)
             messages = messages + F.pad(to_q_sum, to_q)
-        marginals = (unary + messages).softmax(1)
+        marginals = (start + messages).softmax(1)
     return marginals
 
 

@@ -9,9 +9,11 @@ that arrive during a write are handled once it has finished.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import secrets
 import signal
+import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -19,6 +21,8 @@ from pathlib import Path
 from typing import IO, Any
 
 import torch
+
+from piecewise_crf.errors import ArgumentError
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
@@ -101,6 +105,27 @@ def atomic_write_text(text: str, path: str | Path) -> None:
     atomic_write(path, lambda f: f.write(text.encode()))
 
 
+def write_json(values: Any, path: str | Path) -> None:
+    """`values` as indented JSON, atomically, creating the folder."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(json.dumps(values, indent=2) + "\n", path)
+
+
+def ensure_writable(folder: str | Path) -> Path:
+    """Create `folder` and check a file can be written there, before any long computation."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise PermissionError(
+            f"cannot write to the output folder {folder}: {err.strerror or err}; "
+            "choose another output path or fix its permissions"
+        ) from err
+    return folder
+
+
 def remove_stale_temps(folder: str | Path, names: Iterable[str]) -> list[Path]:
     """Delete the temp files `atomic_write` left for `names` in `folder` when a process was
     killed mid-write (kill -9 gives it no chance to clean up). Call it only while no other
@@ -143,26 +168,27 @@ def read_torch_file(path: str | Path, what: str) -> Any:
 
 
 def refuse_overwriting_inputs(
-    outputs: Iterable[str | Path],
-    inputs: Iterable[str | Path],
-    flag: str,
+    outputs: Iterable[str | Path | None],
+    inputs: Iterable[str | Path | None],
+    parameter: str,
     *,
     suffix: str | None = None,
 ) -> None:
-    """Raise ValueError when an output path is one of the inputs (after resolving symlinks), or,
-    with `suffix`, an existing file of another kind (`--json data/val.txt` is a mistake, not a
-    results file to replace)."""
+    """ArgumentError naming `parameter` when an output path is one of the inputs (after resolving
+    symlinks), or, with `suffix`, an existing file of another kind (a results path that names
+    a dataset list is a mistake, not a results file to replace)."""
     sources = {Path(p).resolve(): Path(p) for p in inputs if p is not None}
     for out in outputs:
         if out is None:
             continue
-        if Path(out).resolve() in sources:
-            raise ValueError(
-                f"{flag} {out} is an input of this command ({sources[Path(out).resolve()]}); "
-                f"writing it would destroy it: choose another {flag} path"
+        source = sources.get(Path(out).resolve())
+        if source is not None:
+            raise ArgumentError(
+                lambda name, out=out, source=source: f"{name(parameter)} {out} is an input of "
+                f"this command ({source}); writing it would destroy it: choose another path"
             )
         if suffix and Path(out).exists() and Path(out).suffix.lower() != suffix:
-            raise ValueError(
-                f"{flag} {out} exists and is not a {suffix} file; writing it would replace it: "
-                f"choose a {suffix} path"
+            raise ArgumentError(
+                lambda name, out=out: f"{name(parameter)} {out} exists and is not a {suffix} "
+                f"file; writing it would replace it: choose a {suffix} path"
             )

@@ -8,8 +8,9 @@ All potentials are scores (log-potentials, higher = more likely).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 import torch.nn.functional as F
@@ -17,14 +18,12 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from piecewise_crf.backbones import build_backbone
-from piecewise_crf.config import ModelConfig
-from piecewise_crf.crf import GridPairwise, centre_interactions, grid_mean_field, ring_weight
+from piecewise_crf.crf import GridPairwise, grid_mean_field
 from piecewise_crf.featmap import FeatMapNet, grid_size
+from piecewise_crf.node_labels import NODE_LABEL_RULES, node_labels
 from piecewise_crf.potentials import PairwiseNet, UnaryNet, offset_chunks
 from piecewise_crf.relations import Offset, Relation, build_relations, offset_slices
-
-PAIRWISE_MODES = ("raw", "interaction")
-NODE_LABEL_RULES = ("nearest", "majority")
+from piecewise_crf.settings import ModelConfig
 
 
 @dataclass
@@ -49,37 +48,36 @@ class RelationScores:
             yield from zip(chunk, self.net.chunk_scores(self.maps, chunk), strict=True)
 
 
-@dataclass
+@dataclass(frozen=True)
 class GridPotentials:
     """Output of `DeepStructuredModel.forward`: unary scores (B, K, h, w) and lazy pairwise scores."""
 
     unary: Tensor
     pairwise: dict[str, RelationScores]
-    _raw: list[tuple[str, Offset, Tensor]] | None = field(default=None, repr=False)
 
-    def materialise(self, mode: str = "raw", scale: float = 1.0) -> list[GridPairwise]:
-        """All pairwise scores of all relations, in the form `grid_mean_field` takes.
+    @cached_property
+    def scores(self) -> list[tuple[str, Offset, Tensor]]:
+        """(relation, offset, z) for every offset with edges on the grid, z (B, K, K, h', w').
 
-        The Pairwise-Nets run once per forward pass: their raw scores are kept, so trying
-        several modes and scales on one image (a validation sweep) costs no more net evaluations.
+        The Pairwise-Nets run once per forward pass, here: mean-field with several settings on
+        one image (a validation sweep) costs no more net evaluations.
         """
-        if mode not in PAIRWISE_MODES:
-            raise ValueError(f"pairwise mode must be one of {PAIRWISE_MODES}, got {mode!r}")
-        out = []
-        for _, offset, z in self._scores():
-            if mode == "interaction":
-                z = centre_interactions(z)
-            out.append((offset, z * scale if scale != 1.0 else z))
-        return out
+        return [(name, o, z) for name, relation in self.pairwise.items() for o, z in relation]
 
-    def relation_names(self) -> list[str]:
-        """The relation of each offset, in the order `materialise` lists them."""
-        return [name for name, _, _ in self._scores()]
-
-    def _scores(self) -> list[tuple[str, Offset, Tensor]]:
-        if self._raw is None:
-            self._raw = [(n, o, z) for n, scores in self.pairwise.items() for o, z in scores]
-        return self._raw
+    def mean_field(
+        self,
+        iterations: int = 3,
+        weights: Sequence[float | Tensor] | None = None,
+        *,
+        centred: bool = False,
+    ) -> Tensor:
+        """Mean-field marginals (B, K, h, w) on the node grid (`crf.grid_mean_field`), in full
+        precision; `weights` one per entry of `scores`; iterations=0 gives softmax(unary)."""
+        unary = _full_precision(self.unary)
+        if iterations == 0 or not self.pairwise:
+            return unary.softmax(1)
+        pairwise = [(o, _full_precision(z)) for _, o, z in self.scores]
+        return grid_mean_field(unary, pairwise, iterations, weights, centred=centred)
 
 
 @dataclass
@@ -92,10 +90,10 @@ class LossTerms:
 class DeepStructuredModel(nn.Module):
     """FeatMap-Net with a CRF on its node grid: CNN unary potentials and one Pairwise-Net per relation.
 
-    `forward(images)` -> `GridPotentials` (scores on the grid); `loss(images, labels)` -> piecewise
-    NLL terms; `marginals(potentials)` -> mean-field on the grid, `upsample` to image size
-    (`piecewise_crf.inference` puts them together). Images are (B, 3, H, W)
-    float RGB in [0, 1]; labels (B, H, W) int64 with `ignore_index` for void pixels.
+    `forward(images)` -> `GridPotentials` (scores on the grid, and mean-field on them);
+    `loss(images, labels)` -> piecewise NLL terms; `upsample` grid marginals to image size
+    (`piecewise_crf.inference` puts them together with the CRF settings). Images are
+    (B, 3, H, W) float RGB in [0, 1]; labels (B, H, W) int64 with `ignore_index` for void pixels.
     """
 
     def __init__(
@@ -166,32 +164,15 @@ class DeepStructuredModel(nn.Module):
         return self.featmap.stride / max(self.featmap.scales)
 
     def node_labels(self, labels: Tensor, grid: tuple[int, int]) -> Tensor:
-        """Pixel labels (B, H, W) -> node labels (B, h, w).
-
-        "nearest" takes the pixel under each node's centre; "majority" the most frequent labelled
-        class among 4x4 samples spread over the node's cell (ignore when none is labelled).
-        """
-        cell = self._cell()
-        samples = 1 if self.node_label_rule == "nearest" else 4
-        height, width = labels.shape[-2:]
-
-        def coords(n: int, size: int) -> Tensor:
-            sub = (torch.arange(samples, device=labels.device) + 0.5) / samples
-            pos = (torch.arange(n, device=labels.device)[:, None] + sub) * cell
-            return pos.floor().long().clamp(max=size - 1).reshape(-1)
-
-        ys, xs = coords(grid[0], height), coords(grid[1], width)
-        picked = labels[:, ys][:, :, xs]
-        if samples == 1:
-            return picked
-        b = labels.shape[0]
-        k = self.num_classes
-        blocks = picked.view(b, grid[0], samples, grid[1], samples).permute(0, 1, 3, 2, 4)
-        blocks = blocks.reshape(b, grid[0], grid[1], samples * samples)
-        valid = blocks != self.ignore_index
-        counts = F.one_hot(blocks.masked_fill(~valid, 0), k).mul(valid.unsqueeze(-1)).sum(-2)
-        votes = counts.argmax(-1)
-        return votes.masked_fill(counts.sum(-1) == 0, self.ignore_index)
+        """Pixel labels (B, H, W) -> node labels (B, h, w) by the model's rule (`node_labels`)."""
+        return node_labels(
+            labels,
+            grid,
+            self._cell(),
+            rule=self.node_label_rule,
+            num_classes=self.num_classes,
+            ignore_index=self.ignore_index,
+        )
 
     def loss(
         self,
@@ -271,65 +252,6 @@ class DeepStructuredModel(nn.Module):
                     count = count + c
         pairwise_nll = total / count.clamp(min=1e-12)
         return LossTerms(unary_nll, pairwise_nll, unary_nll + pairwise_weight * pairwise_nll)
-
-    def mean_field_loss(
-        self,
-        images: Tensor,
-        labels: Tensor,
-        *,
-        iterations: int = 3,
-        pairwise_mode: str = "raw",
-        pairwise_scale: float = 1.0,
-        class_weights: Tensor | None = None,
-    ) -> Tensor:
-        """Joint-training loss: mean -log Q_p(y_p) of the mean-field marginals over labelled nodes
-        (weighted by class_weights[y_p] when given).
-
-        Back-propagates through `iterations` mean-field updates (inference inside training), the
-        cost that piecewise training avoids; used for comparisons.
-        """
-        potentials = self(images)
-        nodes = self.node_labels(labels, potentials.unary.shape[-2:])
-        q = self.marginals(
-            potentials,
-            iterations=iterations,
-            pairwise_mode=pairwise_mode,
-            pairwise_scale=pairwise_scale,
-        )
-        weight = None if class_weights is None else class_weights.to(q.device, q.dtype)
-        return F.nll_loss(
-            q.clamp(min=1e-8).log(), nodes, weight=weight, ignore_index=self.ignore_index
-        )
-
-    def marginals(
-        self,
-        potentials: GridPotentials,
-        *,
-        iterations: int = 3,
-        pairwise_mode: str = "raw",
-        pairwise_scale: float = 1.0,
-        ring_weights: Mapping[str, Sequence[float | Tensor]] | None = None,
-    ) -> Tensor:
-        """Mean-field marginals (B, K, h, w) on the node grid; iterations=0 gives softmax(unary).
-
-        Pairwise scores enter multiplied by `pairwise_scale` and, for a relation named in
-        `ring_weights`, by its weight for the offset's ring (`crf.ring_weight`).
-        """
-        unary = _full_precision(potentials.unary)
-        if iterations == 0 or not potentials.pairwise:
-            return unary.softmax(1)
-        pairwise = [
-            (o, _full_precision(z))
-            for o, z in potentials.materialise(pairwise_mode, pairwise_scale)
-        ]
-        weights = None
-        if ring_weights:
-            names = potentials.relation_names()
-            weights = [
-                ring_weight(ring_weights.get(name, ()), offset)
-                for name, (offset, _) in zip(names, pairwise, strict=True)
-            ]
-        return grid_mean_field(unary, pairwise, iterations, weights)
 
     def upsample(self, grid_marginals: Tensor, size: tuple[int, int]) -> Tensor:
         """Bilinear upsampling of grid marginals to image size (H, W).
