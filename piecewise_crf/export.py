@@ -23,13 +23,14 @@ from pathlib import Path
 
 import torch
 
-from piecewise_crf.files import atomic_write, refuse_overwriting_inputs
+from piecewise_crf.checkpoint import load_checkpoint
+from piecewise_crf.errors import ArgumentError
+from piecewise_crf.files import atomic_write, ensure_writable, refuse_overwriting_inputs
 from piecewise_crf.inference import CRFStage, Predictor
-from piecewise_crf.runtime import ensure_writable
 
 OPSET = 17
 MIN_SIZE = 32  # 2x2 CRF nodes at the network's stride of 16
-INSTALL = "pip install 'piecewise-crf[export]'"
+INSTALL = "pip install onnx onnxruntime (or the extra: pip install 'piecewise-crf[export]')"
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ class Exported:
     seconds: float
 
     def summary(self) -> str:
-        """What the CLI prints: the file, its input and output, the crf setting."""
+        """The file, its input and output, the crf setting, in a few lines."""
         crf = self.crf
         return "\n".join(
             [
@@ -73,28 +74,73 @@ def export_onnx(
     """
     height, width = size
     if min(height, width) < MIN_SIZE:
-        raise ValueError(
-            f"--size H W: each side must be at least {MIN_SIZE} pixels, got {height} {width}"
+        raise ArgumentError(
+            lambda name: (
+                f"{name('size')}: each side must be at least {MIN_SIZE} pixels, "
+                f"got {height} {width}"
+            )
         )
     try:
         import onnx
     except ImportError:
-        raise ImportError(f"ONNX export needs the onnx package: {INSTALL}") from None
+        raise ImportError(f"ONNX export needs the package onnx: {INSTALL}") from None
     checkpoint, out = Path(checkpoint), Path(out)
-    refuse_overwriting_inputs([out], [checkpoint], "--out")
+    refuse_overwriting_inputs([out], [checkpoint], "out")
     if out.is_dir():
-        raise IsADirectoryError(
-            f"--out {out} is a folder; name the file, e.g. {out / 'model.onnx'}"
+        raise ArgumentError(
+            lambda name: (
+                f"{name('out')} {out} is a folder; name the file, e.g. {out / 'model.onnx'}"
+            )
         )
     if out.exists() and not overwrite:
-        raise FileExistsError(f"--out {out} exists; pass --overwrite to replace it")
-    predictor = Predictor.from_checkpoint(checkpoint, device="cpu")
+        raise ArgumentError(
+            lambda name: f"{name('out')} {out} exists; pass {name('overwrite')} to replace it"
+        )
+    ckpt = load_checkpoint(checkpoint)
+    predictor = Predictor.from_checkpoint(ckpt, device="cpu")
     ensure_writable(out.parent)
 
     start = time.perf_counter()
-    stage = CRFStage(predictor.model, predictor.crf).eval()
+    model = onnx.load_from_string(_trace(CRFStage(predictor.model, predictor.crf).eval(), size))
+    k = predictor.model.num_classes
+    # The exporter leaves K, H, W of the output symbolic (its shape inference stops at the crop
+    # of the upsampled map); they are fixed, and deployments read them from the declaration.
+    dims = model.graph.output[0].type.tensor_type.shape.dim
+    for dim, value in zip(dims[1:], (k, height, width), strict=True):
+        dim.dim_value = value
+    crf = dataclasses.asdict(predictor.crf)
+    if crf["box_fraction"] is None:
+        crf["box_fraction"] = ckpt.config.model.box_fraction  # the trained box, which it uses
+    dense = dataclasses.asdict(predictor.dense)
+    del dense["enabled"]
+    model.doc_string = (
+        "piecewise-crf crf stage: images (B, 3, H, W) float RGB in [0, 1] -> mean-field "
+        "marginals (B, K, H, W); the metadata names the K classes"
+    )
+    metadata = {
+        "classes": predictor.classes,
+        "palette": predictor.palette.tolist(),
+        "crf": crf,
+        "dense_crf": dense,  # keyword arguments of densecrf.dense_crf
+    }
+    onnx.helper.set_model_props(model, {k: json.dumps(v) for k, v in metadata.items()})
+    data = model.SerializeToString()
+    atomic_write(out, lambda f: f.write(data))
+    return Exported(
+        path=out,
+        bytes=len(data),
+        input_shape=("B", 3, height, width),
+        output_shape=("B", k, height, width),
+        grid=predictor.model.grid_size(height, width),
+        crf=crf,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def _trace(stage: CRFStage, size: tuple[int, int]) -> bytes:
+    """The ONNX bytes of `stage` traced on images of `size`, the batch axis dynamic."""
     # A batch of 2, not 1, so that no size-1 broadcast hides where the batch axis goes.
-    example = torch.rand(2, 3, height, width, generator=torch.Generator().manual_seed(0))
+    example = torch.rand(2, 3, *size, generator=torch.Generator().manual_seed(0))
     buffer = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         # Expected: the tracer reads the grid's sizes as constants (one graph per image size),
@@ -113,45 +159,7 @@ def export_onnx(
             output_names=["marginals"],
             dynamic_axes={"images": {0: "batch"}, "marginals": {0: "batch"}},
         )
-    model = onnx.load_from_string(buffer.getvalue())
-    k = predictor.model.num_classes
-    # The exporter leaves K, H, W of the output symbolic (its shape inference stops at the crop
-    # of the upsampled map); they are fixed, and deployments read them from the declaration.
-    dims = model.graph.output[0].type.tensor_type.shape.dim
-    for dim, value in zip(dims[1:], (k, height, width), strict=True):
-        dim.dim_value = value
-
-    config = predictor.config
-    assert config is not None  # from_checkpoint sets it
-    crf = dataclasses.asdict(predictor.crf)
-    if crf["box_fraction"] is None:
-        crf["box_fraction"] = config.model.box_fraction  # the trained box, what mean-field uses
-    dense = dataclasses.asdict(predictor.dense)
-    del dense["enabled"]
-    model.doc_string = (
-        "piecewise-crf crf stage: images (B, 3, H, W) float RGB in [0, 1] -> mean-field "
-        "marginals (B, K, H, W); the metadata names the K classes"
-    )
-    onnx.helper.set_model_props(
-        model,
-        {
-            "classes": json.dumps(predictor.classes),
-            "palette": json.dumps(predictor.palette.tolist()),
-            "crf": json.dumps(crf),
-            "dense_crf": json.dumps(dense),  # keyword arguments of densecrf.dense_crf
-        },
-    )
-    data = model.SerializeToString()
-    atomic_write(out, lambda f: f.write(data))
-    return Exported(
-        path=out,
-        bytes=len(data),
-        input_shape=("B", 3, height, width),
-        output_shape=("B", k, height, width),
-        grid=predictor.model.grid_size(height, width),
-        crf=crf,
-        seconds=time.perf_counter() - start,
-    )
+    return buffer.getvalue()
 
 
 def _shape(shape: tuple[str | int, ...]) -> str:

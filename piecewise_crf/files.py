@@ -184,11 +184,15 @@ def refuse_overwriting_inputs(
         source = sources.get(Path(out).resolve())
         if source is not None:
             raise ArgumentError(
-                lambda name, out=out, source=source: f"{name(parameter)} {out} is an input of "
-                f"this command ({source}); writing it would destroy it: choose another path"
+                lambda name, out=out, source=source: (
+                    f"{name(parameter)} {out} is an input of "
+                    f"this command ({source}); writing it would destroy it: choose another path"
+                )
             )
         if suffix and Path(out).exists() and Path(out).suffix.lower() != suffix:
             raise ArgumentError(
-                lambda name, out=out: f"{name(parameter)} {out} exists and is not a {suffix} "
-                f"file; writing it would replace it: choose a {suffix} path"
+                lambda name, out=out: (
+                    f"{name(parameter)} {out} exists and is not a {suffix} "
+                    f"file; writing it would replace it: choose a {suffix} path"
+                )
             )

@@ -8,14 +8,13 @@ marginals, probabilities (B, K, H, W) at image resolution, one map per stage:
     crf+dense  the dense CRF (boundary refinement, settings `dense`) on the crf marginals
 
 `Predictor.from_checkpoint` carries the checkpoint's own crf and dense-CRF settings, so Python,
-`piecewise-crf evaluate`, `predict`, `tune-dense-crf`, the demo, the in-training validation and
-the ONNX export (`CRFStage`) all predict the same way.
+`piecewise-crf evaluate`, `predict`, `tune-dense-crf`, `calibrate`, the demo, the in-training
+validation and the ONNX export (`CRFStage`) all predict the same way. How a `CRFConfig` weighs
+the pairwise scores in mean-field is `mean_field_weights`, and nowhere else.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,53 +24,47 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from piecewise_crf.checkpoint import load_checkpoint, model_from_checkpoint
-from piecewise_crf.config import Config, CRFConfig, DenseCRFConfig, validate
+from piecewise_crf.checkpoint import Checkpoint, load_checkpoint
+from piecewise_crf.config import STAGES, CRFConfig, DenseCRFConfig, replace_settings
+from piecewise_crf.crf import ring_weight
+from piecewise_crf.data.base import bit_palette
 from piecewise_crf.densecrf import dense_crf
-from piecewise_crf.model import DeepStructuredModel
-from piecewise_crf.runtime import amp_dtype, resolve_device
-
-STAGES = ("unary", "crf", "crf+dense")
-_CRF_KEYS = tuple(f.name for f in dataclasses.fields(CRFConfig))
-_DENSE_KEYS = tuple(f.name for f in dataclasses.fields(DenseCRFConfig))
+from piecewise_crf.devices import amp_dtype, resolve_device
+from piecewise_crf.model import DeepStructuredModel, GridPotentials, GridScores
+from piecewise_crf.registry import unknown
+from piecewise_crf.relations import Offset
 
 
-def with_overrides(config: Config, overrides: Mapping[str, Any]) -> Config:
-    """A copy of `config` with crf and dense-CRF settings replaced by key name, validated.
+def mean_field_weights(
+    crf: CRFConfig,
+    offsets: Sequence[tuple[str, Offset]],
+    ring_weights: Mapping[str, Sequence[float | Tensor]] | None = None,
+) -> list[float | Tensor]:
+    """The factor of each offset's pairwise scores in mean-field: `crf.pairwise_scale` times the
+    weight of the offset's ring in its relation (`ring_weights`, default `crf.ring_weights`;
+    a relation without weights counts 1). `offsets` are (relation, offset) pairs."""
+    rings = crf.ring_weights if ring_weights is None else ring_weights
+    scale = crf.pairwise_scale
+    return [scale * ring_weight(rings.get(name, ()), offset) for name, offset in offsets]
 
-    Keys are CRFConfig's (`iterations`, `pairwise_mode`, `pairwise_scale`, `box_fraction`) and
-    DenseCRFConfig's (`pos_xy_std`, ..., `bi_weight`); the dense CRF's `iterations` and
-    `enabled` are `dense_iterations` and `dense_enabled`.
-    """
-    crf: dict[str, Any] = {}
-    dense: dict[str, Any] = {}
-    for key, value in overrides.items():
-        if key in _CRF_KEYS:
-            crf[key] = value
-        elif key.startswith("dense_") and key[len("dense_") :] in _DENSE_KEYS:
-            dense[key[len("dense_") :]] = value
-        elif key in _DENSE_KEYS:
-            dense[key] = value
-        else:
-            valid = [
-                *_CRF_KEYS,
-                *(k for k in _DENSE_KEYS if k not in _CRF_KEYS),
-                "dense_iterations",
-            ]
-            match = difflib.get_close_matches(key, valid, n=1)
-            hint = f"did you mean {match[0]!r}?" if match else f"valid: {', '.join(valid)}"
-            raise ValueError(f"unknown prediction setting {key!r}; {hint}")
-    config = dataclasses.replace(
-        config,
-        crf=dataclasses.replace(config.crf, **crf),
-        dense_crf=dataclasses.replace(config.dense_crf, **dense),
-    )
-    validate(config)
-    return config
+
+def grid_marginals(
+    scores: GridScores,
+    crf: CRFConfig,
+    ring_weights: Mapping[str, Sequence[float | Tensor]] | None = None,
+) -> Tensor:
+    """Mean-field marginals (B, K, h, w) on the node grid with `crf`'s iterations, mode and
+    weights (`ring_weights` in place of crf's, e.g. tensors being fitted)."""
+    weights = mean_field_weights(crf, scores.offsets(), ring_weights)
+    centred = crf.pairwise_mode == "interaction"
+    return scores.mean_field(crf.iterations, weights, centred=centred)
 
 
 def crf_marginals(
-    model: DeepStructuredModel, images: Tensor, crf: CRFConfig, potentials: Any = None
+    model: DeepStructuredModel,
+    images: Tensor,
+    crf: CRFConfig,
+    potentials: GridPotentials | None = None,
 ) -> Tensor:
     """The crf stage without test-time variants: mean-field on the grid, upsampled (B, K, H, W).
 
@@ -79,13 +72,7 @@ def crf_marginals(
     """
     if potentials is None:
         potentials = model(images, box_fraction=crf.box_fraction)
-    grid = model.marginals(
-        potentials,
-        iterations=crf.iterations,
-        pairwise_mode=crf.pairwise_mode,
-        pairwise_scale=crf.pairwise_scale,
-        ring_weights=crf.ring_weights,
-    )
+    grid = grid_marginals(potentials.scores, crf)
     return model.upsample(grid, tuple(map(int, images.shape[-2:])))  # ints when traced too
 
 
@@ -118,7 +105,8 @@ def refine(images: Tensor, probs: Tensor, dense: DenseCRFConfig) -> Tensor:
 
 
 class Predictor:
-    """A model and how it predicts: CRF and dense-CRF settings, test-time variants, device.
+    """A model and how it predicts: CRF and dense-CRF settings, test-time variants, device, and
+    the names and colours of its classes.
 
     `predictor(images, stages=None)` -> {stage: marginals}. `images` is a float batch
     (B, 3, H, W) in [0, 1] on any device (marginals (B, K, H, W) on the predictor's device), or
@@ -136,6 +124,8 @@ class Predictor:
         *,
         crf: CRFConfig | None = None,
         dense: DenseCRFConfig | None = None,
+        classes: Sequence[str] | None = None,
+        palette: Sequence[Sequence[int]] | None = None,
         sweep: Mapping[str, CRFConfig] | None = None,
         scales: Sequence[float] = (1.0,),
         flip: bool = False,
@@ -144,6 +134,11 @@ class Predictor:
     ) -> None:
         if not scales or any(not s > 0 for s in scales):
             raise ValueError(f"test scales must be positive numbers, got {list(scales)}")
+        k = model.num_classes
+        self.classes = list(classes) if classes is not None else [f"class_{i}" for i in range(k)]
+        self.palette = np.asarray(bit_palette(k) if palette is None else palette, np.uint8)
+        if len(self.classes) != k or self.palette.shape != (k, 3):
+            raise ValueError(f"need {k} class names and a ({k}, 3) palette for this model")
         self.device = (
             next(model.parameters()).device if device is None else resolve_device(str(device))
         )
@@ -153,14 +148,11 @@ class Predictor:
         self.sweep = dict(sweep or {})
         self.scales, self.flip = tuple(scales), flip
         self.amp_dtype = amp_dtype(self.device, amp)
-        self.config: Config | None = None  # set by from_checkpoint, with the classes below
-        self.classes: list[str] = []
-        self.palette: np.ndarray | None = None
 
     @classmethod
     def from_checkpoint(
         cls,
-        path: str | Path,
+        checkpoint: str | Path | Checkpoint,
         *,
         device: str | torch.device | None = None,
         scales: Sequence[float] = (1.0,),
@@ -168,26 +160,23 @@ class Predictor:
         sweep: Mapping[str, CRFConfig] | None = None,
         **overrides: Any,
     ) -> Predictor:
-        """The checkpoint's model with its own crf and dense-CRF settings, changed by
-        `overrides` (see `with_overrides`, e.g. `pairwise_scale=0.01, box_fraction=0.15`).
-        `device` None picks CUDA when present, else the CPU."""
-        ckpt = load_checkpoint(path)
-        model, config = model_from_checkpoint(ckpt, str(path))
-        config = with_overrides(config, overrides)
-        predictor = cls(
-            model,
+        """The checkpoint's model (a path or a loaded `Checkpoint`) with its own crf and
+        dense-CRF settings, changed by `overrides` (see `config.replace_settings`, e.g.
+        `pairwise_scale=0.01, box_fraction=0.15`). `device` None picks CUDA when present."""
+        ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
+        config = replace_settings(ckpt.config, overrides)
+        return cls(
+            ckpt.build_model(str(checkpoint)),
             crf=config.crf,
             dense=config.dense_crf,
+            classes=ckpt.classes,
+            palette=ckpt.palette,
             sweep=sweep,
             scales=scales,
             flip=flip,
             amp=config.train.amp,
             device=resolve_device("auto" if device is None else str(device)),
         )
-        predictor.config = config
-        predictor.classes = list(ckpt["classes"])
-        predictor.palette = np.asarray(ckpt["palette"], dtype=np.uint8)
-        return predictor
 
     @property
     def stages(self) -> tuple[str, ...]:
@@ -207,12 +196,21 @@ class Predictor:
             return self._predict(images.to(self.device, torch.float32), wanted)
         return self._predict_list(list(images), wanted)
 
+    def potentials(self, images: Tensor) -> GridPotentials:
+        """The model's scores on the node grid for images (B, 3, H, W) on the predictor's device,
+        under autocast where it is on, with the prediction range box (`crf.box_fraction`)."""
+        dtype = self.amp_dtype
+        with torch.autocast(images.device.type, dtype=dtype, enabled=dtype is not None):
+            return self.model(images, box_fraction=self.crf.box_fraction)
+
     def _check_stages(self, stages: Sequence[str] | None) -> tuple[str, ...]:
-        known = ("unary", "crf", *self.sweep, "crf+dense")
+        known = (*STAGES[:2], *self.sweep, STAGES[2])
         wanted = self.stages if stages is None else tuple(stages)
-        unknown = [s for s in wanted if s not in known]
-        if unknown or not wanted:
-            raise ValueError(f"unknown stages {unknown}; choose from {', '.join(known)}")
+        for stage in wanted:
+            if stage not in known:
+                raise ValueError(unknown("stage", stage, known))
+        if not wanted:
+            raise ValueError(f"no stages asked for; choose from {', '.join(known)}")
         return wanted
 
     def _predict_list(self, arrays: list[np.ndarray], wanted: tuple[str, ...]) -> dict[str, Any]:
@@ -258,9 +256,7 @@ class Predictor:
                 x = F.interpolate(x, scaled, mode="bilinear", align_corners=False, antialias=True)
             if flipped:
                 x = x.flip(-1)
-            dtype = self.amp_dtype
-            with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
-                potentials = self.model(x, box_fraction=self.crf.box_fraction)
+            potentials = self.potentials(x)
             grid = potentials.unary.float().softmax(1)
             maps = {"unary": self.model.upsample(grid, tuple(x.shape[-2:]))}
             for name, crf in settings.items():

@@ -49,20 +49,16 @@ class RelationScores:
 
 
 @dataclass(frozen=True)
-class GridPotentials:
-    """Output of `DeepStructuredModel.forward`: unary scores (B, K, h, w) and lazy pairwise scores."""
+class GridScores:
+    """Unary scores (B, K, h, w) and the pairwise scores of every offset with edges on the grid:
+    (relation, offset, z) with z (B, K, K, h', w'), z[b, i, j] the score of y_p = i, y_q = j."""
 
     unary: Tensor
-    pairwise: dict[str, RelationScores]
+    pairwise: list[tuple[str, Offset, Tensor]]
 
-    @cached_property
-    def scores(self) -> list[tuple[str, Offset, Tensor]]:
-        """(relation, offset, z) for every offset with edges on the grid, z (B, K, K, h', w').
-
-        The Pairwise-Nets run once per forward pass, here: mean-field with several settings on
-        one image (a validation sweep) costs no more net evaluations.
-        """
-        return [(name, o, z) for name, relation in self.pairwise.items() for o, z in relation]
+    def offsets(self) -> list[tuple[str, Offset]]:
+        """(relation, offset) of every pairwise entry, in order."""
+        return [(name, offset) for name, offset, _ in self.pairwise]
 
     def mean_field(
         self,
@@ -72,12 +68,28 @@ class GridPotentials:
         centred: bool = False,
     ) -> Tensor:
         """Mean-field marginals (B, K, h, w) on the node grid (`crf.grid_mean_field`), in full
-        precision; `weights` one per entry of `scores`; iterations=0 gives softmax(unary)."""
+        precision; `weights` one per pairwise entry; iterations=0 gives softmax(unary)."""
         unary = _full_precision(self.unary)
         if iterations == 0 or not self.pairwise:
             return unary.softmax(1)
-        pairwise = [(o, _full_precision(z)) for _, o, z in self.scores]
+        pairwise = [(o, _full_precision(z)) for _, o, z in self.pairwise]
         return grid_mean_field(unary, pairwise, iterations, weights, centred=centred)
+
+
+@dataclass(frozen=True)
+class GridPotentials:
+    """Output of `DeepStructuredModel.forward`: unary scores (B, K, h, w) and the pairwise scores
+    of each relation, computed on demand: chunk by chunk for the loss, all at once by `scores`."""
+
+    unary: Tensor
+    pairwise: dict[str, RelationScores]
+
+    @cached_property
+    def scores(self) -> GridScores:
+        """Every score on the grid. The Pairwise-Nets run here, once per forward pass: mean-field
+        with several settings on one image (a validation sweep) costs no more net evaluations."""
+        pairwise = [(name, o, z) for name, relation in self.pairwise.items() for o, z in relation]
+        return GridScores(self.unary, pairwise)
 
 
 @dataclass

@@ -7,15 +7,15 @@ straight from the file system (and can be moved or zipped as a whole).
 from __future__ import annotations
 
 import html
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
-from piecewise_crf.predict import colorize
+from piecewise_crf.files import atomic_write, atomic_write_text
+from piecewise_crf.visualize import colorize, save_png
 
 STAGE_TITLES = {"unary": "unary", "crf": "CRF (mean-field)", "crf+dense": "CRF + dense CRF"}
 
@@ -54,35 +54,12 @@ def save_example(
     """Write one example's PNGs (input, ground truth, one per stage); returns column -> file name."""
     folder.mkdir(parents=True, exist_ok=True)
     files = {"input": f"{name}_input.png", "ground truth": f"{name}_gt.png"}
-    Image.fromarray(image).save(folder / files["input"])
-    colorize(label, palette).save(folder / files["ground truth"])  # ignore (255) shows black
+    save_png(Image.fromarray(image), folder / files["input"])
+    save_png(colorize(label, palette), folder / files["ground truth"])  # ignore (255) is black
     for stage, labels in predictions.items():
         files[STAGE_TITLES.get(stage, stage)] = f"{name}_{stage.replace('+', '_')}.png"
-        colorize(labels, palette).save(folder / files[STAGE_TITLES.get(stage, stage)])
+        save_png(colorize(labels, palette), folder / files[STAGE_TITLES.get(stage, stage)])
     return files
-
-
-def example_grid(
-    rows: Sequence[Sequence[np.ndarray]], titles: Sequence[str], scale: float = 0.5
-) -> Image.Image:
-    """One image of examples side by side: ``rows[i][j]`` is an (H, W, 3) uint8 panel, column j
-    titled ``titles[j]``; panels are resized by ``scale`` (nearest, so labels stay crisp)."""
-    if not rows or any(len(r) != len(titles) for r in rows):
-        raise ValueError(f"every row needs one panel per title ({len(titles)})")
-    h, w = rows[0][0].shape[:2]
-    ph, pw = max(1, round(h * scale)), max(1, round(w * scale))
-    gap, head = 4, 18
-    grid = Image.new(
-        "RGB", (len(titles) * (pw + gap) - gap, head + len(rows) * (ph + gap)), "white"
-    )
-    draw = ImageDraw.Draw(grid)
-    for j, title in enumerate(titles):
-        draw.text((j * (pw + gap) + 4, 3), title, fill="black")
-    for i, row in enumerate(rows):
-        for j, panel in enumerate(row):
-            tile = Image.fromarray(panel).resize((pw, ph), Image.Resampling.NEAREST)
-            grid.paste(tile, (j * (pw + gap), head + i * (ph + gap)))
-    return grid
 
 
 def legend(classes: Sequence[str], palette: np.ndarray) -> str:
@@ -118,7 +95,7 @@ def write_report(
     for caption, path in figures:
         if path.is_file():
             if path.resolve() != (out / path.name).resolve():
-                shutil.copy(path, out / path.name)
+                atomic_write(out / path.name, lambda f, path=path: f.write(path.read_bytes()))
             parts.append(
                 f"<h2>{html.escape(caption)}</h2><img class='figure' src='{path.name}' alt='{caption}'>"
             )
@@ -152,5 +129,5 @@ table.examples img { width: 192px; image-rendering: pixelated; }
         f"<style>{style}</style></head><body>{''.join(parts)}</body></html>\n"
     )
     path = out / "index.html"
-    path.write_text(page)
+    atomic_write_text(page, path)
     return path

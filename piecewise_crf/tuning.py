@@ -1,4 +1,4 @@
-"""`piecewise-crf tune-dense-crf`: grid search of the dense-CRF parameters on validation images.
+"""Tuning the dense CRF: a grid search of its parameters on held-out images.
 
 As DeepLab did, the model is fixed and only the boundary-refinement parameters are searched. For
 each image the model's CRF marginals (the checkpoint's crf settings, upsampled to full
@@ -16,33 +16,20 @@ import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
-from tqdm import tqdm
 
-from piecewise_crf.config import DenseCRFConfig
-from piecewise_crf.evaluate import describe, open_split, subset_indices, summarise, write_json
-from piecewise_crf.files import refuse_overwriting_inputs
+from piecewise_crf.config import DENSE_GRID, DenseCRFConfig
+from piecewise_crf.densecrf import bilateral_kernel, gaussian_kernel, mean_field, unary_scores
+from piecewise_crf.errors import ArgumentError
+from piecewise_crf.evaluation import Progress, summarise
 from piecewise_crf.inference import Predictor
 from piecewise_crf.metrics import ConfusionMatrix
-from piecewise_crf.runtime import ensure_writable
 
 BASELINE = "crf (no dense)"
-
-# DeepLab's search (Chen et al. 2015, sec. 4.1): w1 in 3..5, sigma_alpha (xy) 50..80,
-# sigma_beta (rgb) 3..13 for the bilateral kernel; the Gaussian kernel fixed near w2 = 3, 1..3.
-DEFAULT_GRID = {
-    "bi_weight": (3.0, 4.0, 5.0),
-    "bi_xy_std": (50.0, 67.0, 80.0),
-    "bi_rgb_std": (3.0, 5.0, 10.0, 13.0),
-    "pos_weight": (3.0,),
-    "pos_xy_std": (1.0, 3.0),
-    "iterations": (5,),
-}
 
 
 def params(dense: DenseCRFConfig) -> dict[str, Any]:
@@ -64,31 +51,35 @@ def _num(v: float) -> str:
 
 
 def dense_grid(
-    bi_weights: Sequence[float] = DEFAULT_GRID["bi_weight"],
-    bi_xy_stds: Sequence[float] = DEFAULT_GRID["bi_xy_std"],
-    bi_rgb_stds: Sequence[float] = DEFAULT_GRID["bi_rgb_std"],
-    pos_weights: Sequence[float] = DEFAULT_GRID["pos_weight"],
-    pos_xy_stds: Sequence[float] = DEFAULT_GRID["pos_xy_std"],
-    iterations: Sequence[int] = DEFAULT_GRID["iterations"],
+    bi_weights: Sequence[float] = DENSE_GRID["bi_weight"],
+    bi_xy_stds: Sequence[float] = DENSE_GRID["bi_xy_std"],
+    bi_rgb_stds: Sequence[float] = DENSE_GRID["bi_rgb_std"],
+    pos_weights: Sequence[float] = DENSE_GRID["pos_weight"],
+    pos_xy_stds: Sequence[float] = DENSE_GRID["pos_xy_std"],
+    iterations: Sequence[int] = DENSE_GRID["iterations"],
 ) -> list[DenseCRFConfig]:
     """Every combination of the given values (duplicates dropped), validated."""
 
     def values(name: str, given: Sequence[Any], positive: bool, integer: bool = False) -> list:
-        flag = "--" + name.replace("_", "-") + ("" if name == "iterations" else "s")
+        parameter = name if name == "iterations" else f"{name}s"  # dense_grid's keyword
+
+        def refuse(need: str) -> ArgumentError:
+            return ArgumentError(lambda spell: f"{spell(parameter)}: {need}")
+
         given = list(given)
         if not given:
-            raise ValueError(f"{flag}: the grid needs at least one value")
+            raise refuse("the grid needs at least one value")
         out = []
         for v in given:
             if integer:
                 if isinstance(v, bool) or not float(v).is_integer() or v < 0:
-                    raise ValueError(f"{flag}: iterations must be non-negative integers, got {v!r}")
+                    raise refuse(f"iterations must be non-negative integers, got {v!r}")
                 v = int(v)
             else:
                 v = float(v)
                 if not math.isfinite(v) or v < 0 or (positive and v == 0):
                     kind = "positive" if positive else "non-negative"
-                    raise ValueError(f"{flag}: values must be finite and {kind}, got {v!r}")
+                    raise refuse(f"values must be finite and {kind}, got {v!r}")
             if v not in out:
                 out.append(v)
         return out
@@ -107,16 +98,14 @@ def dense_grid(
     ]
 
 
-def _refine_grid(
+def refine_grid(
     image: Tensor, probs: Tensor, grid: Sequence[DenseCRFConfig], device: torch.device
 ) -> list[Tensor]:
     """Labels (H, W) for every grid point: `dense_crf` on one image, lattices shared.
 
-    Same steps as `dense_crf(rgb, probs, ...)` for one image: uint8 RGB as `evaluate.refine`
+    Same steps as `dense_crf(rgb, probs, ...)` for one image: uint8 RGB as `inference.refine`
     makes it, unary log(max(p, 1e-5)), Potts mean-field over the Gaussian + bilateral lattices.
     """
-    from piecewise_crf.densecrf import bilateral_kernel, gaussian_kernel, mean_field, unary_scores
-
     k, h, w = probs.shape
     rgb = (image.permute(1, 2, 0) * 255).round().clamp(0, 255).to(torch.uint8).to(device)
     q = probs.float().to(device)
@@ -141,7 +130,7 @@ def tune_dense_crf(
     grid: Sequence[DenseCRFConfig],
     *,
     indices: Sequence[int] | None = None,
-    progress: bool = False,
+    progress: Progress | None = None,
 ) -> tuple[ConfusionMatrix, list[ConfusionMatrix]]:
     """Confusion matrices of the baseline (the predictor's crf marginals, no dense CRF) and of
     every grid point. The model runs once per image; the dense CRF on the predictor's device."""
@@ -152,14 +141,16 @@ def tune_dense_crf(
     baseline = ConfusionMatrix(k, ignore)
     matrices = [ConfusionMatrix(k, ignore) for _ in grid]
     indices = list(range(len(dataset)) if indices is None else indices)
-    for i in tqdm(indices, desc="tune dense CRF", disable=not progress, dynamic_ncols=True):
+    for i in indices:
         image, label = dataset[i]
         image = image.to(predictor.device)
         probs = predictor(image[None], stages=("crf",))["crf"][0]
         baseline.update(probs.argmax(0).cpu(), label)
-        refined = _refine_grid(image, probs, grid, predictor.device)
+        refined = refine_grid(image, probs, grid, predictor.device)
         for cm, pred in zip(matrices, refined, strict=True):
             cm.update(pred, label)
+        if progress is not None:
+            progress(1)
     return baseline, matrices
 
 
@@ -168,11 +159,11 @@ def rank_results(
     matrices: Sequence[ConfusionMatrix],
     grid: Sequence[DenseCRFConfig],
     classes: Sequence[str],
-    mean_classes: Sequence[int] | None = None,
+    mean_over: Sequence[int] | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Baseline metrics and one row per grid point (params + metrics), best mean IoU first."""
     names = [BASELINE, *(str(i) for i in range(len(grid)))]
-    summary = summarise(dict(zip(names, [baseline, *matrices], strict=True)), classes, mean_classes)
+    summary = summarise(dict(zip(names, [baseline, *matrices], strict=True)), classes, mean_over)
     rows = []
     for i, setting in enumerate(grid):
         metrics = summary[str(i)]
@@ -221,71 +212,3 @@ def format_ranking(baseline: dict[str, Any], rows: Sequence[dict[str, Any]], top
     lines.append("-" * len(head))
     lines.append(f"{'':>4}  {BASELINE:<37}  {metrics(baseline)}")
     return "\n".join(lines)
-
-
-def tune_dense_crf_checkpoint(
-    checkpoint: str | Path,
-    *,
-    dataset: str | None = None,
-    root: str | Path | None = None,
-    split: str = "val",
-    limit: int | None = None,
-    grid: Sequence[DenseCRFConfig] | None = None,
-    pairwise_mode: str | None = None,
-    pairwise_scale: float | None = None,
-    json_path: str | Path | None = None,
-    device: str = "auto",
-    top: int = 10,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """`piecewise-crf tune-dense-crf`: grid-search the dense CRF for a checkpoint on a split.
-
-    The CRF marginals use the checkpoint's crf settings, or `pairwise_mode` / `pairwise_scale`
-    when given (tune the dense CRF on the CRF you will use). Prints the ranking, the best setting
-    as a `--set` line and as YAML; writes every result to `json_path`. Returns what the JSON holds.
-    """
-    grid = dense_grid() if grid is None else list(grid)
-    if not grid:
-        raise ValueError("the dense-CRF grid is empty")
-    if top < 1:
-        raise ValueError(f"--top must be at least 1, got {top}")
-    if limit is not None and limit < 1:
-        raise ValueError(f"--limit must be a positive number of images, got {limit}")
-    if json_path is not None:
-        refuse_overwriting_inputs([json_path], [checkpoint], "--json", suffix=".json")
-        ensure_writable(Path(json_path).parent)
-    given = {"pairwise_mode": pairwise_mode, "pairwise_scale": pairwise_scale}
-    overrides = {key: value for key, value in given.items() if value is not None}
-    predictor = Predictor.from_checkpoint(checkpoint, device=device, **overrides)
-    config, crf = predictor.config, predictor.crf
-    data, name = open_split(predictor, dataset, root, split)
-    classes = list(data.classes)
-    indices = subset_indices(len(data), limit)
-    print(
-        f"{name} {split}: {len(indices)} of {len(data)} images, CRF {describe(crf)}, "
-        f"{len(grid)} dense-CRF settings"
-    )
-    baseline, matrices = tune_dense_crf(predictor, data, grid, indices=indices, progress=progress)
-    mean_classes = data.mean_classes() if hasattr(data, "mean_classes") else None
-    base, rows = rank_results(baseline, matrices, grid, classes, mean_classes)
-    best = DenseCRFConfig(**rows[0]["params"])
-    result = {
-        "dataset": name,
-        "split": split,
-        "images": len(indices),
-        "indices": indices,
-        "classes": classes,
-        "crf": asdict(crf),
-        "checkpoint_dense_crf": asdict(config.dense_crf),
-        "baseline": base,
-        "best": rows[0],
-        "results": rows,
-    }
-    print(format_ranking(base, rows, top))
-    print(f"best dense CRF (mean IoU {100 * (rows[0]['mean_iou'] or 0):.2f}):")
-    print(f"  --set {set_line(best)}")
-    print(yaml_section(best).rstrip())
-    if json_path is not None:
-        write_json(result, json_path)
-        print(f"all {len(rows)} results written to {json_path}")
-    return result

@@ -1,4 +1,4 @@
-"""Prediction on image files: a palette PNG per image, a colour overlay, optional probabilities.
+"""`piecewise-crf predict`: a palette PNG per image file, a colour overlay, optional probabilities.
 
 No file a user had is lost: predictions never go into an input folder, files already in the output
 folder are replaced only when asked, and every file is written atomically (`atomic_write`).
@@ -6,6 +6,7 @@ folder are replaced only when asked, and every file is written atomically (`atom
 
 from __future__ import annotations
 
+import argparse
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,16 +17,10 @@ from PIL import Image
 from tqdm import tqdm
 
 from piecewise_crf.data.base import IMAGE_SUFFIXES, open_rgb
-from piecewise_crf.files import atomic_write
-from piecewise_crf.inference import STAGES, Predictor
-from piecewise_crf.runtime import ensure_writable
+from piecewise_crf.files import atomic_write, ensure_writable
+from piecewise_crf.inference import Predictor
+from piecewise_crf.visualize import colorize, overlay, save_png
 
-# The default longer side. Peak RSS predicting one 2048x1536 image on 2 CPU cores with the tests'
-# tiny model (getrusage): unary 0.57 GB, crf 3.9 GB, crf+dense 4.5 GB (80 s); at 1024x768,
-# crf+dense 1.3 GB. An 8000x6000 photo at full size was killed above 10 GB. The CRF's range box
-# grows with the node grid, so a real model's cost grows faster than the pixels: 1024 keeps
-# every stage within a few GB, at about twice the width of CamVid's 480 px frames.
-MAX_SIZE = 1024
 MIN_MAX_SIZE = 32  # 2x2 CRF nodes at the network's stride of 16
 SHOWN_SKIPS = 5  # unreadable images named in the error message; the exception holds them all
 
@@ -47,21 +42,6 @@ def collect_images(inputs: Sequence[str | Path]) -> list[Path]:
     for path in files:
         unique.setdefault(path.resolve(), path)
     return list(unique.values())
-
-
-def colorize(labels: np.ndarray, palette: np.ndarray) -> Image.Image:
-    """A palette ("P") PNG image: pixel values are class ids, shown in the dataset's colours."""
-    image = Image.fromarray(labels.astype(np.uint8), mode="P")
-    image.putpalette(np.asarray(palette, dtype=np.uint8).reshape(-1).tolist())
-    return image
-
-
-def overlay(image: Image.Image, label: Image.Image, alpha: float = 0.5) -> Image.Image:
-    """The RGB image blended with the class colours of a palette label image of its size.
-
-    Blended by PIL in uint8: at 8000x6000, 0.55 GB over the inputs (a float numpy blend: 2.7 GB).
-    """
-    return Image.blend(image, label.convert("RGB"), alpha)
 
 
 @dataclass(frozen=True)
@@ -169,54 +149,41 @@ def shrink(image: Image.Image, max_size: int) -> Image.Image:
     return image.resize(size, Image.Resampling.BILINEAR)  # PIL widens the filter: antialiased
 
 
-def save_png(image: Image.Image, path: Path) -> None:
-    atomic_write(path, lambda f: image.save(f, format="PNG"))
+def run(args: argparse.Namespace) -> None:
+    written = predict_files(args)
+    print(f"{len(written)} predictions written to {args.out}")
 
 
-def predict_files(
-    checkpoint: str | Path,
-    inputs: Sequence[str | Path],
-    out: str | Path,
-    *,
-    stage: str = "crf+dense",
-    save_probs: bool = False,
-    scales: Sequence[float] = (1.0,),
-    flip: bool = False,
-    device: str = "auto",
-    max_size: int = MAX_SIZE,
-    overwrite: bool = False,
-    progress: bool = True,
-) -> list[Path]:
-    """`piecewise-crf predict`: writes <stem>.png, <stem>_overlay.png (and <stem>_probs.npy,
-    float32 (K, h, w)) for every input image; returns the label PNG paths.
+def predict_files(args: argparse.Namespace) -> list[Path]:
+    """Writes <stem>.png, <stem>_overlay.png (and <stem>_probs.npy, float32 (K, h, w)) for every
+    input image; returns the label PNG paths.
 
-    Images from one folder are written flat into `out` (in/x.png -> out/x.png); images from
+    Images from one folder are written flat into --out (in/x.png -> out/x.png); images from
     several folders under their paths relative to the folders' common parent (a/x.png ->
-    out/a/x.png, b/x.png -> out/b/x.png). Refused before the model is loaded (ValueError): `out`
-    being an input folder, two images writing the same file, and, unless `overwrite`, files
-    already in `out`.
-
-    An image whose longer side exceeds `max_size` (0: no limit) is downscaled for the network and
-    both CRFs; labels and overlays are written at its original size, probabilities at the
-    processed size. Unreadable images are skipped; SkippedImagesError (a ValueError) follows the
-    others' predictions.
+    out/a/x.png, b/x.png -> out/b/x.png). Refused before the model is loaded: --out being an
+    input folder, two images writing the same file, and, without --overwrite, files already in
+    --out. An image whose longer side exceeds --max-size (0: no limit) is downscaled for the
+    network and both CRFs; labels and overlays are written at its original size, probabilities
+    at the processed size. Unreadable images are skipped; SkippedImagesError (a ValueError)
+    follows the others' predictions.
     """
-    if stage not in STAGES:
-        raise ValueError(f"stage must be one of {', '.join(STAGES)}, got {stage!r}")
+    max_size = args.max_size
     if max_size < 0 or 0 < max_size < MIN_MAX_SIZE:
         raise ValueError(
-            f"max_size (--max-size) must be 0 (no limit) or at least {MIN_MAX_SIZE} pixels, "
-            f"got {max_size}"
+            f"--max-size must be 0 (no limit) or at least {MIN_MAX_SIZE} pixels, got {max_size}"
         )
-    out = Path(out)
-    jobs = plan_outputs(collect_images(inputs), out, save_probs)
-    check_outputs(jobs, out, overwrite)
-    predictor = Predictor.from_checkpoint(checkpoint, device=device, scales=scales, flip=flip)
+    out = Path(args.out)
+    jobs = plan_outputs(collect_images(args.inputs), out, args.save_probs)
+    check_outputs(jobs, out, args.overwrite)
+    predictor = Predictor.from_checkpoint(
+        args.checkpoint, device=args.device, scales=args.scales, flip=args.flip
+    )
     ensure_writable(out)
     for folder in sorted({t.parent for job in jobs for t in job.outputs}):
         folder.mkdir(parents=True, exist_ok=True)
     written, skipped, downscaled = [], [], 0
-    for job in tqdm(jobs, desc="predict", disable=not progress, dynamic_ncols=True):
+    bar = tqdm(jobs, desc="predict", disable=args.quiet, dynamic_ncols=True)
+    for job in bar:
         try:
             picture = read_image(job.source)
         except ValueError as err:
@@ -224,15 +191,8 @@ def predict_files(
             continue
         small = shrink(picture, max_size)
         downscaled += small is not picture
-        probs = predictor([np.asarray(small)], stages=(stage,))[stage][0]
-        label = colorize(probs.argmax(0).cpu().numpy(), predictor.palette)
-        if label.size != picture.size:
-            label = label.resize(picture.size, Image.Resampling.NEAREST)
-        save_png(label, job.label)
-        save_png(overlay(picture, label), job.overlay)
-        if job.probs is not None:
-            array = probs.float().cpu().numpy()
-            atomic_write(job.probs, lambda f, a=array: np.save(f, a))
+        probs = predictor([np.asarray(small)], stages=(args.stage,))[args.stage][0]
+        write_prediction(job, picture, probs, predictor.palette)
         written.append(job.label)
     if downscaled:
         print(
@@ -242,3 +202,15 @@ def predict_files(
     if skipped:
         raise SkippedImagesError(written, skipped, len(jobs), out)
     return written
+
+
+def write_prediction(job: Job, picture: Image.Image, probs, palette: np.ndarray) -> None:
+    """The label PNG (at the picture's size), the overlay and the probabilities of one image."""
+    label = colorize(probs.argmax(0).cpu().numpy(), palette)
+    if label.size != picture.size:
+        label = label.resize(picture.size, Image.Resampling.NEAREST)
+    save_png(label, job.label)
+    save_png(overlay(picture, label), job.overlay)
+    if job.probs is not None:
+        array = probs.float().cpu().numpy()
+        atomic_write(job.probs, lambda f: np.save(f, array))

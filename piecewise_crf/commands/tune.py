@@ -1,0 +1,84 @@
+"""`piecewise-crf tune-dense-crf`: the dense-CRF parameters grid-searched for a checkpoint.
+
+The CRF marginals use the checkpoint's crf settings, or --pairwise-mode / --pairwise-scale when
+given (tune the dense CRF on the CRF you will use). Prints the ranking and the best setting as a
+`--set` line and as YAML; --json keeps every result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+from tqdm import tqdm
+
+from piecewise_crf.checkpoint import load_checkpoint
+from piecewise_crf.config import DenseCRFConfig
+from piecewise_crf.errors import ArgumentError
+from piecewise_crf.evaluation import describe, mean_classes, open_split, subset_indices
+from piecewise_crf.files import ensure_writable, refuse_overwriting_inputs, write_json
+from piecewise_crf.inference import Predictor
+from piecewise_crf.tuning import (
+    dense_grid,
+    format_ranking,
+    rank_results,
+    set_line,
+    tune_dense_crf,
+    yaml_section,
+)
+
+
+def run(args: argparse.Namespace) -> None:
+    grid = dense_grid(
+        args.bi_weights,
+        args.bi_xy_stds,
+        args.bi_rgb_stds,
+        args.pos_weights,
+        args.pos_xy_stds,
+        args.iterations,
+    )
+    if args.top < 1:
+        raise ArgumentError(lambda name: f"{name('top')} must be at least 1, got {args.top}")
+    if args.json is not None:
+        refuse_overwriting_inputs([args.json], [args.checkpoint], "json", suffix=".json")
+        ensure_writable(Path(args.json).parent)
+    given = {"pairwise_mode": args.pairwise_mode, "pairwise_scale": args.pairwise_scale}
+    ckpt = load_checkpoint(args.checkpoint)
+    predictor = Predictor.from_checkpoint(
+        ckpt, device=args.device, **{k: v for k, v in given.items() if v is not None}
+    )
+    name = args.dataset or ckpt.config.data.dataset
+    data = open_split(ckpt.config, ckpt.classes, args.split, name=name, root=args.root)
+    classes = list(data.classes)
+    indices = subset_indices(len(data), args.limit)
+    print(
+        f"{name} {args.split}: {len(indices)} of {len(data)} images, CRF "
+        f"{describe(predictor.crf)}, {len(grid)} dense-CRF settings"
+    )
+    bar = tqdm(total=len(indices), desc="tune dense CRF", disable=args.quiet, dynamic_ncols=True)
+    with bar:
+        baseline, matrices = tune_dense_crf(
+            predictor, data, grid, indices=indices, progress=bar.update
+        )
+    base, rows = rank_results(baseline, matrices, grid, classes, mean_classes(data))
+    best = DenseCRFConfig(**rows[0]["params"])
+    print(format_ranking(base, rows, args.top))
+    print(f"best dense CRF (mean IoU {100 * (rows[0]['mean_iou'] or 0):.2f}):")
+    print(f"  --set {set_line(best)}")
+    print(yaml_section(best).rstrip())
+    if args.json is not None:
+        result = {
+            "dataset": name,
+            "split": args.split,
+            "images": len(indices),
+            "indices": indices,
+            "classes": classes,
+            "crf": dataclasses.asdict(predictor.crf),
+            "checkpoint_dense_crf": dataclasses.asdict(ckpt.config.dense_crf),
+            "baseline": base,
+            "best": rows[0],
+            "results": rows,
+        }
+        write_json(result, args.json)
+        print(f"all {len(rows)} results written to {args.json}")
