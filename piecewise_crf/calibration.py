@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -122,32 +122,32 @@ def fit_mode(
     mode and iterations of `crf`; `loss` is `sample_loss`'s keywords."""
     names = sorted({name for name, _ in samples[0].scores.offsets()})
 
-    def total(weights: dict[str, Tensor], backward: bool = False) -> float:
+    def total(weights: Callable[[], dict[str, Tensor]], backward: bool = False) -> float:
         """Mean loss over the samples; with `backward`, its gradient accumulated image by
-        image, so one image's autograd graph is held at a time."""
+        image, so one image's autograd graph is held at a time (`weights()` is built anew for
+        each)."""
         value = 0.0
         for s in samples:
             with torch.set_grad_enabled(backward):
-                part = sample_loss(s, crf, weights, **loss) / len(samples)
+                part = sample_loss(s, crf, weights(), **loss) / len(samples)
             if backward:
                 part.backward()
             value += part.item()
         return value
 
-    scan = {w: total({n: torch.tensor([w]) for n in names}) for w in SCAN}
+    scan = {w: total(lambda w=w: {n: torch.tensor([w]) for n in names}) for w in SCAN}
     start = min(scan, key=scan.get)
-    log.info(
-        f"  {crf.pairwise_mode}: scan " + ", ".join(f"x{w:.3g} {v:.4f}" for w, v in scan.items())
-    )
+    shown = ", ".join(f"x{w:.3g} {v:.4f}" for w, v in scan.items())
+    log.info(f"  {crf.pairwise_mode}: scan {shown}")
     theta = {n: torch.full((rings,), math.log(start), requires_grad=True) for n in names}
     optimiser = torch.optim.Adam(theta.values(), lr=lr)
     for step in range(steps):
         optimiser.zero_grad()
-        value = total({n: t.exp() for n, t in theta.items()}, backward=True)
+        value = total(lambda: {n: t.exp() for n, t in theta.items()}, backward=True)
         optimiser.step()
         if step % 10 == 0 or step == steps - 1:
             log.info(f"  {crf.pairwise_mode}: step {step + 1}/{steps} loss {value:.4f}")
-    final = total({n: t.detach().exp() for n, t in theta.items()})
+    final = total(lambda: {n: t.detach().exp() for n, t in theta.items()})
     learned = {n: [round(float(v), 6) for v in t.detach().exp()] for n, t in theta.items()}
     if final > scan[start]:  # descent made it worse (a too-large lr): keep the scan's weight
         final, learned = scan[start], {n: [start] * rings for n in names}

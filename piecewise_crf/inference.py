@@ -30,6 +30,7 @@ from piecewise_crf.crf import ring_weight
 from piecewise_crf.data.base import bit_palette
 from piecewise_crf.densecrf import dense_crf
 from piecewise_crf.devices import amp_dtype, resolve_device
+from piecewise_crf.errors import ArgumentError
 from piecewise_crf.model import DeepStructuredModel, GridPotentials, GridScores
 from piecewise_crf.registry import unknown
 from piecewise_crf.relations import Offset
@@ -133,7 +134,9 @@ class Predictor:
         device: str | torch.device | None = None,
     ) -> None:
         if not scales or any(not s > 0 for s in scales):
-            raise ValueError(f"test scales must be positive numbers, got {list(scales)}")
+            raise ArgumentError(
+                lambda name: f"{name('scales')} must be positive numbers, got {list(scales)}"
+            )
         k = model.num_classes
         self.classes = list(classes) if classes is not None else [f"class_{i}" for i in range(k)]
         self.palette = np.asarray(bit_palette(k) if palette is None else palette, np.uint8)

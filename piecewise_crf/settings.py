@@ -54,7 +54,12 @@ def _is_pair(value: Any) -> bool:
 
 
 def _int(key: str, value: Any, low: int) -> None:
-    _check(_is_int(value) and value >= low, key, f"an int >= {low}", value)
+    _check(_is_int(value), key, "an int", value)
+    _check(value >= low, key, f">= {low}", value)
+
+
+def _fraction(key: str, value: Any) -> None:
+    _check(_is_finite(value) and 0 < value <= 1, key, "in (0, 1]", value)
 
 
 def _number(key: str, value: Any, low: float, *, above: bool = False, high: float = math.inf):
@@ -75,11 +80,9 @@ def _choice(key: str, value: Any, options: typing.Iterable[str]) -> None:
         raise ValueError(f"{key} must be {need}, got {show(value)}{did_you_mean(value, options)}")
 
 
-def _list(key: str, value: Any, *, size: int | None = None, empty: bool = True) -> None:
+def _list(key: str, value: Any, *, empty: bool = True) -> None:
     ok = isinstance(value, list | tuple) and (empty or len(value) > 0)
-    _check(
-        ok and (size is None or len(value) == size), key, f"a list of {size or ''} values", value
-    )
+    _check(ok, key, "a list" if empty else "a non-empty list", value)
 
 
 @dataclass
@@ -124,7 +127,7 @@ class ModelConfig:
         _list("model.relations", self.relations)
         for i, name in enumerate(self.relations):
             _choice(f"model.relations[{i}]", name, [*RELATIONS, *self.custom_relations])
-        _number("model.box_fraction", self.box_fraction, 0, above=True, high=1)
+        _fraction("model.box_fraction", self.box_fraction)
         _choice("model.node_labels", self.node_labels, NODE_LABEL_RULES)
         _check(
             _is_int(self.ignore_index) and 0 <= self.ignore_index <= 255,
@@ -143,10 +146,13 @@ def _check_custom_relations(relations: Any) -> None:
     _check(isinstance(relations, dict), key, "a mapping name -> [[dy, dx], ...]", relations)
     for name, offsets in relations.items():
         _check(isinstance(name, str) and name != "", key, "keyed by non-empty names", name)
-        _list(f"{key}.{name}", offsets, empty=False)
+        where = f"{key}.{name}"
+        ok = isinstance(offsets, list | tuple) and len(offsets) > 0
+        _check(ok, where, "a non-empty list of [dy, dx] pairs", offsets)
         for pair in offsets:
-            ok = _is_pair(pair) and _is_int(pair[0]) and _is_int(pair[1]) and tuple(pair) != (0, 0)
-            _check(ok, f"{key}.{name}", "a list of non-zero [dy, dx] int pairs", pair)
+            ok = _is_pair(pair) and _is_int(pair[0]) and _is_int(pair[1])
+            _check(ok, where, "a list of [dy, dx] int pairs", pair)
+            _check(tuple(pair) != (0, 0), where, "non-zero [dy, dx] offsets", pair)
 
 
 @dataclass
@@ -164,13 +170,14 @@ class CRFConfig:
         _choice("crf.pairwise_mode", self.pairwise_mode, PAIRWISE_MODES)
         _number("crf.pairwise_scale", self.pairwise_scale, 0)
         if self.box_fraction is not None:
-            _number("crf.box_fraction", self.box_fraction, 0, above=True, high=1)
+            _fraction("crf.box_fraction", self.box_fraction)
         rings = self.ring_weights
         _check(isinstance(rings, dict), "crf.ring_weights", "relation: [weights]", rings)
         for name, weights in rings.items():
-            _list(f"crf.ring_weights.{name}", weights, empty=False)
-            for weight in weights:
-                _number(f"crf.ring_weights.{name}", weight, 0)
+            ok = isinstance(weights, list | tuple) and len(weights) > 0
+            ok = ok and all(_is_finite(w) and w >= 0 for w in weights)
+            need = "a non-empty list of finite numbers >= 0"
+            _check(ok, f"crf.ring_weights.{name}", need, weights)
 
 
 @dataclass
@@ -220,23 +227,30 @@ class DataConfig:
         _check(ok, "data.train_split", "a split name", self.train_split)
         ok = self.val_split is None or isinstance(self.val_split, str)
         _check(ok, "data.val_split", 'a split name, or "" / null for none', self.val_split)
-        _list("data.crop_size", self.crop_size, size=2)
-        for size in self.crop_size:
-            _int("data.crop_size", size, 32)
-        low, high = self.scale_range if _is_pair(self.scale_range) else (None, None)
-        _number("data.scale_range", low, 0, above=True)
-        _number("data.scale_range", high, low)
+        crop = self.crop_size
+        ok = _is_pair(crop) and all(_is_int(v) and v >= 32 for v in crop)
+        _check(ok, "data.crop_size", "two ints >= 32, [height, width]", crop)
+        low_high = self.scale_range
+        ok = _is_pair(low_high) and all(map(_is_finite, low_high))
+        _check(
+            ok and 0 < low_high[0] <= low_high[1],
+            "data.scale_range",
+            "two finite numbers [low, high] with 0 < low <= high",
+            low_high,
+        )
         _flag("data.flip", self.flip)
-        _list("data.colour_jitter", self.colour_jitter, size=4)
-        for i, amount in enumerate(self.colour_jitter):
-            _number(f"data.colour_jitter[{i}]", amount, 0, high=1 if i < 3 else 0.5)
+        jitter = self.colour_jitter
+        ok = isinstance(jitter, list | tuple) and len(jitter) == 4 and all(map(_is_finite, jitter))
+        ok = ok and all(0 <= v <= 1 for v in jitter[:3]) and 0 <= jitter[3] <= 0.5
+        need = "[brightness, contrast, saturation, hue] with the first three in 0..1, hue in 0..0.5"
+        _check(ok, "data.colour_jitter", need, jitter)
         _int("data.num_workers", self.num_workers, 0)
         for name in self.class_names:
             _check(
                 isinstance(name, str) and name != "", "data.class_names", "non-empty names", name
             )
         for colour in self.palette:
-            ok = _is_pair(colour[:2]) and len(colour) == 3
+            ok = isinstance(colour, list | tuple) and len(colour) == 3
             ok = ok and all(_is_int(c) and 0 <= c <= 255 for c in colour)
             _check(ok, "data.palette", "[r, g, b] triples of ints in 0..255", colour)
 
@@ -281,9 +295,9 @@ class TrainConfig:
             "minutes",
         ):
             _number(f"train.{key}", getattr(self, key), 0)
-        _number("train.momentum", self.momentum, 0, high=1)
-        _check(self.momentum != 1, "train.momentum", "in [0, 1)", self.momentum)
-        _number("train.edge_fraction", self.edge_fraction, 0, above=True, high=1)
+        momentum = self.momentum
+        _check(_is_finite(momentum) and 0 <= momentum < 1, "train.momentum", "in [0, 1)", momentum)
+        _fraction("train.edge_fraction", self.edge_fraction)
         for key in ("detach_pairwise", "memory_efficient", "amp"):
             _flag(f"train.{key}", getattr(self, key))
         _check(
@@ -310,7 +324,11 @@ class Config:
             section.validate()
         named = [*self.model.relations, *self.model.custom_relations]
         for name in self.crf.ring_weights:
-            _choice("crf.ring_weights (its keys, the model's relations)", name, named)
+            if name not in named:
+                need = f"keyed by the model's relations ({', '.join(named)})"
+                raise ValueError(
+                    f"crf.ring_weights must be {need}, got {show(name)}" + did_you_mean(name, named)
+                )
         k = self.model.num_classes
         for key in ("class_names", "palette"):
             given = getattr(self.data, key)

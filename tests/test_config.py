@@ -1,33 +1,31 @@
 import math
-import os
 import re
-from pathlib import Path
 
 import pytest
 
 from piecewise_crf.config import (
-    PRESETS,
     Config,
     config_from_dict,
     config_to_dict,
-    cpu_config,
+    config_yaml,
     load_config,
-    paper_config,
     parse_override,
-    save_config,
-    validate,
+    read_config_values,
+    shipped_configs,
 )
+from piecewise_crf.devices import resolve_device
 
 
-def test_presets_hold_the_papers_settings():
-    paper = paper_config()
+def test_shipped_configs_hold_the_papers_settings():
+    paper = load_config("paper")
     assert paper.model.backbone == "vgg16"
     assert paper.model.scales == (1.2, 0.8, 0.4)
     assert paper.model.pool_windows == (5, 9)
     assert paper.model.relations == ("surrounding", "above_below")
     assert paper.model.hidden == 512 and paper.model.block6_channels == 512
     assert paper.crf.iterations == 3
-    assert cpu_config().model.block6_channels < 512
+    assert load_config("cpu").model.block6_channels < 512
+    assert load_config("paper.yaml") == paper  # with or without the suffix
 
 
 def test_unknown_key_names_the_closest_one():
@@ -35,20 +33,49 @@ def test_unknown_key_names_the_closest_one():
         config_from_dict({"train": {"lrr": 0.1}})
     with pytest.raises(ValueError, match="did you mean 'model'"):
         config_from_dict({"modle": {}})
-    with pytest.raises(ValueError, match="unknown preset"):
-        config_from_dict({"preset": "gpu"})
+    with pytest.raises(FileNotFoundError, match="nor a shipped config .*; did you mean 'cpu'"):
+        load_config("gpu")
 
 
-def test_yaml_preset_and_overrides(tmp_path):
+def test_base_chains_merge_from_the_base_up(tmp_path):
+    (tmp_path / "mine.yaml").write_text("base: cpu\nmodel: {num_classes: 3}\ntrain: {lr: 0.5}\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "more.yaml").write_text("base: ../mine.yaml\ntrain: {epochs: 2}\n")
+    config = load_config(tmp_path / "sub" / "more.yaml")
+    cpu = load_config("cpu")
+    assert (config.model.num_classes, config.train.lr, config.train.epochs) == (3, 0.5, 2)
+    assert config.model.scales == cpu.model.scales  # from cpu, two bases down
+    # the key's old name, `preset:`, still names a shipped config
+    (tmp_path / "old.yaml").write_text("preset: cpu\n")
+    assert load_config(tmp_path / "old.yaml") == cpu
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(ValueError, match=r"base: chain loops \(.*a.yaml -> .*b.yaml -> .*a.yaml"):
+        load_config(tmp_path / "a.yaml")
+    (tmp_path / "c.yaml").write_text("base: [cpu]\n")
+    with pytest.raises(ValueError, match="base: must name a config file"):
+        load_config(tmp_path / "c.yaml")
+
+
+def test_a_shipped_base_is_the_shipped_one(tmp_path, monkeypatch):
+    """camvid_trainval.yaml's `base: camvid.yaml` is the shipped camvid.yaml, even where the
+    current folder holds a file of that name."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "camvid.yaml").write_text("model: {num_classes: 2}\n")
+    assert load_config("camvid_trainval").model.num_classes == 11
+    assert load_config("camvid.yaml").model.num_classes == 2  # a path on the command line wins
+
+
+def test_yaml_base_and_overrides(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("preset: cpu\nmodel:\n  scales: [1, 0.5]\n  num_classes: 11\ntrain:\n  lr: 1\n")
+    path.write_text("base: cpu\nmodel:\n  scales: [1, 0.5]\n  num_classes: 11\ntrain:\n  lr: 1\n")
     config = load_config(path, ["train.epochs=7", "model.relations=[surrounding]"])
     assert config.model.scales == (1.0, 0.5)
     assert config.model.num_classes == 11
     assert config.train.lr == 1.0 and isinstance(config.train.lr, float)
     assert config.train.epochs == 7
     assert config.model.relations == ("surrounding",)
-    assert config.model.hidden == cpu_config().model.hidden
+    assert config.model.hidden == load_config("cpu").model.hidden
 
 
 def test_type_errors_are_reported():
@@ -56,44 +83,34 @@ def test_type_errors_are_reported():
         config_from_dict({"train": {"epochs": "many"}})
     with pytest.raises(ValueError, match="override 'lr' must look like"):
         load_config(None, ["lr"])
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(FileNotFoundError, match="neither a file nor a shipped config"):
         load_config("/nonexistent/config.yaml")
 
 
 def test_round_trip(tmp_path):
-    config = paper_config()
-    save_config(config, tmp_path / "c.yaml")
+    config = load_config("paper")
+    (tmp_path / "c.yaml").write_text(config_yaml(config))
     assert load_config(tmp_path / "c.yaml") == config
     assert config_from_dict(config_to_dict(Config())) == Config()
 
 
-CONFIGS = Path(__file__).parents[1] / "configs"
-
-
-@pytest.mark.parametrize("name", sorted(PRESETS))
-def test_every_preset_validates_and_round_trips(name):
-    config = PRESETS[name]()
-    validate(config)
+@pytest.mark.parametrize("name", shipped_configs())
+def test_every_shipped_config_validates_and_round_trips(name):
+    config = load_config(name)
+    config.validate()
     assert config_from_dict(config_to_dict(config)) == config
 
 
-@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
-def test_every_shipped_config_loads(path):
-    validate(load_config(path))
-
-
-def test_the_trainval_recipe_is_the_camvid_recipe_on_train_and_val():
-    recipe, trainval = (
-        load_config(CONFIGS / "camvid.yaml"),
-        load_config(CONFIGS / "camvid_trainval.yaml"),
-    )
-    assert (trainval.data.train_split, trainval.data.val_split) == ("trainval", "")
-    trainval.data.train_split, trainval.data.val_split = (
-        recipe.data.train_split,
-        recipe.data.val_split,
-    )
-    trainval.train.val_every = recipe.train.val_every  # nothing to validate on
-    assert trainval == recipe
+def test_the_trainval_recipe_is_the_camvid_recipe_plus_its_changes():
+    assert read_config_values("camvid_trainval") == {
+        **read_config_values("camvid"),
+        "data": {
+            **read_config_values("camvid")["data"],
+            "train_split": "trainval",
+            "val_split": "",
+        },
+    }
+    assert set(shipped_configs()) >= {"demo", "cpu", "paper", "camvid", "camvid_trainval"}
 
 
 def test_yaml_reads_yaml_1_2_floats(tmp_path):
@@ -151,7 +168,7 @@ def test_int_fields_take_only_ints(value):
         ("crf", "pairwise_scale", -0.5, "crf.pairwise_scale must be a finite number >= 0, got -0.5"),
         ("crf", "box_fraction", 0, "crf.box_fraction must be in (0, 1], got 0.0"),
         ("crf", "ring_weights", {"surround": [1]}, "crf.ring_weights must be keyed by the "
-         "model's relations (surrounding, above_below), got 'surround'"),
+         "model's relations (surrounding, above_below), got 'surround'; did you mean 'surrounding'?"),
         ("crf", "ring_weights", {"surrounding": []}, "crf.ring_weights.surrounding must be a "
          "non-empty list of finite numbers >= 0, got []"),
         ("crf", "ring_weights", {"surrounding": [0.1, -1]}, "crf.ring_weights.surrounding must "
@@ -249,14 +266,14 @@ def test_custom_relations_are_checked_element_by_element():
 
 
 def test_validate_checks_a_config_built_in_python():
-    config = paper_config()
+    config = load_config("paper")
     config.train.amp = 1
     with pytest.raises(ValueError, match=r"^train\.amp must be true or false, got 1$"):
-        validate(config)
-    config = paper_config()
+        config.validate()
+    config = load_config("paper")
     config.train.epochs = 2.5
     with pytest.raises(ValueError, match=r"^train\.epochs must be an int, got 2\.5$"):
-        validate(config)
+        config.validate()
 
 
 def test_malformed_yaml_is_one_line(tmp_path):
@@ -267,31 +284,17 @@ def test_malformed_yaml_is_one_line(tmp_path):
     path.write_text("- model\n- train\n")
     with pytest.raises(ValueError, match=r"a config file must be a mapping of sections"):
         load_config(path)
-    message = "--set train.lr=[: cannot parse the value as YAML (expected the node content"
+    message = "override 'train.lr=[': cannot parse the value (expected the node content"
     with pytest.raises(ValueError, match=f"^{re.escape(message)}"):
         load_config(None, ["train.lr=["])
     for text in ["=3", "train.=3", ".lr=3"]:
-        with pytest.raises(ValueError, match=f"^--set {re.escape(text)}: the key has an empty"):
+        with pytest.raises(
+            ValueError, match=f"^override '{re.escape(text)}': the key has an empty"
+        ):
             parse_override(text)
 
 
-def test_save_config_replaces_the_file_atomically(tmp_path, monkeypatch):
-    path = tmp_path / "config.yaml"
-    save_config(paper_config(), path)
-
-    def killed(*args):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(os, "replace", killed)
-    with pytest.raises(KeyboardInterrupt):
-        save_config(cpu_config(), path)
-    assert load_config(path) == paper_config()
-    assert [p.name for p in tmp_path.iterdir()] == ["config.yaml"]
-
-
 def test_resolve_device_rejects_a_bad_name():
-    from piecewise_crf.runtime import resolve_device
-
     message = "device 'gpu' is not a device name; use auto, cpu, cuda or cuda:N"
     with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         resolve_device("gpu")

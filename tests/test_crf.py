@@ -10,6 +10,7 @@ from piecewise_crf.crf import (
     centre_interactions,
     grid_mean_field,
     grid_to_edge_list,
+    marginal_loss,
     mean_field,
     piecewise_nll,
     ring,
@@ -207,6 +208,39 @@ def test_offset_weights_equal_scaled_scores_and_have_exact_gradients():
     assert abs(float(w.grad) - float(numeric)) < 1e-6 * max(1.0, abs(float(numeric)))
     with pytest.raises(ValueError, match="one entry per offset"):
         grid_mean_field(unary, pairwise, 3, weights[:-1])
+
+
+def test_centred_mean_field_is_mean_field_on_the_centred_scores():
+    """The row and column means enter as a unary correction: the same marginals as mean-field
+    on `centre_interactions(z)`, with and without weights, in the general edge-list form too."""
+    unary, pairwise = random_grid(seed=3)
+    centred = [(o, centre_interactions(z)) for o, z in pairwise]
+    weights = [0.2 * (i % 4) + 0.1 for i in range(len(pairwise))]
+    for w in (None, weights):
+        torch.testing.assert_close(
+            grid_mean_field(unary, pairwise, 4, w, centred=True),
+            grid_mean_field(unary, centred, 4, w),
+        )
+    b, k, h, w = unary.shape
+    edges, scores = grid_to_edge_list(centred, h, w)
+    general = mean_field(unary.flatten(2).transpose(1, 2), edges, scores, iterations=4)
+    fast = grid_mean_field(unary, pairwise, 4, centred=True)
+    torch.testing.assert_close(fast.flatten(2).transpose(1, 2), general)
+    # zero iterations: the unary's softmax, whatever the correction
+    torch.testing.assert_close(grid_mean_field(unary, pairwise, 0, centred=True), unary.softmax(1))
+
+
+def test_marginal_loss_by_hand():
+    q = torch.tensor([[0.7, 0.2], [0.3, 0.8]]).view(1, 2, 1, 2)  # node 0: 0.7/0.3, node 1: 0.2/0.8
+    nodes = torch.tensor([[[0, 255]]])
+    assert float(marginal_loss(q, nodes)) == pytest.approx(-math.log(0.7))
+    nodes = torch.tensor([[[0, 1]]])
+    weights = torch.tensor([1.0, 3.0])
+    expected = (-math.log(0.7) - 3 * math.log(0.8)) / 4
+    assert float(marginal_loss(q, nodes, class_weights=weights)) == pytest.approx(expected)
+    assert float(marginal_loss(q, nodes, objective="error")) == pytest.approx((0.3 + 0.2) / 2)
+    with pytest.raises(ValueError, match="objective must be one of nll, error"):
+        marginal_loss(q, nodes, objective="hinge")
 
 
 def test_ring_weight_by_hand():

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from fixtures_data import make_camvid
+from dataset_files import make_camvid
 from PIL import Image
 
 from piecewise_crf.data import CamVid, build_dataset

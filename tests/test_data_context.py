@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import scipy.io
-from fixtures_data import make_context
+from dataset_files import make_context
 
 from piecewise_crf.data import PascalContext, build_dataset
 from piecewise_crf.data.context import CLASSES

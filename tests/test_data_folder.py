@@ -3,17 +3,10 @@
 import numpy as np
 import pytest
 import torch
-from fixtures_data import blocks, make_camvid, rng_image, save
+from dataset_files import blocks, make_camvid, make_folder, rng_image, save
 from PIL import Image
 
 from piecewise_crf.data import DATASETS, FolderDataset, build_dataset
-
-
-def make_folder(root, n=3, size=(10, 12)):
-    for i in range(n):
-        save(root / "images" / f"img{i}.{'png' if i % 2 else 'jpg'}", rng_image(i, *size))
-        save(root / "labels" / f"img{i}.png", blocks(*size, [0, 1, 2, 255], i))
-    return root
 
 
 def test_pairs_by_stem_with_user_classes(tmp_path):
@@ -125,20 +118,3 @@ def test_dataloader_batches(tmp_path):
     ds = FolderDataset(make_folder(tmp_path), num_classes=3)
     x, y = next(iter(torch.utils.data.DataLoader(ds, batch_size=3)))
     assert x.shape == (3, 3, 10, 12) and y.dtype == torch.int64
-
-
-def test_class_names_and_palette_come_from_the_config(tmp_path):
-    from piecewise_crf.config import load_config
-    from piecewise_crf.runtime import dataset_from_config
-
-    root = make_folder(tmp_path)
-    config = load_config(None, [
-        "data.dataset=folder", "model.num_classes=3", "data.class_names=[road, car, sky]",
-        "data.palette=[[128, 64, 128], [0, 0, 142], [70, 130, 180]]",
-    ])  # fmt: skip
-    ds = dataset_from_config(config, "all", root=root)
-    assert ds.classes == ("road", "car", "sky") and ds.palette[1].tolist() == [0, 0, 142]
-    with pytest.raises(ValueError, match="data.palette must be empty or one entry per class"):
-        load_config(None, ["model.num_classes=3", "data.palette=[[1, 2, 3]]"])
-    with pytest.raises(ValueError, match=r"data.palette must be \[r, g, b\] triples"):
-        load_config(None, ["model.num_classes=1", "data.palette=[[1, 2, 300]]"])

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from fixtures_data import NYU_SIZE, make_nyud, save
+from dataset_files import NYU_SIZE, make_nyud, save
 from torch.utils.data import DataLoader
 
 from piecewise_crf.data import NYUDv2, NYUDv2Folder, build_dataset

@@ -3,7 +3,7 @@ called as reader(root, split, *, transforms=None, **kwargs)."""
 
 import pytest
 import torch
-from fixtures_data import make_camvid
+from dataset_files import make_camvid
 
 from piecewise_crf.data import DATASETS, CamVid, SyntheticContext, build_dataset, register_dataset
 from piecewise_crf.data.synthetic import read_synthetic

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.io
-from fixtures_data import SIFT_DIR, SIFT_NAMES, make_siftflow
+from dataset_files import SIFT_DIR, SIFT_NAMES, make_siftflow
 
 from piecewise_crf.data import SiftFlow, build_dataset
 from piecewise_crf.data.siftflow import read_test_names

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from fixtures_data import make_voc, voc_label
+from dataset_files import make_voc, voc_label
 
 from piecewise_crf.data import VOCSegmentation, build_dataset
 from piecewise_crf.data.voc import PALETTE

@@ -4,8 +4,8 @@ handling, and agreement with pydensecrf."""
 import numpy as np
 import pytest
 import torch
-from fixtures_data import camvid_frames
-from fixtures_data import noisy_regions as toy
+from dataset_files import camvid_frames
+from dataset_files import noisy_regions as toy
 
 from piecewise_crf.densecrf import (
     PROB_FLOOR,

@@ -10,7 +10,7 @@ import types
 import numpy as np
 import pytest
 import torch
-from fixtures_data import camvid_frames, noisy_regions
+from dataset_files import camvid_frames, noisy_regions
 
 import piecewise_crf.densecrf.compat as compat
 

@@ -1,14 +1,14 @@
 """End to end on the synthetic context set: the learned pairwise CRF must beat its own unaries.
 
 The two object classes look alike; only a marker far above an object (beyond the unary receptive
-field, within the "above_below" relation) tells them apart. Trains the demo preset for a fixed
+field, within the "above_below" relation) tells them apart. Trains the demo config for a fixed
 number of steps (about a minute here), then scores unary-only and mean-field predictions.
 """
 
 import pytest
 import torch
 
-from piecewise_crf.config import CRFConfig, demo_config
+from piecewise_crf.config import CRFConfig, load_config
 from piecewise_crf.data.synthetic import SyntheticContext
 from piecewise_crf.inference import crf_marginals
 from piecewise_crf.metrics import ConfusionMatrix
@@ -17,19 +17,14 @@ from piecewise_crf.model import build_model
 STEPS = 200
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Two OpenMP threads on a 2-core machine that is also running other work slow this down a lot.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Two OpenMP threads on a 2-core machine that is also running other work slow this down a lot.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.slow
 def test_crf_beats_unary_on_synthetic_context():
     torch.manual_seed(0)
-    config = demo_config()
+    config = load_config("demo")
     model = build_model(config.model)
     train = SyntheticContext(256, seed=0)
     val = SyntheticContext(32, seed=1)

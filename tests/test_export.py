@@ -12,10 +12,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from tiny_run import one_thread  # noqa: F401  (autouse fixture)
 
-from piecewise_crf.checkpoint import load_checkpoint
-from piecewise_crf.cli import main
+from piecewise_crf.commands.cli import main
 from piecewise_crf.config import CRFConfig
 from piecewise_crf.data.synthetic import SyntheticContext
 from piecewise_crf.densecrf import dense_crf
@@ -28,14 +26,13 @@ SAVED_CRF = CRFConfig(
 H, W = 96, 128  # not square: a swapped axis would show
 
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
 @pytest.fixture(scope="module")
-def checkpoint(tiny_training, tmp_path_factory):
+def tuned(with_settings):
     """The shared tiny run's final.pt, with a crf setting that differs from every default."""
-    ckpt = load_checkpoint(tiny_training.out / "final.pt")
-    ckpt["config"]["crf"] = dataclasses.asdict(SAVED_CRF)
-    path = tmp_path_factory.mktemp("export") / "tuned.pt"
-    torch.save(ckpt, path)
-    return path
+    return with_settings(crf=SAVED_CRF)
 
 
 def fails(argv, capsys, match):
@@ -46,10 +43,10 @@ def fails(argv, capsys, match):
     assert match in err, err
 
 
-def test_graph_computes_the_crf_stage_for_any_batch(checkpoint, tmp_path, capsys):
+def test_graph_computes_the_crf_stage_for_any_batch(tuned, tmp_path, capsys):
     out = tmp_path / "model.onnx"
     out.write_bytes(b"an older export")
-    argv = ["export", "--checkpoint", str(checkpoint), "--out", str(out), "--size", str(H), str(W)]
+    argv = ["export", "--checkpoint", str(tuned), "--out", str(out), "--size", str(H), str(W)]
     assert main([*argv, "--overwrite"]) == 0
     printed = capsys.readouterr().out
     assert str(out) in printed and "MB" in printed
@@ -60,7 +57,7 @@ def test_graph_computes_the_crf_stage_for_any_batch(checkpoint, tmp_path, capsys
     model = onnx.load(out)
     assert model.opset_import[0].version >= 17
     meta = {p.key: p.value for p in model.metadata_props}
-    predictor = Predictor.from_checkpoint(checkpoint, device="cpu")
+    predictor = Predictor.from_checkpoint(tuned, device="cpu")
     assert json.loads(meta["classes"]) == predictor.classes
     assert json.loads(meta["palette"]) == predictor.palette.tolist()
     assert json.loads(meta["crf"]) == dataclasses.asdict(SAVED_CRF)
@@ -83,17 +80,17 @@ def test_graph_computes_the_crf_stage_for_any_batch(checkpoint, tmp_path, capsys
         assert (got.argmax(1) == want.argmax(1)).mean() >= 0.999
 
 
-def test_refusals_are_one_line_errors(checkpoint, tmp_path, capsys, monkeypatch):
+def test_refusals_are_one_line_errors(tuned, tmp_path, capsys, monkeypatch):
     out = tmp_path / "model.onnx"
-    argv = ["export", "--checkpoint", str(checkpoint), "--size", "64", "64", "--out"]
+    argv = ["export", "--checkpoint", str(tuned), "--size", "64", "64", "--out"]
     fails(
         [*argv[:3], "--size", "16", "64", "--out", str(out)],
         capsys,
-        "expected a whole number >= 32",
+        "--size: each side must be at least 32 pixels, got 16 64",
     )
-    with pytest.raises(ValueError, match="at least 32 pixels, got 64 31"):
-        export_onnx(checkpoint, out, (64, 31))
-    fails([*argv, str(checkpoint), "--overwrite"], capsys, "is an input of this command")
+    with pytest.raises(ValueError, match="^size: each side must be at least 32 pixels, got 64 31"):
+        export_onnx(tuned, out, (64, 31))
+    fails([*argv, str(tuned), "--overwrite"], capsys, "is an input of this command")
     fails([*argv, str(tmp_path)], capsys, "is a folder")
     out.write_bytes(b"kept")
     fails([*argv, str(out)], capsys, "exists; pass --overwrite")
@@ -116,4 +113,4 @@ def test_refusals_are_one_line_errors(checkpoint, tmp_path, capsys, monkeypatch)
     assert list(locked.iterdir()) == []
 
     monkeypatch.setitem(sys.modules, "onnx", None)  # what `import onnx` meets when not installed
-    fails([*argv, str(tmp_path / "new.onnx")], capsys, "pip install 'piecewise-crf[export]'")
+    fails([*argv, str(tmp_path / "new.onnx")], capsys, "needs the package onnx: pip install onnx")

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from piecewise_crf.backbones.tiny import TinyBackbone
-from piecewise_crf.config import PRESETS
+from piecewise_crf.config import load_config, shipped_configs
 from piecewise_crf.featmap import FeatMapNet, SlidingPyramidPooling, grid_size
 from piecewise_crf.model import build_model
 
@@ -34,9 +34,9 @@ def test_pooling_off_and_single_scale():
     assert net(torch.rand(1, 3, 40, 50)).shape == (1, 5, 3, 4)
 
 
-@pytest.mark.parametrize("preset", sorted(PRESETS))
-def test_every_preset_builds_and_runs_on_an_odd_size(preset):
-    config = PRESETS[preset]().model
+@pytest.mark.parametrize("name", shipped_configs())
+def test_every_shipped_config_builds_and_runs_on_an_odd_size(name):
+    config = load_config(name).model
     config.backbone_weights = None  # architecture only: no weight files in this test
     model = build_model(config).eval()
     h, w = 71, 53
@@ -59,7 +59,7 @@ class Stride8(TinyBackbone):
 def test_the_grid_follows_the_backbones_stride():
     net = FeatMapNet(Stride8(), scales=(1.0,), block6_channels=8, pool_windows=())
     assert net(torch.rand(1, 3, 64, 96)).shape[-2:] == grid_size(64, 96, (1.0,), 8) == (8, 12)
-    config = PRESETS["demo"]().model
+    config = load_config("demo").model
     model = build_model(config)
     model.featmap = net  # the upsampling maps each node back over its 8x8 pixels
     assert model.grid_size(64, 96) == (8, 12) and model._cell() == 8.0

@@ -1,19 +1,22 @@
 """The Predictor: a checkpoint's own settings, every stage, batches, lists and test-time variants."""
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
 import torch
-from tiny_run import one_thread  # noqa: F401  (autouse fixture)
 
-from piecewise_crf.checkpoint import load_checkpoint, model_from_checkpoint
+from piecewise_crf.checkpoint import load_checkpoint
+from piecewise_crf.commands.cli import main
 from piecewise_crf.config import CRFConfig, DenseCRFConfig
+from piecewise_crf.crf import centre_interactions, grid_mean_field
 from piecewise_crf.data.synthetic import SyntheticContext
 from piecewise_crf.densecrf import dense_crf
-from piecewise_crf.evaluate import evaluate_checkpoint
-from piecewise_crf.inference import Predictor, crf_marginals
+from piecewise_crf.inference import Predictor, crf_marginals, grid_marginals, mean_field_weights
 from piecewise_crf.metrics import ConfusionMatrix
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 SAVED_CRF = CRFConfig(
     iterations=2, pairwise_mode="interaction", pairwise_scale=0.3, box_fraction=0.3
@@ -22,14 +25,9 @@ SAVED_DENSE = DenseCRFConfig(iterations=2, pos_xy_std=2.0, bi_weight=4.0, bi_rgb
 
 
 @pytest.fixture(scope="module")
-def tuned(checkpoint, tmp_path_factory):
+def tuned(with_settings):
     """The shared tiny run with saved crf and dense-CRF settings that differ from every default."""
-    ckpt = load_checkpoint(checkpoint)
-    ckpt["config"]["crf"] = dataclasses.asdict(SAVED_CRF)
-    ckpt["config"]["dense_crf"] = dataclasses.asdict(SAVED_DENSE)
-    path = tmp_path_factory.mktemp("tuned") / "tuned.pt"
-    torch.save(ckpt, path)
-    return path
+    return with_settings(crf=SAVED_CRF, dense_crf=SAVED_DENSE)
 
 
 @pytest.fixture(scope="module")
@@ -46,19 +44,21 @@ def test_from_checkpoint_predicts_with_the_saved_settings(tuned, images):
     assert {name: p.shape for name, p in probs.items()} == dict.fromkeys(
         predictor.stages, (3, 5, 96, 96)
     )
-    # Independently: the model's own pieces with the saved settings.
-    model = model_from_checkpoint(load_checkpoint(tuned))[0]
+    # Independently: the model's own pieces with the saved settings, the interaction scores
+    # centred and scaled by hand.
+    model = load_checkpoint(tuned).build_model()
     with torch.no_grad():
         potentials = model(images, box_fraction=0.3)
-        grid = model.marginals(
-            potentials, iterations=2, pairwise_mode="interaction", pairwise_scale=0.3
-        )
+        pairwise = [(o, 0.3 * centre_interactions(z)) for _, o, z in potentials.scores.pairwise]
+        grid = grid_mean_field(potentials.unary, pairwise, 2)
         crf = model.upsample(grid, (96, 96))
         unary = model.upsample(potentials.unary.softmax(1), (96, 96))
-    torch.testing.assert_close(probs["crf"], crf)
+    torch.testing.assert_close(probs["crf"], crf, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(probs["unary"], unary)
     rgb = (images.permute(0, 2, 3, 1) * 255).round().to(torch.uint8)
-    dense = dense_crf(rgb, crf, iterations=2, pos_xy_std=2.0, bi_weight=4.0, bi_rgb_std=10.0)
+    dense = dense_crf(
+        rgb, probs["crf"], iterations=2, pos_xy_std=2.0, bi_weight=4.0, bi_rgb_std=10.0
+    )
     torch.testing.assert_close(probs["crf+dense"], dense)
     default = Predictor(model, crf=CRFConfig())(images, ("crf",))["crf"]
     assert not torch.allclose(default, crf)  # the saved settings matter
@@ -106,7 +106,7 @@ def test_a_list_of_uint8_arrays_of_any_sizes(tuned):
         predictor([arrays[0].astype(np.float32)])
     with pytest.raises(ValueError, match=r"float batch \(B, 3, H, W\)"):
         predictor(torch.zeros(3, 32, 32))
-    with pytest.raises(ValueError, match="unknown stages \\['dense'\\]"):
+    with pytest.raises(ValueError, match="unknown stage 'dense'; did you mean 'crf\\+dense'"):
         predictor([arrays[0]], stages=("dense",))
 
 
@@ -117,12 +117,12 @@ def test_flip_and_scales_average_distributions_and_mirror_exactly(tuned, images)
     mirrored = predictor(images.flip(-1), ("unary", "crf"))
     for name in ("unary", "crf"):  # flip-averaging makes the prediction mirror-symmetric
         torch.testing.assert_close(mirrored[name], probs[name].flip(-1), atol=1e-6, rtol=0)
-    with pytest.raises(ValueError, match="test scales must be positive"):
+    with pytest.raises(ValueError, match="scales must be positive"):
         Predictor(predictor.model, scales=(0.0,))
 
 
 def test_crf_stage_with_zero_iterations_is_the_unary_stage(tuned, images):
-    model = model_from_checkpoint(load_checkpoint(tuned))[0]
+    model = load_checkpoint(tuned).build_model()
     predictor = Predictor(model, crf=CRFConfig(iterations=0))
     probs = predictor(images, ("unary", "crf"))
     torch.testing.assert_close(probs["crf"], probs["unary"])
@@ -132,10 +132,10 @@ def test_crf_stage_with_zero_iterations_is_the_unary_stage(tuned, images):
         )
 
 
-def test_it_scores_exactly_what_evaluate_scores(tuned):
-    results = evaluate_checkpoint(
-        tuned, dataset="synthetic", split="val", limit=3, device="cpu", progress=False
-    )
+def test_it_scores_exactly_what_evaluate_scores(tuned, tmp_path):
+    argv = ["evaluate", "--checkpoint", str(tuned), "--split", "val", "--limit", "3", "--quiet"]
+    assert main([*argv, "--device", "cpu", "--json", str(tmp_path / "m.json")]) == 0
+    results = json.loads((tmp_path / "m.json").read_text())
     val = SyntheticContext.split("val")
     predictor = Predictor.from_checkpoint(tuned, device="cpu")
     images = torch.stack([val[i][0] for i in (0, 16, 31)])  # what --limit 3 spreads over
@@ -144,3 +144,27 @@ def test_it_scores_exactly_what_evaluate_scores(tuned):
         cm = ConfusionMatrix(5)
         cm.update(probs.argmax(1), labels)
         assert cm.compute()["mean_iou"] == pytest.approx(results[name]["mean_iou"], abs=1e-9)
+
+
+def test_mean_field_weights_are_the_scale_times_the_ring_weight():
+    crf = CRFConfig(pairwise_scale=0.5, ring_weights={"a": [2.0, 3.0]})
+    offsets = [("a", (0, 1)), ("a", (2, -1)), ("a", (5, 5)), ("b", (1, 1))]
+    assert mean_field_weights(crf, offsets) == [1.0, 1.5, 1.5, 0.5]  # rings 1, 2, 5; b has none
+    fitted = {"b": [torch.tensor(4.0)]}
+    weights = mean_field_weights(crf, offsets, fitted)  # in place of crf.ring_weights
+    assert [float(w) for w in weights] == [0.5, 0.5, 0.5, 2.0]
+
+
+def test_modes_and_scale_reach_mean_field(tuned, images):
+    model = load_checkpoint(tuned).build_model()
+    with torch.no_grad():
+        scores = model(images).scores
+        unary = grid_marginals(scores, CRFConfig(iterations=0))
+        torch.testing.assert_close(grid_marginals(scores, CRFConfig(pairwise_scale=0.0)), unary)
+        raw = grid_marginals(scores, CRFConfig(pairwise_mode="raw"))
+        centred = grid_marginals(scores, CRFConfig(pairwise_mode="interaction"))
+        by_hand = grid_mean_field(
+            scores.unary, [(o, centre_interactions(z)) for _, o, z in scores.pairwise], 3
+        )
+    assert not torch.allclose(raw, centred)
+    torch.testing.assert_close(centred, by_hand, atol=1e-6, rtol=1e-5)

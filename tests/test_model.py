@@ -19,6 +19,11 @@ def tiny_model(k=4, scales=(1.0, 0.5), node_labels="nearest", max_edges=32768):
     )
 
 
+def grid_pairwise(potentials):
+    """The pairwise scores as `grid_mean_field` and `grid_to_edge_list` take them."""
+    return [(offset, z) for _, offset, z in potentials.scores.pairwise]
+
+
 def batch(k=4, b=2, h=80, w=96, seed=0):
     g = torch.Generator().manual_seed(seed)
     images = torch.rand(b, 3, h, w, generator=g)
@@ -41,7 +46,7 @@ def test_loss_equals_general_piecewise_nll():
     terms = model.loss(images.double(), labels)
     potentials = model(images.double())
     h, w = potentials.unary.shape[-2:]
-    edges, scores = grid_to_edge_list(potentials.materialise(), h, w)
+    edges, scores = grid_to_edge_list(grid_pairwise(potentials), h, w)
     nodes = model.node_labels(labels, (h, w)).flatten(1)
     unary = potentials.unary.flatten(2).transpose(1, 2)
     expected_unary, expected_pair = piecewise_nll(unary, edges, scores, nodes)
@@ -57,7 +62,7 @@ def test_class_weighted_loss_by_hand():
     terms = model.loss(images.double(), labels, class_weights=w)
     potentials = model(images.double())
     h, w_grid = potentials.unary.shape[-2:]
-    edges, scores = grid_to_edge_list(potentials.materialise(), h, w_grid)
+    edges, scores = grid_to_edge_list(grid_pairwise(potentials), h, w_grid)
     nodes = model.node_labels(labels, (h, w_grid)).flatten(1)
     valid = nodes != 255
     safe = nodes.masked_fill(~valid, 0)
@@ -139,46 +144,10 @@ def test_grid_marginals_are_the_general_mean_field():
     with torch.no_grad():
         potentials = model(images)
         h, w = potentials.unary.shape[-2:]
-        edges, scores = grid_to_edge_list(potentials.materialise(), h, w)
+        edges, scores = grid_to_edge_list(grid_pairwise(potentials), h, w)
         general = mean_field(potentials.unary.flatten(2).transpose(1, 2), edges, scores, 2)
-        grid = model.marginals(potentials, iterations=2)
+        grid = potentials.scores.mean_field(iterations=2)
     torch.testing.assert_close(grid.flatten(2).transpose(1, 2), general)
-
-
-def test_mean_field_loss_is_weighted_nll_of_general_mean_field():
-    model = tiny_model().double()
-    images, labels = batch()
-    w = torch.tensor([0.5, 1.0, 2.0, 4.0], dtype=torch.float64)
-    loss = model.mean_field_loss(
-        images.double(), labels, iterations=2, pairwise_mode="interaction", pairwise_scale=0.5,
-        class_weights=w,
-    )  # fmt: skip
-    potentials = model(images.double())
-    h, wg = potentials.unary.shape[-2:]
-    edges, scores = grid_to_edge_list(potentials.materialise("interaction", 0.5), h, wg)
-    q = mean_field(potentials.unary.flatten(2).transpose(1, 2), edges, scores, 2)
-    nodes = model.node_labels(labels, (h, wg)).flatten(1)
-    valid = nodes != 255
-    safe = nodes.masked_fill(~valid, 0)
-    terms = -q.log().gather(-1, safe.unsqueeze(-1)).squeeze(-1)
-    weights = w[safe] * valid
-    torch.testing.assert_close(loss, (terms * weights).sum() / weights.sum())
-    loss.backward()
-    assert model.pairwise_nets["above_below"].fc1.weight.grad.abs().sum() > 0
-
-
-def test_pairwise_modes_and_scale():
-    model = tiny_model().eval()
-    images, _ = batch()
-    with torch.no_grad():
-        potentials = model(images)
-        unary_only = model.marginals(potentials, iterations=0)
-        assert torch.allclose(model.marginals(potentials, pairwise_scale=0.0), unary_only)
-        raw = model.marginals(potentials, pairwise_mode="raw")
-        centred = model.marginals(potentials, pairwise_mode="interaction")
-    assert not torch.allclose(raw, centred)
-    with pytest.raises(ValueError, match="pairwise mode"):
-        model.marginals(potentials, pairwise_mode="centred")
 
 
 def test_node_labels_nearest_and_majority_by_hand():
@@ -219,7 +188,7 @@ def test_prediction_box_shrinks_the_relations_and_keeps_their_scores():
     assert {r: len(s.offsets) for r, s in full.pairwise.items()} == trained
     torch.testing.assert_close(small.unary, full.unary)
     # the scores of an offset both boxes hold are the same Pairwise-Net outputs
-    small_scores, full_scores = dict(small.materialise()), dict(full.materialise())
+    small_scores, full_scores = dict(grid_pairwise(small)), dict(grid_pairwise(full))
     for offset, z in small_scores.items():
         torch.testing.assert_close(z, full_scores[offset])
     with pytest.raises(ValueError, match=r"in \(0, 1\], got 0"):

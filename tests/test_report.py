@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from piecewise_crf.report import example_grid
+from piecewise_crf.visualize import example_grid
 
 
 def test_example_grid_places_scaled_panels_under_titles():

@@ -1,8 +1,9 @@
+"""Training: the schedule, the loss of a step, the run folder, budgets, resume, refusals, DDP."""
+
 import csv
-import math
+import logging
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -10,13 +11,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_run import one_thread, tiny_config, tiny_run  # noqa: F401  (one_thread: autouse fixture)
 
-import piecewise_crf.train as train_module
+import piecewise_crf.training.loop as loop
 from piecewise_crf.checkpoint import load_checkpoint
-from piecewise_crf.files import atomic_save
+from piecewise_crf.config import CRFConfig
+from piecewise_crf.crf import grid_to_edge_list, mean_field
 from piecewise_crf.model import build_model
-from piecewise_crf.train import RunState, lr_factor, step_loss
+from piecewise_crf.training import run_dir
+from piecewise_crf.training.losses import mean_field_loss, piecewise_loss
+from piecewise_crf.training.optim import lr_factor
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_lr_factor_is_the_poly_schedule_of_steps_or_time_by_hand():
@@ -33,23 +38,8 @@ def test_lr_factor_is_the_poly_schedule_of_steps_or_time_by_hand():
     assert lr_factor(1, 4, 0.9, elapsed=90.0, budget=60.0) == 0.0  # budget overrun: clamped
 
 
-def test_run_state_round_trips_and_reads_format_1_checkpoints(tmp_path):
-    history = [{"epoch": 1, "step": 2, "lr": 0.01, "val_unary_miou": None, "seconds": 1.5}]
-    state = RunState(epoch=1, step=2, history=history, best=0.25, train_seconds=3.5)
-    atomic_save({"format_version": 1, **state.to_dict()}, tmp_path / "last.pt")
-    saved = torch.load(tmp_path / "last.pt", weights_only=True)
-    assert {"epoch", "step", "history", "best", "train_seconds"} <= set(saved)
-    assert RunState.from_checkpoint(saved) == state
-    # a format-1 checkpoint without 'best' and 'train_seconds': none validated, no clock
-    old = {"format_version": 1, "epoch": 3, "step": 6, "history": history, "model": {}}
-    assert RunState.from_checkpoint(old) == RunState(3, 6, history, -math.inf, 0.0)
-    assert RunState().to_dict() == {
-        "epoch": 0, "step": 0, "history": [], "best": -math.inf, "train_seconds": 0.0,
-    }  # fmt: skip
-
-
-def test_step_loss_follows_the_training_config():
-    config = tiny_config()
+def test_step_loss_follows_the_training_config(make_config):
+    config = make_config()
     tc = config.train
     tc.pairwise_weight, tc.edge_fraction, tc.memory_efficient = 0.5, 0.5, True
     torch.manual_seed(0)
@@ -58,7 +48,7 @@ def test_step_loss_follows_the_training_config():
     labels = torch.randint(0, config.model.num_classes, (1, 64, 64))
     weights = torch.linspace(0.5, 2.0, config.model.num_classes)
     torch.manual_seed(1)  # edge sampling draws the same offsets in both
-    terms = step_loss(model, images, labels, tc, class_weights=weights)
+    terms = piecewise_loss(model, images, labels, tc, weights=weights)
     torch.manual_seed(1)
     expected = model.loss(
         images, labels, pairwise_weight=0.5, edge_fraction=0.5, memory_efficient=True,
@@ -73,27 +63,29 @@ def test_run_folder_holds_checkpoints_log_config_and_curves(tiny_training):
     for name in ("final.pt", "last.pt", "best.pt", "config.yaml", "log.csv", "curves.png"):
         assert (run / name).is_file(), name
     ckpt = load_checkpoint(run / "final.pt")
-    assert ckpt["format_version"] == 1
-    assert ckpt["classes"][1] == "object_a" and len(ckpt["palette"]) == 5
-    assert ckpt["epoch"] == 1 and ckpt["step"] == 2
-    assert {"val_unary_miou", "val_crf_miou"} <= set(ckpt["metrics"])
+    assert ckpt.classes[1] == "object_a" and len(ckpt.palette) == 5
+    assert ckpt.run.epoch == 1 and ckpt.run.step == 2
+    assert {"val_unary_miou", "val_crf_miou"} <= set(ckpt.metrics)
     state = result.model.state_dict()
-    assert all(torch.equal(state[k].cpu(), v) for k, v in ckpt["model"].items())
+    assert all(torch.equal(state[k].cpu(), v) for k, v in ckpt.model.items())
     rows = list(csv.DictReader((run / "log.csv").open()))
     assert [r["epoch"] for r in rows] == ["1"] and float(rows[0]["unary_loss"]) > 0
-    assert set(rows[0]) == set(train_module.LOG_FIELDS)
+    assert set(rows[0]) == set(run_dir.LOG_FIELDS)
     last = torch.load(run / "last.pt", weights_only=True)  # no pickled code anywhere
     assert {"optimizer", "rng", "scaler"} <= set(last)
-    state = RunState.from_checkpoint(last)
+    state = load_checkpoint(run / "last.pt").run
     assert (state.epoch, state.step, state.history) == (1, 2, result.history)
     assert state.best == result.history[0]["val_crf_miou"] and state.train_seconds > 0
 
 
-def test_class_balance_weights_the_loss_by_training_frequencies(tmp_path, capsys):
-    config = tiny_config()
+def test_class_balance_weights_the_loss_by_training_frequencies(
+    make_config, tiny_run, tmp_path, caplog
+):
+    config = make_config()
     config.train.class_balance = 1.0
-    result = tiny_run(tmp_path / "run", config)
-    printed = capsys.readouterr().out
+    with caplog.at_level(logging.INFO, logger="piecewise_crf"):
+        result = tiny_run(tmp_path / "run", config)
+    printed = "\n".join(r.getMessage() for r in caplog.records if "class weights" in r.getMessage())
     assert "class weights (train.class_balance=1.0): background " in printed
     # the background fills most pixels, so it weighs least
     weights = dict(
@@ -103,7 +95,9 @@ def test_class_balance_weights_the_loss_by_training_frequencies(tmp_path, capsys
     assert torch.isfinite(torch.tensor(result.history[-1]["unary_loss"]))
 
 
-def test_minutes_budget_stops_mid_epoch_with_lr_following_the_clock(tmp_path, monkeypatch):
+def test_minutes_budget_stops_mid_epoch_with_lr_following_the_clock(
+    make_config, tiny_run, tmp_path, monkeypatch
+):
     class Clock:  # every reading is one second after the previous: each step "takes" 1 s
         now = 0.0
 
@@ -112,8 +106,8 @@ def test_minutes_budget_stops_mid_epoch_with_lr_following_the_clock(tmp_path, mo
             cls.now += 1.0
             return cls.now
 
-    monkeypatch.setattr(train_module, "time", Clock)
-    config = tiny_config(epochs=10)
+    monkeypatch.setattr(loop, "time", Clock)
+    config = make_config(epochs=10)
     config.train.minutes = 3 / 60
     config.train.lr_power = 1.0
     result = tiny_run(tmp_path / "run", config)
@@ -122,15 +116,16 @@ def test_minutes_budget_stops_mid_epoch_with_lr_following_the_clock(tmp_path, mo
     assert result.history[-1]["val_unary_miou"] is not None
     # the third step ran at lr * (1 - 2 s / 3 s), not at the epoch schedule's lr * (1 - 2 / 20)
     assert result.history[-1]["lr"] == pytest.approx(config.train.lr / 3)
-    last = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
-    assert last["train_seconds"] == 3.0
+    assert load_checkpoint(tmp_path / "run" / "last.pt").run.train_seconds == 3.0
     # resuming a finished budget trains no further
     resumed = tiny_run(tmp_path / "run", config, resume=True)
     assert resumed.history[-1]["step"] == 3
 
 
-def test_freeze_layers_keeps_the_first_backbone_layers_at_their_initial_weights(tmp_path):
-    config = tiny_config()
+def test_freeze_layers_keeps_the_first_backbone_layers_at_their_initial_weights(
+    make_config, tiny_run, tmp_path
+):
+    config = make_config()
     config.train.freeze_layers = 3  # the tiny backbone's first conv, BatchNorm and ReLU
     torch.manual_seed(config.train.seed)  # the seed _train builds its model under
     initial = build_model(config.model).featmap.backbone.features
@@ -147,22 +142,27 @@ def test_freeze_layers_keeps_the_first_backbone_layers_at_their_initial_weights(
         tiny_run(tmp_path / "bad", config)
 
 
-def test_resume_after_a_kill_gives_bitwise_identical_weights(tmp_path, monkeypatch):
-    straight = tiny_run(tmp_path / "straight", tiny_config(epochs=2)).model.state_dict()
-
-    # "Kill" the second run right after its first checkpoint, then resume it.
-    real_write_log = train_module.write_log
+def killed_after_the_first_checkpoint(monkeypatch):
+    """Make the next run stop (as if killed) right after its first last.pt and log.csv."""
+    real_write_log = run_dir.write_log
 
     def killed(history, path):
         real_write_log(history, path)
+        monkeypatch.setattr(run_dir, "write_log", real_write_log)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train_module, "write_log", killed)
+    monkeypatch.setattr(run_dir, "write_log", killed)
+
+
+def test_resume_after_a_kill_gives_bitwise_identical_weights(
+    make_config, tiny_run, tmp_path, monkeypatch
+):
+    straight = tiny_run(tmp_path / "straight", make_config(epochs=2)).model.state_dict()
+    killed_after_the_first_checkpoint(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
-        tiny_run(tmp_path / "resumed", tiny_config(epochs=2))
-    monkeypatch.setattr(train_module, "write_log", real_write_log)
-    assert load_checkpoint(tmp_path / "resumed" / "last.pt")["epoch"] == 1
-    resumed = tiny_run(tmp_path / "resumed", tiny_config(epochs=2), resume=True).model.state_dict()
+        tiny_run(tmp_path / "resumed", make_config(epochs=2))
+    assert load_checkpoint(tmp_path / "resumed" / "last.pt").run.epoch == 1
+    resumed = tiny_run(tmp_path / "resumed", make_config(epochs=2), resume=True).model.state_dict()
 
     assert straight.keys() == resumed.keys()
     for key in straight:
@@ -171,17 +171,19 @@ def test_resume_after_a_kill_gives_bitwise_identical_weights(tmp_path, monkeypat
     assert [r["epoch"] for r in rows] == ["1", "2"]
 
 
-def test_refuses_to_overwrite_a_run_unless_asked(tiny_training, tmp_path):
+def test_refuses_to_overwrite_a_run_unless_asked(tiny_training, tiny_run, tmp_path):
     shutil.copytree(tiny_training.out, tmp_path / "run")
     before = (tmp_path / "run" / "final.pt").read_bytes()
-    with pytest.raises(FileExistsError, match="--resume.*--overwrite"):
+    with pytest.raises(ValueError, match="pass resume to continue it or overwrite to replace it"):
         tiny_run(tmp_path / "run")
     assert (tmp_path / "run" / "final.pt").read_bytes() == before
     tiny_run(tmp_path / "run", overwrite=True)
 
 
-def test_nan_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
-    real_forward = train_module.PiecewiseLoss.forward
+def test_nan_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(
+    make_config, tiny_run, tmp_path, monkeypatch
+):
+    real_forward = loop.PiecewiseLoss.forward
     calls = []
 
     def poisoned(self, images, labels):
@@ -189,16 +191,16 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(tmp_path, 
         calls.append(1)
         return unary, pairwise, total * float("nan") if len(calls) == 3 else total
 
-    monkeypatch.setattr(train_module.PiecewiseLoss, "forward", poisoned)
+    monkeypatch.setattr(loop.PiecewiseLoss, "forward", poisoned)
     with pytest.raises(FloatingPointError, match=r"step 3 \(epoch 2\).*last.pt \(epoch 1\)"):
-        tiny_run(tmp_path / "run", tiny_config(epochs=2))
+        tiny_run(tmp_path / "run", make_config(epochs=2))
     ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
-    assert ckpt["epoch"] == 1
-    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+    assert ckpt.run.epoch == 1
+    assert all(torch.isfinite(v).all() for v in ckpt.model.values() if v.is_floating_point())
     assert not (tmp_path / "run" / "final.pt").exists()
 
 
-def test_read_only_output_folder_fails_before_training(tmp_path, monkeypatch):
+def test_read_only_output_folder_fails_before_training(tiny_run, tmp_path, monkeypatch):
     out = tmp_path / "locked"
     out.mkdir()
     if os.geteuid() == 0:  # root writes anywhere: simulate the refusal the OS would give
@@ -214,87 +216,64 @@ def test_read_only_output_folder_fails_before_training(tmp_path, monkeypatch):
     out.chmod(0o700)
 
 
-def test_dataset_and_config_class_counts_must_agree(tmp_path):
-    config = tiny_config()
+def test_dataset_and_config_class_counts_must_agree(make_config, tiny_run, tmp_path):
+    config = make_config()
     config.model.num_classes = 3
     with pytest.raises(ValueError, match="5 classes but model.num_classes is 3"):
         tiny_run(tmp_path / "run", config)
 
 
-def test_resume_with_another_architecture_says_what_differs(tmp_path, monkeypatch):
-    real_write_log = train_module.write_log
-
-    def killed(history, path):
-        real_write_log(history, path)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(train_module, "write_log", killed)
+def test_resume_with_another_architecture_says_what_differs(
+    make_config, tiny_run, tmp_path, monkeypatch
+):
+    killed_after_the_first_checkpoint(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
-        tiny_run(tmp_path / "run", tiny_config(epochs=2))
-    config = tiny_config(epochs=2)
+        tiny_run(tmp_path / "run", make_config(epochs=2))
+    config = make_config(epochs=2)
     config.model.hidden = 32
     with pytest.raises(ValueError, match=r"hidden: 32 vs 16"):
         tiny_run(tmp_path / "run", config, resume=True)
 
 
-def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch):
-    path = tmp_path / "ckpt.pt"
-    atomic_save({"a": torch.ones(2)}, path)
-
-    def broken(obj, f):
-        f.write(b"partial")
-        raise OSError("disk full")
-
-    monkeypatch.setattr(torch, "save", broken)
-    with pytest.raises(OSError, match="disk full"):
-        atomic_save({"a": torch.zeros(2)}, path)
-    assert torch.equal(torch.load(path, weights_only=True)["a"], torch.ones(2))
-    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]
-
-
-def test_a_signal_during_a_save_is_handled_after_the_file_is_complete(tmp_path, monkeypatch):
-    """SIGTERM in the middle of torch.save (a scheduler stopping a run): the write finishes and
-    is renamed into place, then the handler runs; inside the write it used to surface as the zip
-    writer's RuntimeError or abort the process."""
-
-    class Stop(Exception):
-        pass
-
-    def handler(signum, frame):
-        raise Stop(signum)
-
-    path, real_save = tmp_path / "ckpt.pt", torch.save
-
-    def signalled(obj, f):
-        f.write(b"")  # the signal lands while the file is open
-        os.kill(os.getpid(), signal.SIGTERM)
-        real_save(obj, f)
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        monkeypatch.setattr(torch, "save", signalled)
-        with pytest.raises(Stop):
-            atomic_save({"a": torch.zeros(2)}, path)
-        assert signal.getsignal(signal.SIGTERM) is handler  # put back before it ran
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    assert torch.equal(torch.load(path, weights_only=True)["a"], torch.zeros(2))
-    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]
+def test_mean_field_loss_is_weighted_nll_of_general_mean_field(make_config):
+    """Joint training's loss against mean-field in the general edge-list form, by hand."""
+    config = make_config()
+    torch.manual_seed(0)
+    model = build_model(config.model).double()
+    images = torch.rand(2, 3, 80, 96, dtype=torch.float64)
+    labels = torch.randint(0, 5, (2, 80, 96))
+    labels[:, :10] = 255
+    w = torch.tensor([0.5, 1.0, 2.0, 4.0, 1.5], dtype=torch.float64)
+    crf = CRFConfig(iterations=2, pairwise_mode="raw", pairwise_scale=0.5)
+    loss = mean_field_loss(model, images, labels, crf, weights=w)
+    potentials = model(images)
+    h, wg = potentials.unary.shape[-2:]
+    scaled = [(o, 0.5 * z) for _, o, z in potentials.scores.pairwise]
+    edges, scores = grid_to_edge_list(scaled, h, wg)
+    q = mean_field(potentials.unary.flatten(2).transpose(1, 2), edges, scores, 2)
+    nodes = model.node_labels(labels, (h, wg)).flatten(1)
+    valid = nodes != 255
+    safe = nodes.masked_fill(~valid, 0)
+    terms = -q.log().gather(-1, safe.unsqueeze(-1)).squeeze(-1)
+    weights = w[safe] * valid
+    torch.testing.assert_close(loss, (terms * weights).sum() / weights.sum())
+    loss.backward()
+    assert model.pairwise_nets["above_below"].fc1.weight.grad.abs().sum() > 0
 
 
 DDP_SCRIPT = """
 import sys, torch, torch.distributed as dist
 sys.path.insert(0, {tests!r})
 torch.set_num_threads(1)
-from tiny_run import tiny_config, tiny_run
+from conftest import tiny_config, _tiny_run
 dist.init_process_group("gloo")
 config = tiny_config(epochs={epochs})
 config.train.minutes = {minutes}
 if {minutes} and dist.get_rank() == 1:  # a clock racing ahead: alone, it would stop after 1 step
-    import itertools, piecewise_crf.train as train_module
+    import itertools, piecewise_crf.training.loop as loop
     ticks = itertools.count(step=1000.0)
-    train_module.time = type("Clock", (), {{"perf_counter": staticmethod(lambda: next(ticks))}})
-result = tiny_run({out!r}, config)
+    loop.time = type("Clock", (), {{"perf_counter": staticmethod(lambda: next(ticks))}})
+result = _tiny_run({out!r}, config)
 flat = torch.cat([p.detach().reshape(-1) for p in result.model.parameters()])
 gathered = [torch.empty_like(flat) for _ in range(dist.get_world_size())]
 dist.all_gather(gathered, flat)
@@ -338,5 +317,5 @@ def test_torchrun_two_cpu_processes_keep_weights_in_sync(tmp_path, epochs, minut
     assert done.stdout.count("ok") == 2
     ckpt = load_checkpoint(tmp_path / "run" / "final.pt")
     # 8 images, 2 per rank and step; a budget follows rank 0's clock on every rank
-    assert ckpt["epoch"] == epochs and ckpt["step"] == 2 * epochs
+    assert ckpt.run.epoch == epochs and ckpt.run.step == 2 * epochs
     assert (tmp_path / "run" / "log.csv").is_file()

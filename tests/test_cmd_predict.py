@@ -8,11 +8,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from tiny_run import one_thread  # noqa: F401  (autouse fixture)
 
-from piecewise_crf.cli import build_parser, main
+from piecewise_crf.commands.cli import MAX_SIZE, build_parser, main
+from piecewise_crf.commands.predict import SkippedImagesError, collect_images, predict_files
 from piecewise_crf.data.synthetic import PALETTE, generate
-from piecewise_crf.predict import MAX_SIZE, SkippedImagesError, collect_images, predict_files
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def predict(checkpoint, inputs, out, *flags: str) -> list[Path]:
+    """`piecewise-crf predict` as parsed from its command line, exceptions raised as they are."""
+    argv = ["predict", "--checkpoint", str(checkpoint), *map(str, inputs), "--out", str(out)]
+    return predict_files(build_parser().parse_args([*argv, "--quiet", *flags]))
 
 
 @pytest.fixture()
@@ -29,7 +36,7 @@ def images(tmp_path):
 
 def test_predict_writes_palette_png_overlay_and_probabilities(checkpoint, images, tmp_path):
     out = tmp_path / "out"
-    written = predict_files(checkpoint, [images], out, stage="crf", save_probs=True, progress=False)
+    written = predict(checkpoint, [images], out, "--stage", "crf", "--save-probs")
     assert sorted(p.name for p in written) == ["alpha.png", "colour.png", "grey.png"]
     label = Image.open(out / "grey.png")
     assert label.mode == "P" and label.size == (176, 160)
@@ -44,9 +51,7 @@ def test_predict_writes_palette_png_overlay_and_probabilities(checkpoint, images
 
 def test_predict_full_method_and_unary_stage(checkpoint, images, tmp_path):
     for stage in ("unary", "crf+dense"):
-        written = predict_files(
-            checkpoint, [images / "colour.png"], tmp_path / stage, stage=stage, progress=False
-        )
+        written = predict(checkpoint, [images / "colour.png"], tmp_path / stage, "--stage", stage)
         assert written == [tmp_path / stage / "colour.png"]
 
 
@@ -58,9 +63,9 @@ def test_bad_inputs_are_clear_errors(checkpoint, tmp_path):
         collect_images([tmp_path / "empty"])
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     with pytest.raises(ValueError, match="broken.png \\(cannot read image: Truncated File Read"):
-        predict_files(checkpoint, [tmp_path / "broken.png"], tmp_path / "o", progress=False)
-    with pytest.raises(ValueError, match="stage must be one of"):
-        predict_files(checkpoint, [tmp_path], tmp_path / "o", stage="dense")
+        predict(checkpoint, [tmp_path / "broken.png"], tmp_path / "o")
+    argv = ["predict", "--checkpoint", str(checkpoint), str(tmp_path), "--out", "o"]
+    assert main([*argv, "--stage", "dense"]) == 2  # argparse's choices
 
 
 def test_read_only_output_folder_fails_before_predicting(checkpoint, images, tmp_path, monkeypatch):
@@ -75,7 +80,7 @@ def test_read_only_output_folder_fails_before_predicting(checkpoint, images, tmp
     else:
         out.chmod(0o500)
     with pytest.raises(PermissionError, match="cannot write to the output folder .*locked"):
-        predict_files(checkpoint, [images], out, progress=False)
+        predict(checkpoint, [images], out)
     out.chmod(0o700)
     assert list(out.iterdir()) == []
 
@@ -123,11 +128,11 @@ def test_predictions_into_an_input_folder_are_refused_before_loading_the_model(
         for inputs in (["in"], ["./in/a.png"], ["link/"]):
             message = f"^--out {re.escape(str(Path(out)))} is an input folder: predictions"
             with pytest.raises(ValueError, match=message):
-                predict_files(missing, inputs, out, overwrite=True, progress=False)
+                predict(missing, inputs, out, "--overwrite")
     with pytest.raises(ValueError, match=r"^--out \. would write in/a.png into an input folder"):
-        predict_files(missing, ["in", "other"], ".", progress=False)
+        predict(missing, ["in", "other"], ".")
     with pytest.raises(ValueError, match="^--out out would write out/a.png into an input folder"):
-        predict_files(missing, ["in"], "out", overwrite=True, progress=False)  # a symlink to it
+        predict(missing, ["in"], "out", "--overwrite")  # a symlink to it
     argv = ["predict", "--checkpoint", str(missing), "in", "--out", "in/", "--overwrite"]
     cli_fails(argv, capsys, "error: --out in is an input folder: predictions would overwrite")
     assert digests(tmp_path) == before
@@ -135,7 +140,7 @@ def test_predictions_into_an_input_folder_are_refused_before_loading_the_model(
 
 def test_existing_outputs_are_replaced_only_with_overwrite(checkpoint, small, tmp_path, capsys):
     out = tmp_path / "out"
-    predict_files(checkpoint, [small], out, stage="unary", progress=False)
+    predict(checkpoint, [small], out, "--stage", "unary")
     before = digests(small, out)
     assert len(before) == 2 + 4
     message = (
@@ -143,7 +148,7 @@ def test_existing_outputs_are_replaced_only_with_overwrite(checkpoint, small, tm
         "pass --overwrite to replace them, or choose another --out$"
     )
     with pytest.raises(ValueError, match=message):
-        predict_files(checkpoint, [small], out, stage="unary", progress=False)
+        predict(checkpoint, [small], out, "--stage", "unary")
     argv = ["predict", "--checkpoint", str(checkpoint), str(small), "--out", str(out), "--quiet"]
     cli_fails([*argv, "--stage", "unary"], capsys, "already holds 4 of the files")
     assert digests(small, out) == before
@@ -154,7 +159,7 @@ def test_existing_outputs_are_replaced_only_with_overwrite(checkpoint, small, tm
 
 def test_a_full_disk_leaves_no_partial_file(checkpoint, small, tmp_path, monkeypatch):
     out = tmp_path / "out"
-    predict_files(checkpoint, [small], out, stage="unary", progress=False)
+    predict(checkpoint, [small], out, "--stage", "unary")
     before = digests(small, out)
 
     def full_disk(image, fp, *args, **kwargs):
@@ -163,7 +168,7 @@ def test_a_full_disk_leaves_no_partial_file(checkpoint, small, tmp_path, monkeyp
 
     monkeypatch.setattr(Image.Image, "save", full_disk)
     with pytest.raises(OSError, match="(?i)no space left"):
-        predict_files(checkpoint, [small], out, stage="unary", overwrite=True, progress=False)
+        predict(checkpoint, [small], out, "--stage", "unary", "--overwrite")
     assert digests(small, out) == before
 
 
@@ -171,7 +176,7 @@ def test_same_names_from_two_folders_mirror_the_folders(checkpoint, tmp_path):
     picture(tmp_path / "a" / "x.png")
     other = picture(tmp_path / "b" / "x.png", seed=1)
     out = tmp_path / "out"
-    written = predict_files(checkpoint, [tmp_path / "a", other], out, stage="unary", progress=False)
+    written = predict(checkpoint, [tmp_path / "a", other], out, "--stage", "unary")
     assert written == [out / "a" / "x.png", out / "b" / "x.png"]
     files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
     assert files == ["a/x.png", "a/x_overlay.png", "b/x.png", "b/x_overlay.png"]
@@ -185,9 +190,9 @@ def test_two_images_writing_the_same_file_are_refused(tmp_path):
     before = digests(tmp_path)
     out, missing = tmp_path / "out", tmp_path / "missing.pt"
     with pytest.raises(ValueError, match=r"in/x.jpg and .*in/x.png would both be predicted to "):
-        predict_files(missing, [tmp_path / "in"], out, progress=False)
+        predict(missing, [tmp_path / "in"], out)
     with pytest.raises(ValueError, match=r"x.png and .*x_overlay.png would both .*x_overlay.png;"):
-        predict_files(missing, [tmp_path / "in2"], out, progress=False)
+        predict(missing, [tmp_path / "in2"], out)
     assert digests(tmp_path) == before and not out.exists()
 
 
@@ -200,7 +205,7 @@ def test_unreadable_images_are_skipped_and_reported_after_the_others(
     before = digests(small)
     out = tmp_path / "out"
     with pytest.raises(SkippedImagesError) as caught:
-        predict_files(checkpoint, [small], out, stage="unary", progress=False)
+        predict(checkpoint, [small], out, "--stage", "unary")
     err = caught.value
     assert isinstance(err, ValueError) and "\n" not in str(err)
     assert str(err) == (
@@ -223,7 +228,7 @@ def test_unreadable_images_are_skipped_and_reported_after_the_others(
 def test_large_images_are_downscaled_but_labels_keep_their_size(checkpoint, tmp_path, capsys):
     source = picture(tmp_path / "in" / "big.png", 96, 128)
     out = tmp_path / "out"
-    written = predict_files(checkpoint, [source], out, save_probs=True, max_size=64, progress=False)
+    written = predict(checkpoint, [source], out, "--save-probs", "--max-size", "64")
     assert (
         "note: 1 of 1 images were larger than 64 px and were downscaled" in capsys.readouterr().out
     )
@@ -234,7 +239,7 @@ def test_large_images_are_downscaled_but_labels_keep_their_size(checkpoint, tmp_
     upscaled = Image.fromarray(probs.argmax(0).astype(np.uint8)).resize((128, 96), Image.NEAREST)
     assert np.array_equal(np.asarray(label), np.asarray(upscaled))
     full = tmp_path / "full"
-    predict_files(checkpoint, [source], full, stage="unary", save_probs=True, max_size=0)
+    predict(checkpoint, [source], full, "--stage", "unary", "--save-probs", "--max-size", "0")
     assert np.load(full / "big_probs.npy").shape == (5, 96, 128)
     assert "note" not in capsys.readouterr().out
 
@@ -242,8 +247,8 @@ def test_large_images_are_downscaled_but_labels_keep_their_size(checkpoint, tmp_
 def test_bad_max_size_and_an_out_file_are_one_line_errors(small, tmp_path, capsys):
     missing = tmp_path / "missing.pt"
     for value in (-1, 16):
-        with pytest.raises(ValueError, match=rf"^max_size .* at least 32 pixels, got {value}$"):
-            predict_files(missing, [small], tmp_path / "out", max_size=value)
+        with pytest.raises(ValueError, match=rf"^--max-size .* at least 32 pixels, got {value}$"):
+            predict(missing, [small], tmp_path / "out", "--max-size", str(value))
     argv = ["predict", "--checkpoint", str(missing), str(small), "--quiet"]
     cli_fails([*argv, "--out", "o", "--max-size", "8"], capsys, "must be 0 (no limit) or at")
     assert build_parser().parse_args([*argv, "--out", "o"]).max_size == MAX_SIZE

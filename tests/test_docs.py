@@ -8,10 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from piecewise_crf.cli import main
 from tiny_run import one_thread  # noqa: F401  (autouse fixture)
 
 from piecewise_crf.checkpoint import load_checkpoint
-from piecewise_crf.cli import main
 
 README = Path(__file__).parents[1] / "README.md"
 CONFIGS = README.parent / "configs"

@@ -48,6 +48,14 @@ def make_camvid(root: Path, n_train: int = 3, n_val: int = 2) -> Path:
     return root
 
 
+def make_folder(root: Path, n: int = 3, size: tuple[int, int] = (10, 12)) -> Path:
+    """A folder dataset: images/ (PNG and JPEG) and labels/ with matching stems, classes 0..2."""
+    for i in range(n):
+        save(root / "images" / f"img{i}.{'png' if i % 2 else 'jpg'}", rng_image(i, *size))
+        save(root / "labels" / f"img{i}.png", blocks(*size, [0, 1, 2, 255], i))
+    return root
+
+
 def voc_label(seed: int, height: int = 20, width: int = 30) -> np.ndarray:
     """Classes 0..20 with a 255 void border around objects, as VOC annotations have."""
     label = blocks(height, width, [0, 0, 5, 12, 20], seed)
