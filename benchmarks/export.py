@@ -1,6 +1,6 @@
 """ONNX export of the crf stage: size, export time, agreement and speed against the Predictor.
 
-Usage: python benchmarks/export.py [--checkpoint CKPT | --config configs/camvid.yaml]
+Usage: python -m benchmarks.export [--checkpoint CKPT | --config camvid]
        [--camvid DIR] [--size 360 480] [--repeats 5] [--threads 2] [--json OUT]
 
 Without --checkpoint the model of --config is built untrained and saved as a checkpoint in a
@@ -12,7 +12,6 @@ graph and the Predictor's "crf" stage run on the same CamVid val frames, interle
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
@@ -22,40 +21,31 @@ import numpy as np
 import onnxruntime as ort
 import torch
 import torch.nn.functional as F
-from common import commit, describe, machine
 
-from piecewise_crf.checkpoint import FORMAT_VERSION
-from piecewise_crf.config import config_to_dict, load_config
+from benchmarks.common import commit, describe, machine
+from piecewise_crf.checkpoint import Checkpoint, save_checkpoint
+from piecewise_crf.config import load_config
 from piecewise_crf.data import CamVid
 from piecewise_crf.export import export_onnx
+from piecewise_crf.files import write_json
 from piecewise_crf.inference import Predictor
 from piecewise_crf.model import build_model
 
 
-def untrained_checkpoint(config_path: str, folder: Path) -> Path:
-    config = load_config(config_path)
+def untrained_checkpoint(source: str, folder: Path) -> Path:
+    """The model of config `source`, untrained, as a checkpoint in `folder`."""
+    config = load_config(source)
     model = build_model(config.model, load_weights=False)
     path = folder / "untrained.pt"
-    torch.save(
-        {
-            "format_version": FORMAT_VERSION,
-            "model": model.state_dict(),
-            "config": config_to_dict(config),
-            "classes": list(CamVid.classes),
-            "palette": np.asarray(CamVid.palette).astype(int).tolist(),
-            "epoch": 0,
-            "step": 0,
-            "history": [],
-        },
-        path,
-    )
+    palette = np.asarray(CamVid.palette).astype(int).tolist()
+    save_checkpoint(Checkpoint(model.state_dict(), config, list(CamVid.classes), palette), path)
     return path
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", type=Path, help="a trained model (default: untrained)")
-    parser.add_argument("--config", default="configs/camvid.yaml", help="when no --checkpoint")
+    parser.add_argument("--config", default="camvid", help="when no --checkpoint")
     parser.add_argument("--camvid", type=Path, default=Path("../shared/data/camvid"))
     parser.add_argument("--size", type=int, nargs=2, default=[360, 480], metavar=("H", "W"))
     parser.add_argument("--repeats", type=int, default=5)
@@ -119,8 +109,7 @@ def main() -> None:
         "crf_stage_seconds": {k: round(v, 4) for k, v in seconds.items()},
         "onnxruntime_over_predictor": round(ratio, 3),
     }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(record, indent=2) + "\n")
+    write_json(record, args.json)
     print(f"wrote {args.json}")
 
 

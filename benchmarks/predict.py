@@ -1,6 +1,6 @@
 """Time the Predictor's stages on CamVid frames (480x360): one frame, a batch, and a split.
 
-Usage: python benchmarks/predict.py [--checkpoint CKPT | --config configs/camvid.yaml]
+Usage: python -m benchmarks.predict [--checkpoint CKPT | --config camvid]
        [--camvid DIR] [--batch 4] [--images 16] [--threads 2] [--json OUT]
 
 Rows, each the median of interleaved repeats in one run:
@@ -9,26 +9,26 @@ Rows, each the median of interleaved repeats in one run:
   crf         forward + pairwise potentials + mean-field + upsampling
   crf+dense   all of that and the dense CRF
 for one frame and for a batch of --batch frames (time per frame), then scoring --images val
-frames through `evaluate.score` one frame at a time against batches of --batch. Timing does
+frames through `evaluation.score` one frame at a time against batches of --batch. Timing does
 not depend on the weights, so without --checkpoint the model of --config is built untrained.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
 
 import torch
-from common import commit, describe, machine
 
+from benchmarks.common import commit, describe, machine
 from piecewise_crf.config import load_config
-from piecewise_crf.evaluate import score
+from piecewise_crf.data import CamVid
+from piecewise_crf.evaluation import score
+from piecewise_crf.files import write_json
 from piecewise_crf.inference import Predictor
 from piecewise_crf.model import build_model
-from piecewise_crf.runtime import open_dataset
 
 STAGES = ("unary", "crf", "crf+dense")
 
@@ -46,7 +46,7 @@ def median_seconds(run, repeats: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", type=Path, help="a trained model (default: untrained)")
-    parser.add_argument("--config", default="configs/camvid.yaml", help="when no --checkpoint")
+    parser.add_argument("--config", default="camvid", help="when no --checkpoint")
     parser.add_argument("--camvid", type=Path, default=Path("../shared/data/camvid"))
     parser.add_argument("--batch", type=int, default=4, help="frames per batch")
     parser.add_argument("--images", type=int, default=16, help="val frames scored per method")
@@ -62,7 +62,7 @@ def main() -> None:
         config = load_config(args.config)
         model = build_model(config.model, load_weights=False)
         predictor = Predictor(model, crf=config.crf, dense=config.dense_crf, device="cpu")
-    val = open_dataset("camvid", args.camvid, "val")
+    val = CamVid(args.camvid, "val")
     frames = torch.stack([val[i][0] for i in range(args.batch)])
     model = predictor.model
 
@@ -117,8 +117,7 @@ def main() -> None:
         "score_seconds_per_frame": {str(b): round(t, 4) for b, t in split.items()},
         "batched_over_single": round(ratio, 3),
     }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(record, indent=2) + "\n")
+    write_json(record, args.json)
     print(f"wrote {args.json}")
 
 

@@ -1,7 +1,7 @@
 """Time and memory of one training step: unary-only FCN vs piecewise CRF vs joint (mean-field) training.
 
-    python benchmarks/train_step.py                 # cpu preset, 360x480, batch 1
-    python benchmarks/train_step.py --preset paper --device cuda --batch 4
+    python -m benchmarks.train_step                    # the cpu config, 360x480, batch 1
+    python -m benchmarks.train_step --config paper --device cuda --batch 4
     python benchmarks/train_step.py --config configs/camvid.yaml --size 160 224 --batch 4 \
         --freeze-layers 4                           # the CamVid recipe's steps, stem frozen or not
 
@@ -18,19 +18,19 @@ d/b (this machine is noisy: compare ratios from one run) and writes JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import resource
 import statistics
 import time
-from pathlib import Path
 
 import torch
-from common import commit, describe, machine
 
-from piecewise_crf.config import PRESETS, load_config
+from benchmarks.common import commit, describe, machine
+from piecewise_crf.config import CRFConfig, load_config
+from piecewise_crf.files import write_json
 from piecewise_crf.model import build_model
-from piecewise_crf.train import freeze_layers, step_loss
+from piecewise_crf.training.losses import mean_field_loss, piecewise_loss
+from piecewise_crf.training.optim import freeze_layers
 
 ROWS = ("fcn", "piecewise", "joint", "frozen")
 
@@ -48,7 +48,7 @@ class Row:
         self.row = row
         self.args = args
         self.device = torch.device(args.device)
-        config = load_config(args.config) if args.config else PRESETS[args.preset]()
+        config = load_config(args.config)
         config.model.backbone_weights = None  # timing only: random weights cost the same
         config.model.num_classes = args.classes
         if row == "fcn":
@@ -66,11 +66,10 @@ class Row:
     def step(self) -> dict[str, float]:
         t0 = time.perf_counter()
         if self.row == "joint":
-            loss = self.model.mean_field_loss(
-                self.images, self.labels, iterations=self.args.iterations
-            )
+            crf = CRFConfig(iterations=self.args.iterations)
+            loss = mean_field_loss(self.model, self.images, self.labels, crf)
         else:
-            loss = step_loss(self.model, self.images, self.labels, self.config.train).total
+            loss = piecewise_loss(self.model, self.images, self.labels, self.config.train).total
         sync(self.device)
         t1 = time.perf_counter()
         self.opt.zero_grad(set_to_none=True)
@@ -108,9 +107,8 @@ def peak_memory(row: str, args: argparse.Namespace, out: mp.Queue) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--preset", default="cpu", choices=sorted(PRESETS))
     parser.add_argument(
-        "--config", help="a YAML config to take the model from, instead of --preset"
+        "--config", default="cpu", help="the config to take the model from: a file or a name"
     )
     parser.add_argument("--size", type=int, nargs=2, default=(360, 480), metavar=("H", "W"))
     parser.add_argument("--batch", type=int, default=1)
@@ -158,7 +156,7 @@ def main() -> None:
 
     print(f"machine: {describe(machine(args.device))}; device {args.device}")
     print(
-        f"{args.config or 'preset ' + args.preset}, {args.size[0]}x{args.size[1]}, batch {args.batch}, "
+        f"{args.config}, {args.size[0]}x{args.size[1]}, batch {args.batch}, "
         f"K={args.classes}, grid {grid}, {edges} edges/image"
     )
     header = f"{'row':<10} {'step s':>8} {'fwd s':>8} {'bwd s':>8} {'peak MB':>9}"
@@ -176,23 +174,17 @@ def main() -> None:
     if "frozen" in results:
         ratios["frozen/piecewise"] = results["frozen"]["step_s"] / results["piecewise"]["step_s"]
     print("ratios: " + ", ".join(f"{k} = {v:.2f}" for k, v in ratios.items()))
-    path = Path(args.json)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(
-        json.dumps(
-            {
-                "machine": machine(args.device),
-                "commit": commit(),
-                "args": vars(args),
-                "grid": grid,
-                "edges_per_image": edges,
-                "rows": results,
-                "ratios": ratios,
-            },
-            indent=2,
-        )
-    )
-    print(f"wrote {path}")
+    record = {
+        "machine": machine(args.device),
+        "commit": commit(),
+        "args": vars(args),
+        "grid": grid,
+        "edges_per_image": edges,
+        "rows": results,
+        "ratios": ratios,
+    }
+    write_json(record, args.json)
+    print(f"wrote {args.json}")
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ from piecewise_crf.settings import (
 __all__ = [  # the sections and their vocabulary are defined in settings.py
     "DENSE_GRID", "PAIRWISE_MODES", "STAGES", "CRFConfig", "Config", "DataConfig",
     "DenseCRFConfig", "ModelConfig", "TrainConfig", "apply_overrides", "config_from_dict",
-    "config_to_dict", "config_yaml", "load_config", "parse_override", "read_config_values",
+    "config_to_dict", "config_yaml", "load_config", "parse_override", "prediction_settings", "read_config_values",
     "replace_settings", "shipped_configs",
 ]  # fmt: skip
 
@@ -267,6 +267,13 @@ def config_to_dict(config: Config) -> dict[str, Any]:
 def config_yaml(config: Config) -> str:
     """The config as YAML, every field written out."""
     return yaml.safe_dump(config_to_dict(config), sort_keys=False)
+
+
+def prediction_settings(config: Config) -> dict[str, Any]:
+    """The crf and dense-CRF settings of `config` by the key names `replace_settings` takes."""
+    crf = dataclasses.asdict(config.crf)
+    dense = {f"dense_{key}": value for key, value in dataclasses.asdict(config.dense_crf).items()}
+    return {**crf, **dense}
 
 
 def replace_settings(config: Config, overrides: dict[str, Any]) -> Config:

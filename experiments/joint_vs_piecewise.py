@@ -1,6 +1,6 @@
 """Piecewise vs joint training, measured: the same initial model fine-tuned on the same budget.
 
-    python benchmarks/joint_vs_piecewise.py --checkpoint runs/camvid/final.pt \
+    python -m experiments.joint_vs_piecewise --checkpoint runs/camvid/final.pt \
         --data-root ../shared/data/camvid --minutes 10 --threads 1
 
 Methods, each from the checkpoint's weights, in a process of its own (so peak memory is its own):
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import multiprocessing as mp
 import resource
 import shlex
@@ -29,20 +28,16 @@ import time
 from pathlib import Path
 
 import torch
-from common import commit, describe, machine
 
-from piecewise_crf.checkpoint import load_checkpoint, model_from_checkpoint
-from piecewise_crf.evaluate import score, summarise
+from benchmarks.common import commit, describe, machine
+from piecewise_crf.checkpoint import load_checkpoint
+from piecewise_crf.devices import resolve_device
+from piecewise_crf.evaluation import open_dataset, score, summarise
+from piecewise_crf.files import write_json
 from piecewise_crf.inference import Predictor
-from piecewise_crf.runtime import open_dataset, resolve_device
-from piecewise_crf.train import (
-    balancing_weights,
-    freeze_layers,
-    lr_factor,
-    sgd,
-    step_loss,
-    training_set,
-)
+from piecewise_crf.training.loop import training_set
+from piecewise_crf.training.losses import class_weights, mean_field_loss, piecewise_loss
+from piecewise_crf.training.optim import freeze_layers, lr_factor, sgd
 
 METHODS = {"piecewise": 0, "joint3": 3, "joint5": 5}  # name -> mean-field iterations in training
 
@@ -53,7 +48,8 @@ def fine_tune(method: str, args: argparse.Namespace, out: mp.Queue) -> None:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     device = resolve_device(args.device)
-    model, config = model_from_checkpoint(load_checkpoint(args.checkpoint), str(args.checkpoint))
+    ckpt = load_checkpoint(args.checkpoint)
+    model, config = ckpt.build_model(str(args.checkpoint)), ckpt.config
     if args.pairwise_mode is not None:
         config.crf.pairwise_mode = args.pairwise_mode
     if args.pairwise_scale is not None:  # 0 is a valid scale (the unary alone)
@@ -61,9 +57,10 @@ def fine_tune(method: str, args: argparse.Namespace, out: mp.Queue) -> None:
     model.to(device).train()
     tc = config.train
     data = training_set(config, args.data_root)
-    weights = balancing_weights(tc, data, device)
+    weights = class_weights(tc.class_balance, data, device)
     freeze_layers(model, tc.freeze_layers)
-    optimizer = sgd(model, tc, lr=tc.lr * args.lr_mult)
+    optimizer = sgd(model, dataclasses.replace(tc, lr=tc.lr * args.lr_mult))
+    joint = dataclasses.replace(config.crf, iterations=METHODS[method])
     loader = torch.utils.data.DataLoader(
         data,
         batch_size=tc.batch_size,
@@ -91,16 +88,9 @@ def fine_tune(method: str, args: argparse.Namespace, out: mp.Queue) -> None:
             tic = time.perf_counter()
             images, labels = images.to(device), labels.to(device)
             if iterations == 0:
-                loss = step_loss(model, images, labels, tc, class_weights=weights).total
+                loss = piecewise_loss(model, images, labels, tc, weights=weights).total
             else:
-                loss = model.mean_field_loss(
-                    images,
-                    labels,
-                    iterations=iterations,
-                    pairwise_mode=config.crf.pairwise_mode,
-                    pairwise_scale=config.crf.pairwise_scale,
-                    class_weights=weights,
-                )
+                loss = mean_field_loss(model, images, labels, joint, weights=weights)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -112,9 +102,7 @@ def fine_tune(method: str, args: argparse.Namespace, out: mp.Queue) -> None:
     else:
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
 
-    val = open_dataset(
-        config.data.dataset, args.data_root, config.data.val_split, num_classes=model.num_classes
-    )
+    val = open_dataset(config, config.data.val_split, root=args.data_root)
     sweep = {}
     if iterations and iterations != config.crf.iterations:
         sweep[f"crf T={iterations}"] = dataclasses.replace(config.crf, iterations=iterations)
@@ -146,7 +134,9 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument(
-        "--json", type=Path, default=Path(__file__).parent / "results/joint_vs_piecewise.json"
+        "--json",
+        type=Path,
+        default=Path(__file__).parents[1] / "benchmarks" / "results" / "joint_vs_piecewise.json",
     )
     args = parser.parse_args()
     if args.threads:
@@ -182,7 +172,6 @@ def main() -> None:
             if method != "piecewise":
                 ratio = results[method]["seconds_per_step"] / base
                 print(f"{method}/piecewise step time: {ratio:.2f}")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
     record = {
         "commit": commit(),
         "command": shlex.join(["python", *sys.argv]),
@@ -190,7 +179,7 @@ def main() -> None:
         "budget_minutes": args.minutes,
         "methods": results,
     }
-    args.json.write_text(json.dumps(record, indent=2) + "\n")
+    write_json(record, args.json)
     print(f"wrote {args.json}")
 
 

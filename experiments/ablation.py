@@ -1,10 +1,10 @@
 """The paper's ablation on CamVid: each row adds one component; every row trains the same epochs.
 
-    python benchmarks/ablation.py --row fcn --seed 1 --data-root ../shared/data/camvid \
+    python -m experiments.ablation --row fcn --seed 1 --data-root ../shared/data/camvid \
         --weights ../shared/weights/mobilenet_v2_imagenet.pth
-    python benchmarks/ablation.py --table          # the README table from the committed JSON
+    python -m experiments.ablation --table          # the docs table from the committed JSON
 
-Rows, all from configs/camvid.yaml (--config):
+Rows, all from the shipped camvid config (--config):
   fcn         one input scale (the recipe's largest), no pyramid pooling, unary only
   pool        + sliding pyramid pooling
   multiscale  + the recipe's second input scale
@@ -36,19 +36,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import commit, describe, machine
+from tqdm import tqdm
 
+from benchmarks.common import commit, describe, machine
 from piecewise_crf.checkpoint import load_checkpoint
-from piecewise_crf.config import Config, load_config
-from piecewise_crf.evaluate import score, subset_indices, summarise
-from piecewise_crf.files import atomic_write_text
+from piecewise_crf.config import Config, load_config, prediction_settings
+from piecewise_crf.evaluation import open_dataset, score, subset_indices, summarise
+from piecewise_crf.files import write_json
 from piecewise_crf.inference import Predictor
-from piecewise_crf.runtime import dataset_from_config
-from piecewise_crf.train import train
+from piecewise_crf.training.loop import train
 
 ROWS = ("fcn", "pool", "multiscale", "pairwise", "dense")
 TRAINED = ROWS[:-1]
-RESULTS = Path(__file__).parent / "results" / "ablation"
+RESULTS = Path(__file__).parents[1] / "benchmarks" / "results" / "ablation"
 TRAIN_SPLIT = "train_without_0001TP"
 SPLITS = {"choice": "train_0001TP", "val": "val"}  # JSON key -> split scored
 METRICS = ("mean_iou", "pixel_accuracy", "mean_accuracy")
@@ -72,16 +72,6 @@ def row_config(row: str, args: argparse.Namespace) -> Config:
     return dataclasses.replace(config, data=data)
 
 
-def recipe_settings(config: Config) -> dict[str, Any]:
-    """The config's crf and dense-CRF settings as `Predictor.from_checkpoint` overrides."""
-    crf = {f.name: getattr(config.crf, f.name) for f in dataclasses.fields(config.crf)}
-    dense = {
-        f"dense_{f.name}": getattr(config.dense_crf, f.name)
-        for f in dataclasses.fields(config.dense_crf)
-    }
-    return {**crf, **dense}
-
-
 def prediction_seconds(predictor: Predictor, data: Any, stage: str, count: int = 5) -> float:
     """Median seconds per image of `data` for one stage (after one warm-up image)."""
     times = []
@@ -94,15 +84,16 @@ def prediction_seconds(predictor: Predictor, data: Any, stage: str, count: int =
 
 
 def score_splits(
-    predictor: Predictor, stages: tuple[str, ...], args: argparse.Namespace
+    predictor: Predictor, config: Config, stages: tuple[str, ...], args: argparse.Namespace
 ) -> tuple[dict[str, dict[str, dict]], Any]:
     """{stage: {"choice"/"val": metrics}} of `stages`, and the val dataset (for the timing)."""
     out: dict[str, dict[str, dict]] = {s: {} for s in stages}
     for key, split in SPLITS.items():
-        data = dataset_from_config(predictor.config, split, root=args.data_root)
+        data = open_dataset(config, split, root=args.data_root)
         indices = subset_indices(len(data), args.limit)
         print(f"scoring {stages} on {split} ({len(indices)} images)")
-        matrices = score(predictor, data, indices=indices, stages=stages, progress=True)
+        with tqdm(total=len(indices), desc=split) as bar:
+            matrices = score(predictor, data, indices=indices, stages=stages, progress=bar.update)
         for stage, m in summarise(matrices, data.classes).items():
             out[stage][key] = {
                 "split": split,
@@ -120,11 +111,11 @@ def run_row(row: str, args: argparse.Namespace) -> list[Path]:
     if args.score_only:
         if not checkpoint.is_file():
             raise SystemExit(f"--score-only: {checkpoint} not found; train the row first")
-        saved = load_checkpoint(checkpoint)
-        history, train_s = saved["history"], saved["train_seconds"]
+        saved = load_checkpoint(checkpoint).run
+        history, train_s = saved.history, saved.train_seconds
     else:
         tic = time.perf_counter()
-        history = train(config, folder, data_root=args.data_root, overwrite=args.overwrite).history
+        history = train(config, folder, root=args.data_root, overwrite=args.overwrite).history
         train_s = time.perf_counter() - tic
 
     common: dict[str, Any] = {
@@ -147,14 +138,14 @@ def run_row(row: str, args: argparse.Namespace) -> list[Path]:
     }
     if row != "pairwise":
         predictor = Predictor.from_checkpoint(checkpoint, dense_enabled=False)
-        scores, val = score_splits(predictor, ("unary",), args)
+        scores, val = score_splits(predictor, config, ("unary",), args)
         common["machine"] = machine(predictor.device)
         seconds = prediction_seconds(predictor, val, "unary")
         return [write_row(row, "unary", scores["unary"], seconds, common, args.results)]
 
-    predictor = Predictor.from_checkpoint(checkpoint, **recipe_settings(config))
-    scores, val = score_splits(predictor, ("unary", "crf", "crf+dense"), args)
-    crf = predictor.config.crf
+    predictor = Predictor.from_checkpoint(checkpoint, **prediction_settings(config))
+    scores, val = score_splits(predictor, config, ("unary", "crf", "crf+dense"), args)
+    crf = predictor.crf
     common["machine"] = machine(predictor.device)
     common["unary_of_this_model"] = {
         key: {k: s[k] for k in METRICS} for key, s in scores["unary"].items()
@@ -180,8 +171,7 @@ def write_row(
         **common,
     }
     path = folder / f"ablation_{row}_seed{common['seed']}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(json.dumps(record, indent=2) + "\n", path)
+    write_json(record, path)
     print(
         f"{row:<11} choice mIoU {scores['choice']['mean_iou']:.3f}  "
         f"val mIoU {scores['val']['mean_iou']:.3f}  "
@@ -255,7 +245,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="train.seed of the row")
     parser.add_argument("--data-root", type=Path, default=Path("../shared/data/camvid"))
     parser.add_argument("--weights", help="MobileNetV2 ImageNet state dict (or 'hed' for VGG-16)")
-    parser.add_argument("--config", default=str(Path(__file__).parents[1] / "configs/camvid.yaml"))
+    parser.add_argument("--config", default="camvid", help="a YAML file or a shipped config")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
     parser.add_argument("--limit", type=int, help="score only N images per split (spread)")
     parser.add_argument("--out", type=Path, default=Path("runs/ablation"), help="run folders")
@@ -283,7 +273,7 @@ def main() -> None:
     print(f"machine: {describe(machine())}")
     try:
         run_row(args.row, args)
-    except FileExistsError as err:  # an earlier run of this row and seed: kept
+    except (ValueError, OSError) as err:  # e.g. an earlier run of this row and seed: kept
         parser.exit(2, f"error: {err}\n")
 
 

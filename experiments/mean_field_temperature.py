@@ -1,6 +1,6 @@
 """Mean-field with a unary temperature, scored on held-out frames: an upper bound, not a setting.
 
-Usage: python benchmarks/mean_field_temperature.py --checkpoint CKPT --split train_0006R0
+Usage: python -m experiments.mean_field_temperature --checkpoint CKPT --split train_0006R0
        [--camvid DIR] [--settings A,R,T ...] [--json OUT]
 
 `crf.pairwise_scale` sets one number: how much the pairwise scores count against the unary. A
@@ -17,16 +17,16 @@ setting's gain bounds what calibrating A could add.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import torch
-from common import commit, describe, machine
 
+from benchmarks.common import commit, describe, machine
+from piecewise_crf.checkpoint import load_checkpoint
 from piecewise_crf.crf import grid_mean_field
-from piecewise_crf.evaluate import open_split
-from piecewise_crf.files import atomic_write_text
+from piecewise_crf.evaluation import open_split
+from piecewise_crf.files import write_json
 from piecewise_crf.inference import Predictor
 from piecewise_crf.metrics import ConfusionMatrix
 
@@ -65,8 +65,9 @@ def main() -> None:
     if args.json is not None and args.json.exists():
         parser.error(f"{args.json} exists; choose another --json path")
 
-    predictor = Predictor.from_checkpoint(args.checkpoint, dense_enabled=False)
-    data, _ = open_split(predictor, None, args.camvid, args.split)
+    ckpt = load_checkpoint(args.checkpoint)
+    predictor = Predictor.from_checkpoint(ckpt, dense_enabled=False)
+    data = open_split(ckpt.config, ckpt.classes, args.split, root=args.camvid)
     model, box = predictor.model, predictor.crf.box_fraction
     k, ignore = model.num_classes, getattr(data, "ignore_index", model.ignore_index)
     unary = ConfusionMatrix(k, ignore)
@@ -80,9 +81,10 @@ def main() -> None:
             potentials = model(x, box_fraction=box)
             scores = potentials.unary.float()
             unary.update(model.upsample(scores.softmax(1), size).argmax(1).cpu(), label)
-            pairwise = [(o, z.float()) for o, z in potentials.materialise("interaction")]
-            for a, r, t in args.settings:
-                q = grid_mean_field(a * scores, pairwise, t, [a * r] * len(pairwise))
+            pairwise = [(o, z.float()) for _, o, z in potentials.scores.pairwise]
+            for a, r, t in args.settings:  # interaction scores: centred in mean-field
+                weights = [a * r] * len(pairwise)
+                q = grid_mean_field(a * scores, pairwise, t, weights, centred=True)
                 matrices[(a, r, t)].update(model.upsample(q, size).argmax(1).cpu(), label)
     seconds = time.perf_counter() - start
 
@@ -111,7 +113,7 @@ def main() -> None:
             "machine": info,
             "commit": commit(),
         }
-        atomic_write_text(json.dumps(record, indent=1) + "\n", args.json)
+        write_json(record, args.json)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
-"""README figures for a trained CamVid model: val examples side by side, and its training curves.
+"""The docs' figures of a trained CamVid model: val examples side by side, and its curves.
 
-    python benchmarks/camvid_figures.py --checkpoint runs/camvid/final.pt \
+    python -m experiments.camvid_figures --checkpoint runs/camvid/final.pt \
         --data-root ../shared/data/camvid --out docs
 
 Writes OUT/camvid_val_examples.png (input, ground truth, unary, CRF, CRF + dense CRF for a few
@@ -17,12 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from piecewise_crf.config import load_config
-from piecewise_crf.evaluate import describe
+from piecewise_crf.checkpoint import load_checkpoint
+from piecewise_crf.config import load_config, prediction_settings
+from piecewise_crf.evaluation import describe, open_dataset
 from piecewise_crf.inference import Predictor
-from piecewise_crf.predict import colorize
-from piecewise_crf.report import example_grid
-from piecewise_crf.runtime import open_dataset
+from piecewise_crf.visualize import colorize, example_grid, save_png
 
 TITLES = ("input", "ground truth", "unary", "CRF", "CRF + dense CRF")
 
@@ -37,14 +36,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("docs"))
     args = parser.parse_args()
 
-    predictor = Predictor.from_checkpoint(args.checkpoint)
-    config = predictor.config
-    data = open_dataset(
-        config.data.dataset, args.data_root, args.split, num_classes=config.model.num_classes
-    )
-    if args.config:
-        chosen = load_config(args.config)
-        predictor.crf, predictor.dense = chosen.crf, chosen.dense_crf
+    ckpt = load_checkpoint(args.checkpoint)
+    chosen = prediction_settings(load_config(args.config)) if args.config else {}
+    predictor = Predictor.from_checkpoint(ckpt, **chosen)
+    data = open_dataset(ckpt.config, args.split, root=args.data_root)
     palette = predictor.palette
 
     def rgb(labels: np.ndarray) -> np.ndarray:
@@ -59,11 +54,11 @@ def main() -> None:
         rows.append(panels)
     args.out.mkdir(parents=True, exist_ok=True)
     examples = args.out / "camvid_val_examples.png"
-    example_grid(rows, TITLES).save(examples, optimize=True)
+    save_png(example_grid(rows, TITLES), examples)
     print(f"wrote {examples} (CRF {describe(predictor.crf)})")
     curves = args.checkpoint.parent / "curves.png"
     if curves.is_file():
-        shutil.copy(curves, args.out / "camvid_curves.png")
+        shutil.copyfile(curves, args.out / "camvid_curves.png")
         print(f"wrote {args.out / 'camvid_curves.png'}")
 
 
