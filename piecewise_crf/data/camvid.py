@@ -6,15 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from piecewise_crf.data.base import (
-    IGNORE_INDEX,
-    FilePairDataset,
-    Samples,
-    read_label_png,
-    read_pair_list,
-    remap,
-    require,
-)
+from piecewise_crf.data.base import IGNORE_INDEX, FilePairDataset, Samples
+from piecewise_crf.data.io import read_label_png, read_pair_list, remap, require
 
 CLASSES = (
     "Sky", "Building", "Pole", "Road", "Pavement", "Tree",

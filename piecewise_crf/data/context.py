@@ -18,16 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from piecewise_crf.data.base import (
-    FilePairDataset,
-    Samples,
-    bit_palette,
-    load_mat,
-    read_label_png,
-    read_lines,
-    remap,
-    require,
-)
+from piecewise_crf.data.base import FilePairDataset, Samples, bit_palette
+from piecewise_crf.data.io import load_mat, read_label_png, read_lines, remap, require
 from piecewise_crf.data.voc import find_voc_dir, read_ids
 
 CLASSES = (

@@ -18,11 +18,13 @@ import numpy as np
 
 from piecewise_crf.data.base import (
     IGNORE_INDEX,
-    IMAGE_SUFFIXES,
     FilePairDataset,
     JointTransform,
     Samples,
     bit_palette,
+)
+from piecewise_crf.data.io import (
+    IMAGE_SUFFIXES,
     read_label_png,
     read_lines,
     read_pair_list,

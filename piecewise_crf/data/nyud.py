@@ -26,13 +26,8 @@ from piecewise_crf.data.base import (
     Samples,
     SegmentationDataset,
     bit_palette,
-    dataset_root,
-    load_mat,
-    read_label_png,
-    read_lines,
-    remap,
-    require,
 )
+from piecewise_crf.data.io import dataset_root, load_mat, read_label_png, read_lines, remap, require
 
 CLASSES = (
     "wall", "floor", "cabinet", "bed", "chair", "sofa", "table", "door", "window", "bookshelf",

@@ -16,16 +16,8 @@ from pathlib import Path, PureWindowsPath
 
 import numpy as np
 
-from piecewise_crf.data.base import (
-    IGNORE_INDEX,
-    FilePairDataset,
-    Samples,
-    bit_palette,
-    load_mat,
-    read_lines,
-    remap,
-    require,
-)
+from piecewise_crf.data.base import IGNORE_INDEX, FilePairDataset, Samples, bit_palette
+from piecewise_crf.data.io import load_mat, read_lines, remap, require
 
 CLASSES = (
     "awning", "balcony", "bird", "boat", "bridge", "building", "bus", "car", "cow", "crosswalk",

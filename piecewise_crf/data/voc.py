@@ -15,15 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from piecewise_crf.data.base import (
-    FilePairDataset,
-    Samples,
-    bit_palette,
-    load_mat,
-    read_label_png,
-    read_lines,
-    require,
-)
+from piecewise_crf.data.base import FilePairDataset, Samples, bit_palette
+from piecewise_crf.data.io import load_mat, read_label_png, read_lines, require
 
 CLASSES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
