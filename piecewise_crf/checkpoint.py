@@ -11,7 +11,7 @@ A checkpoint file is a dict of tensors and plain Python values only, so
     epoch, step, history, best, train_seconds    the `RunState` of the run when it was saved
     metrics         {name: float}, the last validation
     calibration     optional: the record of `piecewise-crf calibrate` (what it fitted, on what)
-    optimizer, scaler, rng    only in last.pt, for --resume (`Checkpoint.resume`)
+    optimizer, scaler, rng    only in last.pt, to resume from (`Checkpoint.resume`)
 
 `Checkpoint` is that dict as a dataclass (`to_dict` / `from_dict`); `load_checkpoint`,
 `save_checkpoint` and `update_checkpoint` are the only functions that read or write the files.

@@ -37,19 +37,6 @@ def params(dense: DenseCRFConfig) -> dict[str, Any]:
     return {k: v for k, v in asdict(dense).items() if k != "enabled"}
 
 
-def set_line(dense: DenseCRFConfig) -> str:
-    """Ready to paste after a command's `--set`."""
-    return " ".join(f"dense_crf.{k}={_num(v)}" for k, v in params(dense).items())
-
-
-def yaml_section(dense: DenseCRFConfig) -> str:
-    return "dense_crf:\n" + "".join(f"  {k}: {_num(v)}\n" for k, v in params(dense).items())
-
-
-def _num(v: float) -> str:
-    return f"{v:g}" if isinstance(v, float) else str(v)
-
-
 def dense_grid(
     bi_weights: Sequence[float] = DENSE_GRID["bi_weight"],
     bi_xy_stds: Sequence[float] = DENSE_GRID["bi_xy_std"],

@@ -19,14 +19,7 @@ from piecewise_crf.errors import ArgumentError
 from piecewise_crf.evaluation import describe, mean_classes, open_split, subset_indices
 from piecewise_crf.files import ensure_writable, refuse_overwriting_inputs, write_json
 from piecewise_crf.inference import Predictor
-from piecewise_crf.tuning import (
-    dense_grid,
-    format_ranking,
-    rank_results,
-    set_line,
-    tune_dense_crf,
-    yaml_section,
-)
+from piecewise_crf.tuning import dense_grid, format_ranking, params, rank_results, tune_dense_crf
 
 
 def run(args: argparse.Namespace) -> None:
@@ -82,3 +75,17 @@ def run(args: argparse.Namespace) -> None:
         }
         write_json(result, args.json)
         print(f"all {len(rows)} results written to {args.json}")
+
+
+def set_line(dense: DenseCRFConfig) -> str:
+    """The setting as `--set` overrides, ready to paste into another command."""
+    return " ".join(f"dense_crf.{k}={_number(v)}" for k, v in params(dense).items())
+
+
+def yaml_section(dense: DenseCRFConfig) -> str:
+    """The setting as the dense_crf section of a config file."""
+    return "dense_crf:\n" + "".join(f"  {k}: {_number(v)}\n" for k, v in params(dense).items())
+
+
+def _number(v: float) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)

@@ -98,7 +98,7 @@ class FolderDataset(FilePairDataset):
             if not (base / image_dir).is_dir():
                 hint = (
                     f"; {root} has only {image_dir}/ and {label_dir}/, which is split 'all': "
-                    "train on it with --set data.train_split=all data.val_split=all (validation "
+                    "train on it with data.train_split=all and data.val_split=all (validation "
                     "then scores training images) or data.val_split='' (no validation)"
                     if split != "all" and (root / image_dir).is_dir()
                     else f" (split 'all' uses {root / image_dir}/)"

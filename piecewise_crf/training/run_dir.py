@@ -3,7 +3,7 @@
 RUN_DIR receives:
 
     config.yaml   the resolved config          log.csv      one row per epoch
-    last.pt       every epoch, for --resume    best.pt      best validation mIoU so far
+    last.pt       every epoch, to resume from  best.pt      best validation mIoU so far
     final.pt      the finished model           curves.png   losses and mIoU per epoch
 """
 
