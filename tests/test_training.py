@@ -76,6 +76,7 @@ def test_run_folder_holds_checkpoints_log_config_and_curves(tiny_training):
     assert state.best == result.history[0]["val_crf_miou"] and state.train_seconds > 0
 
 
+@pytest.mark.slow
 def test_class_balance_weights_the_loss_by_training_frequencies(
     make_config, tiny_run, tmp_path, caplog
 ):
@@ -93,6 +94,7 @@ def test_class_balance_weights_the_loss_by_training_frequencies(
     assert torch.isfinite(torch.tensor(result.history[-1]["unary_loss"]))
 
 
+@pytest.mark.slow
 def test_minutes_budget_stops_mid_epoch_with_lr_following_the_clock(
     make_config, tiny_run, tmp_path, monkeypatch
 ):
@@ -120,6 +122,7 @@ def test_minutes_budget_stops_mid_epoch_with_lr_following_the_clock(
     assert resumed.history[-1]["step"] == 3
 
 
+@pytest.mark.slow
 def test_freeze_layers_keeps_the_first_backbone_layers_at_their_initial_weights(
     make_config, tiny_run, tmp_path
 ):
@@ -152,6 +155,7 @@ def killed_after_the_first_checkpoint(monkeypatch):
     monkeypatch.setattr(run_dir, "write_log", killed)
 
 
+@pytest.mark.slow
 def test_resume_after_a_kill_gives_bitwise_identical_weights(
     make_config, tiny_run, tmp_path, monkeypatch
 ):
@@ -169,6 +173,7 @@ def test_resume_after_a_kill_gives_bitwise_identical_weights(
     assert [r["epoch"] for r in rows] == ["1", "2"]
 
 
+@pytest.mark.slow
 def test_refuses_to_overwrite_a_run_unless_asked(tiny_training, tiny_run, tmp_path):
     shutil.copytree(tiny_training.out, tmp_path / "run")
     before = (tmp_path / "run" / "final.pt").read_bytes()
@@ -178,6 +183,7 @@ def test_refuses_to_overwrite_a_run_unless_asked(tiny_training, tiny_run, tmp_pa
     tiny_run(tmp_path / "run", overwrite=True)
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(
     make_config, tiny_run, tmp_path, monkeypatch
 ):
@@ -211,6 +217,7 @@ def test_dataset_and_config_class_counts_must_agree(make_config, tiny_run, tmp_p
         tiny_run(tmp_path / "run", config)
 
 
+@pytest.mark.slow
 def test_resume_with_another_architecture_says_what_differs(
     make_config, tiny_run, tmp_path, monkeypatch
 ):
