@@ -1,6 +1,7 @@
-"""The README's Python examples run as written, from a folder holding the run they name."""
+"""The pages of docs/: their tables are up to date, their Python examples run as written, and
+their shell lines name flags and modules that exist."""
 
-import os
+import importlib.util
 import re
 import shlex
 import shutil
@@ -8,89 +9,114 @@ import sys
 from pathlib import Path
 
 import pytest
-from piecewise_crf.cli import main
-from tiny_run import one_thread  # noqa: F401  (autouse fixture)
 
 from piecewise_crf.checkpoint import load_checkpoint
+from piecewise_crf.commands.cli import build_parser, main
 
-README = Path(__file__).parents[1] / "README.md"
-CONFIGS = README.parent / "configs"
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-
-def python_blocks() -> list[str]:
-    """The Python blocks of the README's "Using it" section, up to its first subsection."""
-    section = re.split(r"\n##+ ", README.read_text().split("\n## Using it\n", 1)[1])[0]
-    return re.findall(r"```python\n(.*?)```", section, flags=re.S)
-
-
-@pytest.fixture(scope="module")
-def project(checkpoint, tmp_path_factory):
-    """A user's folder after `piecewise-crf train --config configs/demo.yaml --out runs/demo`."""
-    folder = tmp_path_factory.mktemp("project")
-    (folder / "runs" / "demo").mkdir(parents=True)
-    shutil.copy(checkpoint, folder / "runs" / "demo" / "final.pt")
-    return folder
+ROOT = Path(__file__).parents[1]
+DOCS = ROOT / "docs"
+PAGES = sorted(DOCS.glob("*.md"))
+EXTENSION = "# my_extensions.py"  # the first line of extending.md's example module
+PREPARE = {"export"}  # commands whose output a page's Python example reads (demo.onnx)
 
 
-@pytest.mark.parametrize("index", range(len(python_blocks())))
-def test_readme_python_example_runs(project, index, monkeypatch):
-    code = python_blocks()[index]
-    work = project / f"block{index}"
-    shutil.copytree(project / "runs", work / "runs")
-    monkeypatch.chdir(work)
-    exec(compile(code, f"README.md python block {index}", "exec"), {"__name__": "readme"})
-    assert os.getcwd() == str(work)
+def fenced(page: Path, language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", page.read_text(), flags=re.S)
 
 
-def extending_example() -> tuple[str, list[list[str]]]:
-    """The "Extending" section's module and its shell commands, as argument lists."""
-    section = README.read_text().split("\n## Extending\n", 1)[1].split("\n## ", 1)[0]
-    module = re.search(r"```python\n(.*?)```", section, flags=re.S).group(1)
-    shell = re.search(r"```bash\n(.*?)```", section, flags=re.S).group(1).replace("\\\n", " ")
-    return module, [shlex.split(line)[1:] for line in shell.strip().splitlines()]
+def shell_lines(language: str = "bash") -> list[tuple[str, str]]:
+    """(page name, command) for every line of the pages' bash blocks, continuations joined."""
+    return [
+        (page.name, line.strip())
+        for page in PAGES
+        for block in fenced(page, language)
+        for line in block.replace("\\\n", " ").splitlines()
+        if line.strip()
+    ]
+
+
+def argv(line: str) -> list[str]:
+    """The arguments of a `piecewise-crf ...` line, its comment dropped."""
+    return shlex.split(line, comments=True)[1:]
+
+
+CLI = [(page, line) for page, line in shell_lines() if line.startswith("piecewise-crf ")]
+PYTHON = [(page, line) for page, line in shell_lines() if line.startswith("python")]
+EXAMPLES = [
+    (page.name, i, code)
+    for page in PAGES
+    for i, code in enumerate(fenced(page, "python"))
+    if not code.startswith(EXTENSION)
+]
+
+
+def test_the_pages_have_examples():
+    assert CLI and PYTHON and EXAMPLES
+    assert {p for p, _ in CLI} >= {"camvid.md", "deployment.md", "extending.md"}
+
+
+def test_tables_are_up_to_date():
+    spec = importlib.util.spec_from_file_location("docs_tables", DOCS / "tables.py")
+    tables = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tables)
+    assert tables.stale_tables() == [], "run `python docs/tables.py` and commit the pages"
+    used = {match[2] for page in PAGES for match in tables.REGION.finditer(page.read_text())}
+    assert used == set(tables.GENERATORS), "a generator no page uses, or a region without one"
+
+
+@pytest.mark.parametrize(("page", "line"), CLI, ids=[f"{p}:{line[:60]}" for p, line in CLI])
+def test_command_line_parses(page, line, capsys):
+    try:
+        build_parser().parse_args(argv(line))
+    except SystemExit:
+        pytest.fail(f"{page}: `{line}` does not parse: {capsys.readouterr().err.strip()}")
+
+
+@pytest.mark.parametrize(("page", "line"), PYTHON, ids=[f"{p}:{line[:60]}" for p, line in PYTHON])
+def test_python_line_names_a_module_that_exists(page, line, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT))  # run from the repository root, as the pages say
+    words = shlex.split(line, comments=True)
+    assert words[1] == "-m", f"{page}: `{line}`: run it as a module (`python -m ...`)"
+    assert importlib.util.find_spec(words[2]) is not None, f"{page}: no module {words[2]}"
 
 
 @pytest.fixture()
-def registries():
-    """Restore the registries after the test: the example registers names of its own."""
-    from piecewise_crf.backbones import BACKBONES
-    from piecewise_crf.data import DATASETS
-    from piecewise_crf.relations import RELATIONS
-
-    saved = [(registry, dict(registry)) for registry in (BACKBONES, DATASETS, RELATIONS)]
-    yield
-    for registry, before in saved:
-        registry.clear()
-        registry.update(before)
-    sys.modules.pop("my_extensions", None)
-
-
-def test_readme_extending_example_trains_and_evaluates(registries, tmp_path, monkeypatch, capsys):
-    module, (train, evaluate) = extending_example()
-    assert module.startswith("# my_extensions.py")
-    (tmp_path / "my_extensions.py").write_text(module)
+def project(checkpoint, tmp_path, monkeypatch):
+    """A user's folder, the current one, after `piecewise-crf train --config demo --out
+    runs/demo` (the tiny run's final.pt)."""
+    (tmp_path / "runs" / "demo").mkdir(parents=True)
+    shutil.copy(checkpoint, tmp_path / "runs" / "demo" / "final.pt")
     monkeypatch.chdir(tmp_path)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    train = [str(CONFIGS / "demo.yaml") if a == "configs/demo.yaml" else a for a in train]
+    monkeypatch.syspath_prepend(str(tmp_path))  # where `--import` looks first
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    ("page", "index", "code"), EXAMPLES, ids=[f"{p}:{i}" for p, i, _ in EXAMPLES]
+)
+def test_python_example_runs(project, page, index, code):
+    if "onnxruntime" in code:
+        pytest.importorskip("onnxruntime")
+    for name, line in CLI:
+        if name == page and argv(line)[0] in PREPARE:
+            assert main(argv(line)) == 0, f"{page}: `{line}` failed"
+    exec(compile(code, f"docs/{page}, python block {index}", "exec"), {"__name__": "docs"})
+
+
+@pytest.mark.slow
+def test_extending_example_trains_and_evaluates(registries, project, capsys):
+    module = next(c for c in fenced(DOCS / "extending.md", "python") if c.startswith(EXTENSION))
+    (project / "my_extensions.py").write_text(module)
+    train, evaluate = [argv(line) for page, line in CLI if page == "extending.md"]
     small = ["model.block6_channels=16", "model.hidden=16", "train.epochs=1", "train.val_every=1"]
-    assert main([*train, *small, "--quiet"]) == 0
-    ckpt = load_checkpoint(tmp_path / "runs" / "mine" / "final.pt")
-    assert ckpt["config"]["model"]["backbone"] == "small_cnn"
-    assert any(k.startswith("pairwise_nets.diagonal.") for k in ckpt["model"])
-    assert main([*evaluate, "--limit", "2", "--no-dense", "--quiet"]) == 0
-    assert "synthetic val: 2 of" in capsys.readouterr().out
-
-
-def test_readme_onnx_example_runs(project, monkeypatch):
-    pytest.importorskip("onnxruntime")
-    section = README.read_text().split("\n### Deployment: ONNX\n", 1)[1].split("\n#", 1)[0]
-    shell = re.search(r"```bash\n(.*?)```", section, flags=re.S).group(1)
-    export = next(line for line in shell.splitlines() if line.startswith("piecewise-crf export"))
-    code = re.search(r"```python\n(.*?)```", section, flags=re.S).group(1)
-    work = project / "onnx"
-    shutil.copytree(project / "runs", work / "runs")
-    monkeypatch.chdir(work)
-    assert main(shlex.split(export.split("#")[0])[1:]) == 0
-    scope: dict = {"__name__": "readme"}
-    exec(compile(code, "README.md ONNX block", "exec"), scope)
-    assert scope["labels"].shape == (2, 192, 192) and len(scope["classes"]) == 5
+    try:
+        assert main([*train, *small, "--quiet"]) == 0
+        ckpt = load_checkpoint(project / "runs" / "mine" / "final.pt")
+        assert ckpt.config.model.backbone == "small_cnn"
+        assert any(k.startswith("pairwise_nets.diagonal.") for k in ckpt.model)
+        assert main([*evaluate, "--limit", "2", "--no-dense", "--quiet"]) == 0
+        assert "synthetic val: 2 of" in capsys.readouterr().out
+    finally:
+        sys.modules.pop("my_extensions", None)
