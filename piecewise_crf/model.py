@@ -218,6 +218,21 @@ class DeepStructuredModel(nn.Module):
         potentials = self(images, detach_pairwise=detach_pairwise)
         unary = potentials.unary
         nodes = self.node_labels(labels, unary.shape[-2:])
+        node_weights = self._node_weights(nodes, class_weights)
+        unary_nll = F.cross_entropy(
+            _full_precision(unary), nodes, ignore_index=self.ignore_index, reduction="none"
+        )
+        unary_nll = (unary_nll * node_weights).sum() / node_weights.sum().clamp(min=1e-12)
+        if not (nodes != self.ignore_index).any():
+            unary_nll = unary.sum() * 0.0
+        pairwise_nll = _pairwise_nll(
+            potentials, nodes, node_weights, edge_fraction, memory_efficient
+        )
+        return LossTerms(unary_nll, pairwise_nll, unary_nll + pairwise_weight * pairwise_nll)
+
+    def _node_weights(self, nodes: Tensor, class_weights: Tensor | None) -> Tensor:
+        """Each node's weight in the loss: class_weights[y_p] (1 without them), 0 unlabelled;
+        a ValueError for labels outside the classes."""
         bad = (nodes != self.ignore_index) & ((nodes < 0) | (nodes >= self.num_classes))
         if bad.any():
             raise ValueError(
@@ -226,44 +241,14 @@ class DeepStructuredModel(nn.Module):
             )
         valid = nodes != self.ignore_index
         if class_weights is None:
-            node_weights = valid.float()
-        else:
-            if class_weights.shape != (self.num_classes,):
-                raise ValueError(
-                    f"class_weights must have one entry per class ({self.num_classes}), "
-                    f"got shape {tuple(class_weights.shape)}"
-                )
-            node_weights = class_weights.to(unary.device, torch.float32)[
-                nodes.masked_fill(~valid, 0)
-            ]
-            node_weights = node_weights * valid
-        unary_nll = F.cross_entropy(
-            _full_precision(unary), nodes, ignore_index=self.ignore_index, reduction="none"
-        )
-        unary_nll = (unary_nll * node_weights).sum() / node_weights.sum().clamp(min=1e-12)
-        if not valid.any():
-            unary_nll = unary.sum() * 0.0
-
-        total = unary.new_zeros((), dtype=torch.float32)
-        count = unary.new_zeros((), dtype=torch.float32)
-        for scores in potentials.pairwise.values():
-            offsets = scores.offsets
-            weight = 1.0
-            if edge_fraction < 1.0 and offsets:
-                m = max(1, math.ceil(edge_fraction * len(offsets)))
-                keep = torch.randperm(len(offsets))[:m].sort().values.tolist()
-                weight = len(offsets) / m
-                count = count + _labelled_edges(node_weights, offsets)
-                offsets = [offsets[i] for i in keep]
-            for chunk in scores.chunks(offsets):
-                s, c = _chunk_nll(
-                    scores.net, scores.maps, chunk, nodes, node_weights, memory_efficient
-                )
-                total = total + weight * s
-                if edge_fraction >= 1.0:
-                    count = count + c
-        pairwise_nll = total / count.clamp(min=1e-12)
-        return LossTerms(unary_nll, pairwise_nll, unary_nll + pairwise_weight * pairwise_nll)
+            return valid.float()
+        if class_weights.shape != (self.num_classes,):
+            raise ValueError(
+                f"class_weights must have one entry per class ({self.num_classes}), "
+                f"got shape {tuple(class_weights.shape)}"
+            )
+        weights = class_weights.to(nodes.device, torch.float32)[nodes.masked_fill(~valid, 0)]
+        return weights * valid
 
     def upsample(self, grid_marginals: Tensor, size: tuple[int, int]) -> Tensor:
         """Bilinear upsampling of grid marginals to image size (H, W).
@@ -284,6 +269,34 @@ class DeepStructuredModel(nn.Module):
 def _full_precision(x: Tensor) -> Tensor:
     """Half-precision scores from autocast -> float32; float64 stays float64."""
     return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+def _pairwise_nll(
+    potentials: GridPotentials,
+    nodes: Tensor,
+    node_weights: Tensor,
+    edge_fraction: float,
+    memory_efficient: bool,
+) -> Tensor:
+    """The weighted mean pairwise NLL over every relation's edges, chunk by chunk; with
+    `edge_fraction` < 1, over a random subset of each relation's offsets, reweighted."""
+    total = potentials.unary.new_zeros((), dtype=torch.float32)
+    count = potentials.unary.new_zeros((), dtype=torch.float32)
+    for scores in potentials.pairwise.values():
+        offsets = scores.offsets
+        weight = 1.0
+        if edge_fraction < 1.0 and offsets:
+            m = max(1, math.ceil(edge_fraction * len(offsets)))
+            keep = torch.randperm(len(offsets))[:m].sort().values.tolist()
+            weight = len(offsets) / m
+            count = count + _labelled_edges(node_weights, offsets)
+            offsets = [offsets[i] for i in keep]
+        for chunk in scores.chunks(offsets):
+            s, c = _chunk_nll(scores.net, scores.maps, chunk, nodes, node_weights, memory_efficient)
+            total = total + weight * s
+            if edge_fraction >= 1.0:
+                count = count + c
+    return total / count.clamp(min=1e-12)
 
 
 def _labelled_edges(node_weights: Tensor, offsets: Sequence[Offset]) -> Tensor:
