@@ -480,7 +480,7 @@ class DenseCRF2D(DenseCRF):
         """Add the position + colour kernel: ``sxy`` a number or (sx, sy), ``srgb`` a number or
         (sr, sg, sb), ``rgbim`` (h, w, 3) uint8 C-contiguous."""
         sx, sy = _stds(sxy, 2, "sxy")
-        srgb = _stds(srgb, 3, "srgb")
+        srgb = np.array(_stds(srgb, 3, "srgb"), np.float32)
         need = self._shape(self._h, self._w, 3)
         img = _buffer(rgbim, "rgbim", np.uint8, (len(need),), f"of shape {need}")
         if img.shape[:-1] != need[:-1]:

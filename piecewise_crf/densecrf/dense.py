@@ -199,7 +199,7 @@ def _bilateral(img: torch.Tensor, xy_std: float, rgb_std: float, dtype, engine: 
     """The normalised bilateral kernel of (B, H, W, 3) uint8 images, for ``engine``."""
     b, h, w, _ = img.shape
     if engine == "numba":
-        feats = bilateral_features(img.numpy(), xy_std, xy_std, (rgb_std,) * 3, dtype)
+        feats = bilateral_features(img.numpy(), xy_std, xy_std, rgb_std, dtype)
         return lattice(feats, b, engine)
     xy = torch.from_numpy(positions(h, w, xy_std, xy_std, dtype, b)).to(img.device)
     rgb = img.reshape(-1, 3).to(dtype) / rgb_std
