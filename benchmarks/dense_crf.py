@@ -30,9 +30,9 @@ from PIL import Image
 import piecewise_crf.densecrf.compat as compat
 from piecewise_crf.densecrf import (
     bilateral_kernel,
-    dense,
     dense_crf,
     gaussian_kernel,
+    kernels,
     mean_field,
     unary_scores,
 )
@@ -171,7 +171,7 @@ def camvid_rows(frames, it: int, repeats: int) -> dict:
                     scores, [g, b], weights, it
                 ),
                 f"ours{suffix}_gaussian_uncached_s": lambda: (
-                    dense._gaussian_kernel.cache_clear(),
+                    kernels.gaussian_lattice.cache_clear(),
                     gaussian_kernel(h, w, PARAMS["pos_xy_std"]),
                 ),
             },

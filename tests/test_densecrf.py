@@ -10,16 +10,17 @@ from dataset_files import noisy_regions as toy
 from piecewise_crf.densecrf import (
     PROB_FLOOR,
     bilateral_kernel,
-    cpu,
     dense_crf,
     gaussian_kernel,
-    lattice,
+    lattice_numba,
+    lattice_torch,
     mean_field,
+    meanfield_numba,
     unary_scores,
 )
-from piecewise_crf.densecrf.cpu import CpuLattice
-from piecewise_crf.densecrf.dense import _softmax_rows
-from piecewise_crf.densecrf.lattice import Lattice, stack
+from piecewise_crf.densecrf.lattice_numba import CpuLattice
+from piecewise_crf.densecrf.lattice_torch import Lattice, stack
+from piecewise_crf.densecrf.meanfield import softmax_rows
 from piecewise_crf.densecrf.reference import dense_crf_exact
 
 DEEPLAB = dict(pos_xy_std=1.0, pos_weight=3.0, bi_xy_std=67.0, bi_rgb_std=3.0, bi_weight=4.0)
@@ -174,11 +175,17 @@ def test_stacked_reordered_lattices_filter_like_each_alone():
 
 def test_softmax_rows_matches_torch_and_survives_underflow():
     x = torch.randn(50, 7) * 4
-    torch.testing.assert_close(_softmax_rows(x), torch.softmax(x, 1))
+    torch.testing.assert_close(softmax_rows(x, per_row=False), torch.softmax(x, 1))
     x[0] -= 500.0  # this row's exp underflows after the global shift: the fallback handles it
-    out = _softmax_rows(x)
+    out = softmax_rows(x, per_row=False)
     torch.testing.assert_close(out, torch.softmax(x, 1))
     assert torch.isfinite(out).all()
+
+
+def test_row_shifted_softmax_matches_torch():
+    x = torch.randn(50, 7, dtype=torch.float64) * 4
+    x[0] -= 500.0  # shifted by its own maximum, no row underflows
+    torch.testing.assert_close(softmax_rows(x, per_row=True), torch.softmax(x, 1))
 
 
 def torch_filter(lat: Lattice, values: torch.Tensor) -> torch.Tensor:
@@ -193,7 +200,7 @@ def test_numba_lattice_filters_like_the_torch_lattice(dtype, d):
     g = torch.Generator().manual_seed(d)
     feats = (6 * torch.rand(3000, d, generator=g)).to(dtype)
     values = torch.rand(3000, 4, generator=g, dtype=dtype)
-    ours, theirs = cpu.build(feats.numpy()), lattice.build(feats)
+    ours, theirs = lattice_numba.build(feats.numpy()), lattice_torch.build(feats)
     assert ours.num_vertices == theirs.num_vertices
     for a, b in ((ours, theirs), (ours.normalised(), theirs.normalised())):
         got = torch.from_numpy(a.filter(values.numpy(), 0.5))
@@ -252,7 +259,7 @@ def test_numba_softmax_matches_torch_and_survives_underflow():
     x[0] = torch.tensor([0.0, -80, -90, -200, -1e30, 1e-3, -88])  # below the clamp at -80
     for dtype in (torch.float32, torch.float64):
         got = x.to(dtype).numpy().copy()
-        cpu._softmax_block(got, np.empty(got.size, np.int32), dtype == torch.float32)
+        meanfield_numba._softmax_block(got, np.empty(got.size, np.int32), dtype == torch.float32)
         torch.testing.assert_close(torch.from_numpy(got), torch.softmax(x.to(dtype), 1))
 
 
@@ -287,8 +294,8 @@ def test_kernels_built_once_and_reused():
         (lambda k, s: bilateral_kernel(toy()[0].float()), "uint8"),
         (lambda k, s: bilateral_kernel(toy()[0], 80.0, 1e-9), "too large to hash"),
         (lambda k, s: bilateral_kernel(toy()[0], 80.0, 1e-9, backend="torch"), "too large to hash"),
-        (lambda k, s: cpu.build(np.array([[0.0, np.nan]], np.float32)), "finite"),
-        (lambda k, s: lattice.build(torch.tensor([[0.0, np.inf]])), "finite"),
+        (lambda k, s: lattice_numba.build(np.array([[0.0, np.nan]], np.float32)), "finite"),
+        (lambda k, s: lattice_torch.build(torch.tensor([[0.0, np.inf]])), "finite"),
     ],
 )
 def test_building_block_errors(call, match):

@@ -13,6 +13,8 @@ import torch
 from dataset_files import camvid_frames, noisy_regions
 
 import piecewise_crf.densecrf.compat as compat
+from piecewise_crf.densecrf import gaussian_kernel
+from piecewise_crf.densecrf.kernels import bilateral_features, positions
 
 README = dict(gauss=dict(sxy=3, compat=3), bilateral=dict(sxy=80, srgb=13, compat=10))
 DEEPLAB = dict(gauss=dict(sxy=1, compat=3), bilateral=dict(sxy=67, srgb=3, compat=4))
@@ -123,8 +125,8 @@ def test_agrees_on_volumes_for_every_compat_normalisation_and_kernel(ref, compat
 
 def test_backends_agree_on_tied_volume_features():
     """Grid features put points exactly on simplex boundaries: the torch lattice must make the
-    same float32 suffix sums as pydensecrf and cpu.py (a float32 cumsum, which accumulates in
-    double, gave |dQ| up to 0.03 on these volumes; measured now 3.6e-7)."""
+    same float32 suffix sums as pydensecrf and lattice_numba.py (a float32 cumsum, which
+    accumulates in double, gave |dQ| up to 0.03 on these volumes; measured now 3.6e-7)."""
     for seed in range(8):
         unary, gauss, bilateral = volume_case(seed)
         q = []
@@ -462,6 +464,26 @@ def test_batch_equals_one_crf_per_image():
         np.testing.assert_allclose(kl_batch[:, b], kl, rtol=1e-5)
     with pytest.raises(ValueError, match=r"\(3, 4, 480\)"):
         crf.setUnaryEnergy(unaries[0])
+
+
+def test_engine_features_are_pydensecrf_utils_features():
+    """kernels.positions / bilateral_features, which both front ends build on, are the utils'
+    features to the bit ((y, x) there, (x, y) here)."""
+    image, _ = toy()
+    h, w, _ = image.shape
+    xy = positions(h, w, 2.0, 3.0, torch.float32)
+    np.testing.assert_array_equal(xy, compat.create_pairwise_gaussian((3.0, 2.0), (h, w))[::-1].T)
+    feats = bilateral_features(image[None], 2.0, 3.0, (13.0, 10.0, 15.0), torch.float32)
+    utils = compat.create_pairwise_bilateral((3.0, 2.0), (13.0, 10.0, 15.0), image, chdim=2)
+    np.testing.assert_array_equal(feats, utils[[1, 0, 2, 3, 4]].T)
+
+
+def test_front_ends_share_the_cached_gaussian_lattice():
+    crf = compat.DenseCRF2D(24, 20, 3)
+    crf.addPairwiseGaussian(sxy=3, compat=3)
+    crf.addPairwiseGaussian(sxy=3, compat=3, normalization=compat.NO_NORMALIZATION)
+    assert crf._terms[0].lattice is gaussian_kernel(20, 24, 3.0)
+    assert crf._terms[1].lattice is not crf._terms[0].lattice  # unnormalised: its own entry
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

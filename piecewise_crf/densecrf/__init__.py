@@ -4,15 +4,14 @@ other devices. ``dense_crf`` does it all; its building blocks are public: kernel
 ``unary_scores(probs)``."""
 
 from piecewise_crf.densecrf.dense import (
-    BACKENDS,
     PROB_FLOOR,
-    Kernel,
     bilateral_kernel,
     dense_crf,
     gaussian_kernel,
     mean_field,
     unary_scores,
 )
+from piecewise_crf.densecrf.kernels import BACKENDS, Kernel
 
 __all__ = [
     "BACKENDS",

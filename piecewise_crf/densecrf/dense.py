@@ -13,30 +13,30 @@ j = i: the lattice filter cannot leave the centre out.
 Building blocks. ``gaussian_kernel`` and ``bilateral_kernel`` build a normalised kernel (a
 lattice) once; ``mean_field`` runs on any list of kernels, from ``unary_scores(probs)``;
 ``dense_crf`` is those three. Kernels of CPU tensors and arrays are numba lattices
-(``cpu.py``), the others torch lattices (``lattice.py``); ``backend`` overrides the choice.
+(``lattice_numba.py``), the others torch lattices (``lattice_torch.py``), built in
+``kernels.py``; ``backend`` overrides the choice, made once per call (``resolve_backend``). The
+mean-field iterations are ``meanfield.py``'s, which the pydensecrf drop-in shares.
 Scores and marginals are label-major (K, P), as ``probs``, so the CPU path transposes nothing.
 """
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 import torch
 
-from piecewise_crf.densecrf import cpu
-from piecewise_crf.densecrf.cpu import CpuLattice
-from piecewise_crf.densecrf.lattice import Lattice, build, inverse_permutation, stack
+from piecewise_crf.densecrf import meanfield
+from piecewise_crf.densecrf.kernels import (
+    Kernel,
+    backend_of,
+    bilateral_features,
+    gaussian_lattice,
+    lattice,
+    positions,
+    resolve_backend,
+)
 
 PROB_FLOOR = 1e-5
 """Probabilities are clamped to this before the log, as pydensecrf's ``unary_from_softmax``."""
-
-BACKENDS = ("auto", "numba", "torch")
-"""Kernel implementations: ``numba`` (``cpu.py``, CPU only), ``torch`` (``lattice.py``, any
-device); ``auto`` picks numba for CPU tensors and arrays, torch otherwise."""
-
-Kernel = CpuLattice | Lattice
-"""A normalised dense-CRF kernel: a numba lattice or a torch one."""
 
 
 def dense_crf(
@@ -71,17 +71,8 @@ def dense_crf(
     Returns:
         Marginals Q of the same shape, kind (numpy / torch), dtype and device as ``probs``.
     """
-    q = _as_tensor(probs, "probs")
-    batched = q.dim() == 4
-    if not (q.dim() in (3, 4) and q.dtype in (torch.float32, torch.float64)):
-        raise ValueError(
-            f"probs must be a float32/float64 array of shape (K, H, W) or (B, K, H, W); got "
-            f"{q.dtype} {tuple(q.shape)}"
-        )
-    if not batched:
-        q = q[None]
+    q, img, batched = _inputs(image, probs)
     b, k, h, w = q.shape
-    img = _image(image, b, h, w, batched).to(q.device)
     _check_params(iterations, pos_xy_std, bi_xy_std, bi_rgb_std, pos_weight, bi_weight)
     engine = resolve_backend(backend, q.device)
     mu = _compat(compat, k, q)
@@ -96,28 +87,21 @@ def dense_crf(
         # cache), and each image reuses the cached Gaussian kernel. The marginals overwrite
         # the scores: fewer fresh pages (after pydensecrf freed its memory, the kernel's
         # zeroing of new pages cost ~0.25 s of system time per 2-megapixel call, measured).
-        gauss = gaussian_kernel(h, w, pos_xy_std, dtype=q.dtype, device=q.device, backend=engine)
+        gauss = _gaussian(h, w, pos_xy_std, 1, q.dtype, q.device, engine)
         for i in range(b):
-            bilateral = bilateral_kernel(
-                img[i], bi_xy_std, bi_rgb_std, dtype=q.dtype, backend=engine
-            )
+            bilateral = _bilateral(img[i][None], bi_xy_std, bi_rgb_std, q.dtype, engine)
             scores = logp[i].view(k, -1)
-            if engine == "numba":
-                s = scores.numpy()
-                cpu.mean_field(s, [gauss, bilateral], weights, iterations, _numpy(mu), out=s)
-            else:
-                scores.copy_(mean_field(scores, [gauss, bilateral], weights, iterations, mu))
+            meanfield.run(engine, scores, [gauss, bilateral], weights, iterations, mu, out=scores)
         out = logp
     else:
         # On a GPU the whole batch is one lattice per kernel: fewer, larger kernels.
         kernels = [
-            gaussian_kernel(
-                h, w, pos_xy_std, batch=b, dtype=q.dtype, device=q.device, backend=engine
-            ),
-            bilateral_kernel(img, bi_xy_std, bi_rgb_std, dtype=q.dtype, backend=engine),
+            _gaussian(h, w, pos_xy_std, b, q.dtype, q.device, engine),
+            _bilateral(img, bi_xy_std, bi_rgb_std, q.dtype, engine),
         ]
         scores = logp.transpose(0, 1).reshape(k, -1)
-        out = mean_field(scores, kernels, weights, iterations, mu).view(k, b, h, w).transpose(0, 1)
+        out = meanfield.run(engine, scores, kernels, weights, iterations, mu)
+        out = out.view(k, b, h, w).transpose(0, 1)
     out = (out if batched else out[0]).contiguous()
     return out.numpy() if isinstance(probs, np.ndarray) else out
 
@@ -150,7 +134,7 @@ def gaussian_kernel(
         raise ValueError(f"xy_std must be a positive number, got {xy_std!r}")
     device = torch.device(device)
     engine = resolve_backend(backend, device)
-    return _gaussian_kernel(height, width, float(xy_std), batch, dtype, device, engine)
+    return _gaussian(height, width, xy_std, batch, dtype, device, engine)
 
 
 def bilateral_kernel(
@@ -173,17 +157,7 @@ def bilateral_kernel(
     if not (xy_std > 0 and rgb_std > 0):
         raise ValueError(f"xy_std and rgb_std must be positive, got {xy_std!r}, {rgb_std!r}")
     img = img if img.dim() == 4 else img[None]
-    b, h, w, _ = img.shape
-    engine = resolve_backend(backend, img.device)
-    xy = _positions(b, h, w, dtype)
-    if engine == "numba":
-        feats = np.empty((xy.shape[0], 5), xy.dtype)
-        np.divide(xy, xy_std, out=feats[:, :2])
-        np.divide(img.numpy().reshape(-1, 3), rgb_std, out=feats[:, 2:], dtype=xy.dtype)
-        return _kernel(feats, b, h, w, engine)
-    rgb = img.reshape(-1, 3).to(dtype) / rgb_std
-    xy = torch.from_numpy(xy / xy_std).to(img.device)
-    return _kernel(torch.cat([xy, rgb], 1), b, h, w, engine)
+    return _bilateral(img, xy_std, rgb_std, dtype, resolve_backend(backend, img.device))
 
 
 def mean_field(
@@ -210,89 +184,26 @@ def mean_field(
     if any(kernel.num_points != logp.shape[1] for kernel in kernels):
         raise ValueError(f"kernels over {kernels[0].num_points} points, scores for {logp.shape[1]}")
     mu = _compat(compat, logp.shape[0], logp)
-    if all(isinstance(kernel, CpuLattice) for kernel in kernels):
-        if logp.device.type != "cpu":
-            raise ValueError("numba kernels need CPU scores; build torch kernels on their device")
-        q = cpu.mean_field(
-            logp.detach().contiguous().numpy(), kernels, weights, iterations, _numpy(mu)
-        )
-        out = torch.from_numpy(q)
-    elif all(isinstance(kernel, Lattice) for kernel in kernels):
-        out = _torch_mean_field(logp.T, kernels, weights, iterations, mu).T
-    else:
-        raise ValueError("kernels must all come from one backend (numba or torch)")
+    engine = backend_of(kernels, logp.device)
+    out = meanfield.run(engine, logp, kernels, weights, iterations, mu)
     return out.numpy() if isinstance(scores, np.ndarray) else out
 
 
-def _torch_mean_field(
-    logp: torch.Tensor,
-    lattices: list[Lattice],
-    weights: list[float],
-    iterations: int,
-    mu: torch.Tensor | None,
-) -> torch.Tensor:
-    # One point order for all kernels: the order of the lattice with the most corners (the
-    # bilateral one); the others are re-expressed in it, so nothing is permuted per iteration,
-    # and all kernels filter together (one splat and one slice product per iteration).
-    home = max(lattices, key=lambda lattice: lattice.num_corners)
-    kernels = stack([lat if lat is home else lat.reordered(home.order) for lat in lattices])
-    logp = logp.index_select(0, home.order)
-    q = _softmax_rows(logp)
-    for _ in range(iterations):
-        message = kernels.filter(q, weights)
-        # Potts: -w [l != l'] and the equivalent -w ... + w [l == l'] differ by a per-pixel
-        # constant, which softmax ignores, so the message enters with a plus sign.
-        q = _softmax_rows(message.add_(logp) if mu is None else logp - message @ mu)
-    # Back to the points' order by a gather (a scatter measured slower).
-    return q.index_select(0, inverse_permutation(home.order))
+def _gaussian(h: int, w: int, std: float, b: int, dtype, device, engine: str) -> Kernel:
+    """The cached normalised position kernel, for an already resolved ``engine``."""
+    std = float(std)
+    return gaussian_lattice(h, w, std, std, b, dtype, device, engine, True)
 
 
-def _softmax_rows(x: torch.Tensor) -> torch.Tensor:
-    """Softmax over the K labels of (P, K) scores.
-
-    On CPU ``torch.softmax`` over a short last dimension measured 2x slower than shifting by the
-    global maximum, one exp and a matrix-vector row sum. The shift is safe unless some row lies
-    ~87 below the global maximum (its sum underflows in float32); then torch.softmax is used.
-    """
-    if x.device.type != "cpu":
-        return torch.softmax(x, 1)
-    e = (x - x.max()).exp_()
-    sums = e @ x.new_ones(x.shape[1], 1)
-    if sums.min() < 1e-30:
-        return torch.softmax(x, 1)
-    return e.div_(sums)
-
-
-@functools.lru_cache(maxsize=8)
-def _gaussian_kernel(h: int, w: int, std: float, b: int, dtype, device, engine: str) -> Kernel:
-    xy = _positions(b, h, w, dtype) / std
-    return _kernel(xy if engine == "numba" else torch.from_numpy(xy).to(device), b, h, w, engine)
-
-
-def _kernel(feats, b: int, h: int, w: int, engine: str) -> Kernel:
-    """The normalised lattice of features (B H W, d) of ``b`` images: a numpy array for numba,
-    a tensor for torch."""
+def _bilateral(img: torch.Tensor, xy_std: float, rgb_std: float, dtype, engine: str) -> Kernel:
+    """The normalised bilateral kernel of (B, H, W, 3) uint8 images, for ``engine``."""
+    b, h, w, _ = img.shape
     if engine == "numba":
-        group = None if b == 1 else np.repeat(np.arange(b), h * w)
-        return cpu.build(feats, group, b).normalised()
-    group = None if b == 1 else torch.arange(b, device=feats.device).repeat_interleave(h * w)
-    return build(feats, group, b).normalised()
-
-
-def _numpy(mu: torch.Tensor | None) -> np.ndarray | None:
-    return None if mu is None else mu.numpy()
-
-
-def resolve_backend(backend: str, device: torch.device) -> str:
-    """The lattice implementation for `backend` ("auto", "numba", "torch") on `device`:
-    auto is numba on CPU, torch elsewhere."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "auto":
-        return "numba" if device.type == "cpu" else "torch"
-    if backend == "numba" and device.type != "cpu":
-        raise ValueError(f"the numba backend runs on CPU only, got a tensor on {device}")
-    return backend
+        feats = bilateral_features(img.numpy(), xy_std, xy_std, rgb_std, dtype)
+        return lattice(feats, b, engine)
+    xy = torch.from_numpy(positions(h, w, xy_std, xy_std, dtype, b)).to(img.device)
+    rgb = img.reshape(-1, 3).to(dtype) / rgb_std
+    return lattice(torch.cat([xy, rgb], 1), b, engine)
 
 
 def _as_tensor(x, name: str) -> torch.Tensor:
@@ -302,6 +213,22 @@ def _as_tensor(x, name: str) -> torch.Tensor:
         # Shared, not copied, unless read-only or not C-contiguous (then copied): never written.
         return torch.from_numpy(np.require(x, requirements=("C", "W")))
     raise ValueError(f"{name} must be a numpy array or a torch tensor, got {type(x).__name__}")
+
+
+def _inputs(image, probs) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """``dense_crf``'s inputs checked: probs as (B, K, H, W), the image(s) as (B, H, W, 3) uint8
+    on probs' device, and whether they came batched."""
+    q = _as_tensor(probs, "probs")
+    batched = q.dim() == 4
+    if not (q.dim() in (3, 4) and q.dtype in (torch.float32, torch.float64)):
+        raise ValueError(
+            f"probs must be a float32/float64 array of shape (K, H, W) or (B, K, H, W); got "
+            f"{q.dtype} {tuple(q.shape)}"
+        )
+    if not batched:
+        q = q[None]
+    b, _, h, w = q.shape
+    return q, _image(image, b, h, w, batched).to(q.device), batched
 
 
 def _image(image, b: int, h: int, w: int, batched: bool) -> torch.Tensor:
@@ -343,9 +270,3 @@ def _compat(compat, k: int, like: torch.Tensor) -> torch.Tensor | None:
     if tuple(mu.shape) != (k, k) or not torch.isfinite(mu).all():
         raise ValueError(f"compat must be a finite ({k}, {k}) matrix, got {tuple(mu.shape)}")
     return 0.5 * (mu + mu.T)
-
-
-def _positions(b: int, h: int, w: int, dtype: torch.dtype) -> np.ndarray:
-    """pydensecrf's position features (x, y) of every pixel, (B H W, 2)."""
-    y, x = np.indices((h, w), dtype=torch.empty(0, dtype=dtype).numpy().dtype)
-    return np.broadcast_to(np.stack([x, y], -1), (b, h, w, 2)).reshape(-1, 2)

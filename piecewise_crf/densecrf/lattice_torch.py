@@ -1,5 +1,6 @@
 """Permutohedral lattice (Adams, Baek and Davis 2010) in PyTorch, as pydensecrf uses it: the
-dense CRF's lattice for CUDA tensors (``cpu.py`` holds the same lattice in numba for CPU ones).
+dense CRF's lattice for CUDA tensors (``lattice_numba.py`` holds the same lattice in numba for
+CPU ones).
 
 For features ``f`` (P, d) the lattice filter approximates ``c * sum_j exp(-|f_i - f_j|^2 / 2)
 v_j`` with a constant ``c`` that symmetric normalisation cancels.
@@ -60,9 +61,9 @@ def embed(f: torch.Tensor) -> Embedding:
     i = torch.arange(d, device=f.device, dtype=f.dtype)[:, None]
     cf = f.T * elevation_scale(d, f.dtype, f.device)[:, None]
     elevated = torch.zeros(d1, num, dtype=f.dtype, device=f.device)
-    # sum_{k >= j} cf_k added one feature at a time in f's precision, as pydensecrf and cpu.py
-    # do: a float32 cumsum accumulates in double on CPU, and at tied points that put up to
-    # 1.5 % of a volume's points in another simplex than pydensecrf's.
+    # sum_{k >= j} cf_k added one feature at a time in f's precision, as pydensecrf and
+    # lattice_numba.py do: a float32 cumsum accumulates in double on CPU, and at tied points
+    # that put up to 1.5 % of a volume's points in another simplex than pydensecrf's.
     running = torch.zeros(num, dtype=f.dtype, device=f.device)
     for j in range(d - 1, -1, -1):
         running = running + cf[j]

@@ -1,0 +1,166 @@
+"""Dense-CRF mean-field on numba lattices (``lattice_numba.py``), fused: all kernels at once.
+
+One mean-field step is one pass over the points (slice the previous step's blurred vertex
+values, add the unary, softmax, splat into the next step's vertices) plus a blur of the
+vertices; the splat runs in parallel chunks as ``lattice_numba``'s. The softmax exponentiates
+blocks of points with a polynomial that vectorises (float32; libm's exp measured 3x slower per
+pass); float64 keeps libm's exp.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+from piecewise_crf.densecrf.lattice_numba import (
+    _BLOCK,
+    _PARALLEL,
+    _SERIAL,
+    CpuLattice,
+    _blur,
+    _reduce,
+    _torch_threads_kept,
+    threads,
+)
+
+# 2^f on [-1/2, 1/2], relative error 1e-7 in float32 (least squares on Chebyshev nodes).
+_EXP2 = (6.9314718e-01, 2.4022646e-01, 5.5503290e-02, 9.6185198e-03, 1.3399860e-03, 1.5337577e-04)
+
+
+@_torch_threads_kept
+def mean_field(
+    logp: np.ndarray,
+    lattices: list[CpuLattice],
+    weights: list[float],
+    iterations: int,
+    mu: np.ndarray | None = None,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """Parallel mean-field from ``Q = softmax(logp)``, as ``dense.mean_field``: ``logp`` (K, P)
+    C-contiguous is minus the unary energy, ``lattices`` normalised, ``mu`` (K, K) symmetric or
+    None (Potts). Returns Q (K, P), in ``out`` if given, which may be ``logp`` itself (each
+    point's scores are read before its marginals are written)."""
+    dtype, k = logp.dtype, logp.shape[0]
+    potts, poly = mu is None, dtype == np.float32
+    mu = np.zeros((1, 1), dtype) if potts else np.ascontiguousarray(mu, dtype=dtype)
+    vertex = tuple(lat.vertex for lat in lattices)
+    weight = tuple(lat.weight.astype(dtype, copy=False) for lat in lattices)
+    rows = [(lat.num_vertices + 1, k) for lat in lattices]
+    values = tuple(np.zeros(r, dtype) for r in rows)
+    spares = [np.empty(r, dtype) for r in rows]
+    parts = tuple(np.empty((threads(), *r), dtype) for r in rows)
+    q = np.empty_like(logp) if out is None else out
+    for step in range(iterations + 1):
+        last = step == iterations
+        _point_pass(logp, vertex, weight, values, parts, step == 0, last, potts, mu, poly, q)
+        if last:
+            break
+        for j, lat in enumerate(lattices):
+            _reduce(parts[j], dtype.type(weights[j] * lat.alpha), values[j])
+            _blur(values[j], spares[j], lat.neighbours)
+    return q
+
+
+@numba.njit(**_SERIAL)
+def _softmax_block(x, bits, poly):  # pragma: no cover - compiled
+    """Softmax of every row of the (n, K) block ``x`` in place, by the polynomial exponential
+    when ``poly`` (float32 only); ``bits`` (n K,) int32 scratch."""
+    n, k = x.shape
+    t = x.dtype.type
+    for b in range(n):
+        top = x[b, 0]
+        for j in range(1, k):
+            top = max(top, x[b, j])
+        for j in range(k):
+            x[b, j] -= top
+    flat = x.reshape(n * k)
+    if poly:
+        # exp(x) = 2^e 2^f with e = round(x log2(e)), |f| <= 1/2; 2^e through the exponent
+        # bits. Below -80 (2^-115) the term is clamped: it is 1e-35 of the row's largest.
+        for j in range(n * k):
+            u = max(flat[j], t(-80.0)) * t(1.4426950408889634)
+            e = np.floor(u + t(0.5))
+            f = u - e
+            p = t(_EXP2[5])
+            for c in (_EXP2[4], _EXP2[3], _EXP2[2], _EXP2[1], _EXP2[0]):
+                p = p * f + t(c)
+            flat[j] = p * f + t(1.0)
+            bits[j] = (np.int32(e) + 127) << 23
+        scale = bits[: n * k].view(np.float32)
+        for j in range(n * k):
+            flat[j] *= scale[j]
+    else:
+        for j in range(n * k):
+            flat[j] = math.exp(flat[j])
+    for b in range(n):
+        s = x[b, 0]
+        for j in range(1, k):
+            s += x[b, j]
+        inv = t(1.0) / s
+        for j in range(k):
+            x[b, j] *= inv
+
+
+@numba.njit(**_PARALLEL)
+def _point_pass(
+    logp, vertex, weight, values, parts, first, last, potts, mu, poly, q
+):  # pragma: no cover
+    """One pass over the points of ``logp`` (K, P): ``Q_i = softmax(logp_i + message_i)``, the
+    message sliced from ``values`` (skipped when ``first``), minus ``message @ mu`` unless
+    ``potts``; then ``Q`` is splatted into ``parts`` (chunk c into ``parts[kernel][c]``), or
+    written to ``q`` (K, P) when ``last``."""
+    num, chunks = logp.shape[1], parts[0].shape[0]
+    for c in numba.prange(chunks):
+        lo, hi = c * num // chunks, (c + 1) * num // chunks
+        _pass_chunk(logp, vertex, weight, values, parts, c, lo, hi, first, last, potts, mu, poly, q)
+
+
+@numba.njit(**_SERIAL)
+def _pass_chunk(
+    logp, vertex, weight, values, parts, c, lo, hi, first, last, potts, mu, poly, q
+):  # pragma: no cover
+    """``_point_pass`` on the points lo..hi-1, splatting into ``parts[kernel][c]``."""
+    k = logp.shape[0]
+    if not last:
+        for kernel in range(len(parts)):
+            parts[kernel][c] = 0.0
+    x = np.empty((_BLOCK, k), logp.dtype)
+    message = np.empty(k, logp.dtype)
+    bits = np.empty(_BLOCK * k, np.int32)
+    for start in range(lo, hi, _BLOCK):
+        n = min(_BLOCK, hi - start)
+        for b in range(n):
+            i = start + b
+            message[:] = 0.0
+            if not first:
+                for kernel in range(len(vertex)):
+                    for r in range(vertex[kernel].shape[1]):
+                        row = values[kernel][vertex[kernel][i, r]]
+                        wt = weight[kernel][i, r]
+                        for j in range(k):
+                            message[j] += wt * row[j]
+            if potts:
+                for j in range(k):
+                    x[b, j] = logp[j, i] + message[j]
+            else:
+                for j in range(k):
+                    s = logp[j, i]
+                    for l in range(k):
+                        s -= message[l] * mu[l, j]
+                    x[b, j] = s
+        _softmax_block(x[:n], bits, poly)
+        for b in range(n):
+            i = start + b
+            if last:
+                for j in range(k):
+                    q[j, i] = x[b, j]
+                continue
+            for kernel in range(len(vertex)):
+                part = parts[kernel][c]
+                for r in range(vertex[kernel].shape[1]):
+                    row = part[vertex[kernel][i, r]]
+                    wt = weight[kernel][i, r]
+                    for j in range(k):
+                        row[j] += wt * x[b, j]
