@@ -2,7 +2,7 @@
 1 threads (``dense_crf`` and the pydensecrf drop-in ``compat``), a batch of 8, image size from
 0.1 to 2 megapixels, 2 to 60 labels, and numba's first-call cost.
 
-Usage: python benchmarks/dense_crf.py [--camvid DIR] [--repeats N] [--quick] [--out JSON]
+Usage: python -m benchmarks.dense_crf [--camvid DIR] [--repeats N] [--quick] [--out JSON]
 Every row times ours and pydensecrf in the same run, their repeats interleaved so that load
 from other jobs hits both; medians. Prints tables and the machine; writes the numbers as JSON.
 ``--quick`` skips the size and label sweeps and the first-call timing.
@@ -24,10 +24,10 @@ from pathlib import Path
 import numba
 import numpy as np
 import torch
-from common import commit, describe, machine
 from PIL import Image
 
 import piecewise_crf.densecrf.compat as compat
+from benchmarks.common import commit, describe, machine
 from piecewise_crf.densecrf import (
     bilateral_kernel,
     dense_crf,

@@ -2,7 +2,7 @@
 
     python -m benchmarks.train_step                    # the cpu config, 360x480, batch 1
     python -m benchmarks.train_step --config paper --device cuda --batch 4
-    python benchmarks/train_step.py --config configs/camvid.yaml --size 160 224 --batch 4 \
+    python -m benchmarks.train_step --config camvid --size 160 224 --batch 4 \
         --freeze-layers 4                           # the CamVid recipe's steps, stem frozen or not
 
 Rows, all on the same FeatMap-Net:
