@@ -154,51 +154,57 @@ def fit_mode(
     return ModeFit(crf.pairwise_mode, start, scan[start], final, learned)
 
 
-def check_options(modes: Sequence[str], objective: str, rings: int, steps: int) -> None:
-    """ArgumentError unless `calibrate` can run with these (check them before the long work)."""
-    for mode in modes:
-        if mode not in PAIRWISE_MODES:
-            raise ArgumentError(
-                lambda name, m=mode: (
-                    f"{name('modes')}: {unknown('pairwise mode', m, PAIRWISE_MODES)}"
-                )
-            )
-    if not modes:
-        raise ArgumentError(lambda name: f"{name('modes')}: name at least one pairwise mode")
-    if objective not in OBJECTIVES:
-        raise ArgumentError(
-            lambda name: f"{name('objective')}: {unknown('objective', objective, OBJECTIVES)}"
-        )
-    if rings < 1:
-        raise ArgumentError(lambda name: f"{name('rings')} must be >= 1, got {rings}")
-    if steps < 0:
-        raise ArgumentError(lambda name: f"{name('steps')} must be >= 0, got {steps}")
+@dataclass(frozen=True)
+class Settings:
+    """How to calibrate: the modes to fit (the lower final loss is kept), log-weights per
+    relation (one per offset ring 1..rings, the last for farther ones), gradient steps, Adam's
+    learning rate and the objective ("nll" or "error"). Checked when made, so a mistake fails
+    before the long work."""
+
+    modes: tuple[str, ...] = PAIRWISE_MODES
+    rings: int = 1
+    steps: int = 20
+    lr: float = 0.1
+    objective: str = "nll"
+
+    def __post_init__(self) -> None:
+        for mode in self.modes:
+            if mode not in PAIRWISE_MODES:
+                message = unknown("pairwise mode", mode, PAIRWISE_MODES)
+                raise ArgumentError(lambda name, m=message: f"{name('modes')}: {m}")
+        if not self.modes:
+            raise ArgumentError(lambda name: f"{name('modes')}: name at least one pairwise mode")
+        if self.objective not in OBJECTIVES:
+            message = unknown("objective", self.objective, OBJECTIVES)
+            raise ArgumentError(lambda name: f"{name('objective')}: {message}")
+        if self.rings < 1:
+            raise ArgumentError(lambda name: f"{name('rings')} must be >= 1, got {self.rings}")
+        if self.steps < 0:
+            raise ArgumentError(lambda name: f"{name('steps')} must be >= 0, got {self.steps}")
 
 
 def calibrate(
     predictor: Predictor,
     samples: Sequence[Sample],
+    settings: Settings = Settings(),  # noqa: B008 (frozen: one shared default is safe)
     *,
-    modes: Sequence[str] = PAIRWISE_MODES,
-    rings: int = 1,
-    steps: int = 20,
-    lr: float = 0.1,
-    objective: str = "nll",
     class_weights: Tensor | None = None,
 ) -> Calibration:
-    """Fit the pairwise weights of each mode in `modes` on `samples` (`frozen_samples`), with
-    the Predictor's mean-field iterations; the loss of the unary alone for comparison."""
-    check_options(modes, objective, rings, steps)
+    """Fit the pairwise weights of each of the settings' modes on `samples` (`frozen_samples`),
+    with the Predictor's mean-field iterations; the loss of the unary alone for comparison."""
     if class_weights is not None:
         class_weights = class_weights.to(predictor.device)
-    loss = dict(objective=objective, class_weights=class_weights,
-                ignore_index=predictor.model.ignore_index)  # fmt: skip
+    loss = {
+        "objective": settings.objective,
+        "class_weights": class_weights,
+        "ignore_index": predictor.model.ignore_index,
+    }
     unary = dataclasses.replace(predictor.crf, iterations=0)
     with torch.no_grad():
         unary_loss = sum(float(sample_loss(s, unary, None, **loss)) for s in samples)
-    fits = [
-        fit_mode(samples, dataclasses.replace(predictor.crf, pairwise_mode=mode,
-                 pairwise_scale=1.0), rings=rings, steps=steps, lr=lr, **loss)
-        for mode in modes
-    ]  # fmt: skip
+    fits = []
+    for mode in settings.modes:
+        crf = dataclasses.replace(predictor.crf, pairwise_mode=mode, pairwise_scale=1.0)
+        fits.append(fit_mode(samples, crf, rings=settings.rings, steps=settings.steps,
+                             lr=settings.lr, **loss))  # fmt: skip
     return Calibration(unary_loss / len(samples), fits)

@@ -1,11 +1,12 @@
 """Calibration: the learned weights against a brute-force scan of the same loss."""
 
 import math
+import re
 
 import pytest
 import torch
 
-from piecewise_crf.calibration import Sample, calibrate, check_options, fit_mode, sample_loss
+from piecewise_crf.calibration import Sample, Settings, calibrate, fit_mode, sample_loss
 from piecewise_crf.checkpoint import load_checkpoint
 from piecewise_crf.config import CRFConfig
 from piecewise_crf.errors import ArgumentError
@@ -64,7 +65,7 @@ def test_rings_get_their_own_weights_and_the_loss_only_falls():
 def test_calibrate_keeps_the_mode_of_the_lower_loss(checkpoint):
     predictor = Predictor.from_checkpoint(load_checkpoint(checkpoint), device="cpu")
     samples = [planted(s, k=5) for s in range(2)]
-    result = calibrate(predictor, samples, steps=3)
+    result = calibrate(predictor, samples, Settings(steps=3))
     assert [f.mode for f in result.fits] == ["raw", "interaction"]
     assert result.best.loss == min(f.loss for f in result.fits)
     crf = result.crf(predictor.crf)
@@ -75,14 +76,14 @@ def test_calibrate_keeps_the_mode_of_the_lower_loss(checkpoint):
     assert result.unary_loss == pytest.approx(unary)
 
 
-def test_options_are_checked_before_any_work():
-    check_options(["raw"], "error", 2, 0)
-    for args, message in (
-        ((["rw"], "nll", 1, 1), "modes: unknown pairwise mode 'rw'; did you mean 'raw'?"),
-        (([], "nll", 1, 1), "modes: name at least one pairwise mode"),
-        ((["raw"], "mse", 1, 1), "objective: unknown objective 'mse'; valid: nll, error"),
-        ((["raw"], "nll", 0, 1), "rings must be >= 1, got 0"),
-        ((["raw"], "nll", 1, -1), "steps must be >= 0, got -1"),
+def test_settings_are_checked_when_made():
+    Settings(("raw",), rings=2, steps=0, objective="error")
+    for kwargs, message in (
+        ({"modes": ("rw",)}, "modes: unknown pairwise mode 'rw'; did you mean 'raw'?"),
+        ({"modes": ()}, "modes: name at least one pairwise mode"),
+        ({"objective": "mse"}, "objective: unknown objective 'mse'; valid: nll, error"),
+        ({"rings": 0}, "rings must be >= 1, got 0"),
+        ({"steps": -1}, "steps must be >= 0, got -1"),
     ):
-        with pytest.raises(ArgumentError, match=f"^{message}"):
-            check_options(*args)
+        with pytest.raises(ArgumentError, match=f"^{re.escape(message)}"):
+            Settings(**kwargs)

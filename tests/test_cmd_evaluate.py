@@ -55,7 +55,11 @@ def test_a_camvid_run_on_its_own_files(camvid_run, camvid_data, tmp_path, capsys
     # the checkpoint's dataset is the default; another class set is refused
     fails(evaluate(camvid_run / "final.pt", "--dataset", "synthetic", "--split", "val"), capsys,
           "predicts 11 classes")  # fmt: skip
-    fails(evaluate(camvid_run / "final.pt", "--split", "val"), capsys, "pass --data-root or set data.root")
+    fails(
+        evaluate(camvid_run / "final.pt", "--split", "val"),
+        capsys,
+        "pass --data-root or set data.root",
+    )
 
 
 def test_bad_camvid_data_gives_one_line_errors(camvid_run, camvid_data, tmp_path, capsys):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from piecewise_crf.calibration import Calibration, calibrate, check_options, frozen_samples
+from piecewise_crf.calibration import Calibration, Settings, calibrate, frozen_samples
 from piecewise_crf.checkpoint import Checkpoint, load_checkpoint, update_checkpoint
 from piecewise_crf.config import config_to_dict
 from piecewise_crf.evaluation import open_split, subset_indices
@@ -24,7 +24,7 @@ from piecewise_crf.training.losses import class_weights
 
 
 def run(args: argparse.Namespace) -> None:
-    check_options(args.modes, args.objective, args.rings, args.steps)
+    settings = Settings(tuple(args.modes), args.rings, args.steps, objective=args.objective)
     out = Path(args.checkpoint if args.out is None else args.out)
     if out.resolve() != Path(args.checkpoint).resolve():
         refuse_overwriting_inputs([out], [], "out", suffix=".pt")
@@ -46,23 +46,15 @@ def run(args: argparse.Namespace) -> None:
     print(f"calibrating on {len(indices)} images of {name} {split}, {iterations} iterations")
     samples = frozen_samples(predictor, data, indices)
     weights = class_weights(ckpt.config.train.class_balance, data, torch.device("cpu"))
-    result = calibrate(
-        predictor,
-        samples,
-        modes=args.modes,
-        rings=args.rings,
-        steps=args.steps,
-        objective=args.objective,
-        class_weights=weights,
-    )
-    show(result, args.objective)
+    result = calibrate(predictor, samples, settings, class_weights=weights)
+    show(result, settings.objective)
     record = {
         "dataset": name,
         "split": split,
         "indices": indices,
-        "rings": args.rings,
-        "steps": args.steps,
-        "objective": args.objective,
+        "rings": settings.rings,
+        "steps": settings.steps,
+        "objective": settings.objective,
         "unary_loss": result.unary_loss,
         "fits": [dataclasses.asdict(f) for f in result.fits],
     }
