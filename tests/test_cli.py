@@ -92,3 +92,39 @@ def test_import_names_the_missing_module(tmp_path, monkeypatch, capsys):
     (tmp_path / "broken_extension.py").write_text("import no_such_dependency\n")
     fails(["--import", "broken_extension", "demo"], capsys, "no_such_dependency")
     assert not (tmp_path / "x").exists()
+
+
+def test_whatever_fails_after_a_stop_is_reported_as_the_stop(monkeypatch, capsys):
+    """A signal raises wherever the process is; the library it lands in may turn it into an
+    error of its own (tqdm's lock did): after a SIGTERM, any failure ends as the SIGTERM."""
+    import os
+    import signal
+
+    import piecewise_crf.commands.export as export_command
+    from piecewise_crf.commands.cli import Terminated
+
+    def run(args):
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+        except Terminated:
+            raise AttributeError("a library's state, broken by the interrupt") from None
+
+    monkeypatch.setattr(export_command, "run", run)
+    argv = ["export", "--checkpoint", "x.pt", "--out", "m.onnx", "--size", "64", "64"]
+    assert main(argv) == 128 + signal.SIGTERM
+    assert capsys.readouterr().err.startswith("terminated (SIGTERM): the files already written")
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # put back
+
+
+def test_memory_running_out_is_one_line(monkeypatch, capsys):
+    import piecewise_crf.commands.export as export_command
+
+    def run(args):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: not enough "
+                           "memory: you tried to allocate 240000000000 bytes.")  # fmt: skip
+
+    monkeypatch.setattr(export_command, "run", run)
+    argv = ["export", "--checkpoint", "x.pt", "--out", "m.onnx", "--size", "64", "64"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: out of CPU memory;") and err.count("\n") == 1

@@ -16,7 +16,8 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
 from typing import NoReturn
 
@@ -361,8 +362,27 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM (what schedulers and `kill` send): handled as Ctrl-C, exit status 143."""
 
 
-def _terminate(signum: int, frame: object) -> NoReturn:
-    raise Terminated
+@contextmanager
+def _stops() -> Iterator[list[int]]:
+    """Ctrl-C and SIGTERM raise KeyboardInterrupt / Terminated, and are recorded in the list
+    yielded: an exception raised anywhere can break the library it lands in (measured: inside
+    tqdm's lock it left an AttributeError in its place), so whatever fails after a stop was
+    asked for is reported as that stop. Signal handlers exist in the main thread only."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+
+    def stop(signum: int, frame: object) -> NoReturn:
+        received.append(signum)
+        raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield received
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 class _Stdout(logging.Handler):
@@ -398,42 +418,56 @@ def one_line(err: BaseException, spell: Callable[[str], str]) -> str:
     return " ".join(text.split())
 
 
+def _out_of_memory(err: BaseException) -> bool:
+    """torch's CUDA OOM, or the CPU allocator's failure (a RuntimeError of its own)."""
+    text = str(err)
+    return type(err).__name__ == "OutOfMemoryError" or (
+        isinstance(err, RuntimeError)
+        and any(s in text for s in ("DefaultCPUAllocator", "not enough memory", "can't allocate"))
+    )
+
+
+def _exit_status(err: BaseException, stops: list[int], spell: Callable[[str], str]) -> int:
+    """Print the one line an exception ends the command with; its exit status. Anything else
+    is a bug in piecewise-crf, and re-raised with its traceback."""
+    if stops or isinstance(err, KeyboardInterrupt):
+        terminated = isinstance(err, Terminated) or signal.SIGTERM in stops
+        why = "terminated (SIGTERM)" if terminated else "interrupted"
+        print(
+            f"{why}: the files already written are complete (each is written atomically); "
+            "a training run continues from its last.pt with --resume",
+            file=sys.stderr,
+        )
+        return 128 + (signal.SIGTERM if terminated else signal.SIGINT)
+    if isinstance(err, USER_ERRORS):
+        print(f"error: {one_line(err, spell)}", file=sys.stderr)
+        return 2
+    if _out_of_memory(err):
+        where = "GPU" if type(err).__name__ == "OutOfMemoryError" else "CPU"
+        print(
+            f"error: out of {where} memory; lower train.batch_size or data.crop_size (training), "
+            "--max-size or --scales (predict), model sizes (--set model.hidden=...), or --size "
+            "(export)",
+            file=sys.stderr,
+        )
+        return 2
+    raise err
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as stop:  # --help, --version (0) or a bad argument (2), already printed
         return int(stop.code or 0)
-    main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     _show_library_notes()
-    try:
-        import_extensions(args.imports)
-        module = importlib.import_module(f"piecewise_crf.commands.{COMMANDS[args.command][2]}")
-        module.run(args)
-    except USER_ERRORS as err:
-        print(f"error: {one_line(err, _flag_speller(parser, args.command))}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt as stop:
-        why = "terminated (SIGTERM)" if isinstance(stop, Terminated) else "interrupted"
-        print(
-            f"{why}: the files already written are complete (each is written atomically); "
-            "a training run continues from its last.pt with --resume",
-            file=sys.stderr,
-        )
-        return 128 + (signal.SIGTERM if isinstance(stop, Terminated) else signal.SIGINT)
-    except RuntimeError as err:
-        if type(err).__name__ != "OutOfMemoryError":  # torch's (CUDA) OOM; anything else is a bug
-            raise
-        print(
-            "error: out of GPU memory; lower train.batch_size or data.crop_size (training), "
-            "--max-size or --scales (predict), or pass --device cpu",
-            file=sys.stderr,
-        )
-        return 2
-    finally:
-        if main_thread:
-            signal.signal(signal.SIGTERM, previous)
+    with _stops() as stops:
+        try:
+            import_extensions(args.imports)
+            name = COMMANDS[args.command][2]
+            importlib.import_module(f"piecewise_crf.commands.{name}").run(args)
+        except BaseException as err:
+            return _exit_status(err, stops, _flag_speller(parser, args.command))
     return 0
 
 
