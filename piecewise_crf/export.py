@@ -25,8 +25,9 @@ import torch
 
 from piecewise_crf.checkpoint import load_checkpoint
 from piecewise_crf.errors import ArgumentError
-from piecewise_crf.files import atomic_write, ensure_writable, refuse_overwriting_inputs
+from piecewise_crf.files import atomic_write
 from piecewise_crf.inference import CRFStage, Predictor
+from piecewise_crf.outputs import OutputPlan
 
 OPSET = 17
 MIN_SIZE = 32  # 2x2 CRF nodes at the network's stride of 16
@@ -85,20 +86,13 @@ def export_onnx(
     except ImportError:
         raise ImportError(f"ONNX export needs the package onnx: {INSTALL}") from None
     checkpoint, out = Path(checkpoint), Path(out)
-    refuse_overwriting_inputs([out], [checkpoint], "out")
-    if out.is_dir():
-        raise ArgumentError(
-            lambda name: (
-                f"{name('out')} {out} is a folder; name the file, e.g. {out / 'model.onnx'}"
-            )
-        )
-    if out.exists() and not overwrite:
-        raise ArgumentError(
-            lambda name: f"{name('out')} {out} exists; pass {name('overwrite')} to replace it"
-        )
+    plan = OutputPlan()
+    plan.read(checkpoint)
+    plan.write(out, "out", suffix=".onnx", replace=overwrite)  # never a file of another kind
+    plan.check()
     ckpt = load_checkpoint(checkpoint)
     predictor = Predictor.from_checkpoint(ckpt, device="cpu")
-    ensure_writable(out.parent)
+    plan.folders()
 
     start = time.perf_counter()
     model = onnx.load_from_string(_trace(CRFStage(predictor.model, predictor.crf).eval(), size))

@@ -22,8 +22,6 @@ from typing import IO, Any
 
 import torch
 
-from piecewise_crf.errors import ArgumentError
-
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
@@ -165,34 +163,3 @@ def read_torch_file(path: str | Path, what: str) -> Any:
             f"cannot read {what} {path}: it is truncated, corrupt or not a PyTorch file "
             f"({type(err).__name__}); copy it again or point to another file"
         ) from None
-
-
-def refuse_overwriting_inputs(
-    outputs: Iterable[str | Path | None],
-    inputs: Iterable[str | Path | None],
-    parameter: str,
-    *,
-    suffix: str | None = None,
-) -> None:
-    """ArgumentError naming `parameter` when an output path is one of the inputs (after resolving
-    symlinks), or, with `suffix`, an existing file of another kind (a results path that names
-    a dataset list is a mistake, not a results file to replace)."""
-    sources = {Path(p).resolve(): Path(p) for p in inputs if p is not None}
-    for out in outputs:
-        if out is None:
-            continue
-        source = sources.get(Path(out).resolve())
-        if source is not None:
-            raise ArgumentError(
-                lambda name, out=out, source=source: (
-                    f"{name(parameter)} {out} is an input of "
-                    f"this command ({source}); writing it would destroy it: choose another path"
-                )
-            )
-        if suffix and Path(out).exists() and Path(out).suffix.lower() != suffix:
-            raise ArgumentError(
-                lambda name, out=out: (
-                    f"{name(parameter)} {out} exists and is not a {suffix} "
-                    f"file; writing it would replace it: choose a {suffix} path"
-                )
-            )

@@ -196,7 +196,7 @@ class Predictor:
                     f"images must be a float batch (B, 3, H, W) in [0, 1], got "
                     f"{tuple(images.shape)} {images.dtype}; pass a list for (H, W, 3) uint8 arrays"
                 )
-            return self._predict(images.to(self.device, torch.float32), wanted)
+            return self._predict(_checked(images).to(self.device, torch.float32), wanted)
         return self._predict_list(list(images), wanted)
 
     def potentials(self, images: Tensor) -> GridPotentials:
@@ -271,3 +271,16 @@ class Predictor:
                     probs = probs.flip(-1)
                 sums[name] = sums[name] + probs if name in sums else probs
         return {name: total / len(variants) for name, total in sums.items()}
+
+
+def _checked(images: Tensor) -> Tensor:
+    """`images` if they are float RGB in [0, 1]; else a ValueError saying what they hold."""
+    if images.numel() == 0:
+        raise ValueError(f"no images to predict: the batch has shape {tuple(images.shape)}")
+    if not bool(torch.isfinite(images).all()):
+        raise ValueError("images hold NaN or infinite values; pass float RGB in [0, 1]")
+    low, high = float(images.min()), float(images.max())
+    if low < 0 or high > 1 + 1e-6:
+        hint = "; divide 0-255 values by 255" if high > 1 else ""
+        raise ValueError(f"images must be float RGB in [0, 1], got values {low:g}..{high:g}{hint}")
+    return images

@@ -19,8 +19,10 @@ def evaluate(checkpoint, *flags: str) -> list[str]:
 
 
 def test_writes_json_and_confusion_png_and_prints_the_table(checkpoint, tmp_path, capsys):
-    out = tmp_path / "m.json"
+    out, png = tmp_path / "m.json", tmp_path / "confusion.png"
     assert main(evaluate(checkpoint, "--split", "val", "--json", str(out))) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json"]  # only what was named
+    assert main(evaluate(checkpoint, "--split", "val", "--confusion", str(png))) == 0
     saved = json.loads(out.read_text())
     assert list(saved) == ["unary", "crf", "crf+dense"]
     for stage in saved.values():
@@ -28,7 +30,7 @@ def test_writes_json_and_confusion_png_and_prints_the_table(checkpoint, tmp_path
             stage
         )
         assert len(stage["per_class_iou"]) == 5 and stage["classes"][0] == "background"
-    assert (tmp_path / "m_confusion.png").stat().st_size > 1000
+    assert png.stat().st_size > 1000
     printed = capsys.readouterr().out
     assert "synthetic val: 32 of 32 images" in printed
     assert (

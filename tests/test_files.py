@@ -6,8 +6,7 @@ import signal
 import pytest
 import torch
 
-from piecewise_crf.errors import ArgumentError
-from piecewise_crf.files import atomic_save, refuse_overwriting_inputs
+from piecewise_crf.files import atomic_save
 
 
 def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch):
@@ -53,15 +52,3 @@ def test_a_signal_during_a_save_is_handled_after_the_file_is_complete(tmp_path, 
         signal.signal(signal.SIGTERM, previous)
     assert torch.equal(torch.load(path, weights_only=True)["a"], torch.zeros(2))
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]
-
-
-def test_an_output_that_is_an_input_or_another_kind_of_file_is_refused(tmp_path):
-    data = tmp_path / "val.txt"
-    data.write_text("a b\n")
-    link = tmp_path / "link.pt"
-    link.symlink_to(data)
-    with pytest.raises(ArgumentError, match=r"^json .*link.pt is an input of this command"):
-        refuse_overwriting_inputs([link], [data], "json")
-    with pytest.raises(ArgumentError, match=r"^json .*val.txt exists and is not a .json file"):
-        refuse_overwriting_inputs([data], [], "json", suffix=".json")
-    refuse_overwriting_inputs([tmp_path / "new.json", None], [data, None], "json", suffix=".json")

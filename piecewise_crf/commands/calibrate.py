@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from pathlib import Path
 
 import torch
 
@@ -18,20 +17,24 @@ from piecewise_crf.calibration import Calibration, Settings, calibrate, frozen_s
 from piecewise_crf.checkpoint import Checkpoint, load_checkpoint, update_checkpoint
 from piecewise_crf.config import config_to_dict
 from piecewise_crf.evaluation import open_split, subset_indices
-from piecewise_crf.files import refuse_overwriting_inputs
 from piecewise_crf.inference import Predictor
+from piecewise_crf.outputs import OutputPlan, inputs_of
 from piecewise_crf.training.losses import class_weights
 
 
 def run(args: argparse.Namespace) -> None:
     settings = Settings(tuple(args.modes), args.rings, args.steps, objective=args.objective)
-    out = Path(args.checkpoint if args.out is None else args.out)
-    if out.resolve() != Path(args.checkpoint).resolve():
-        refuse_overwriting_inputs([out], [], "out", suffix=".pt")
-        if out.exists():
+    plan = OutputPlan()
+    if args.out is None:  # in place: the checkpoint is replaced, atomically
+        out = plan.write(args.checkpoint, "checkpoint", suffix=".pt")
+    else:
+        plan.read(args.checkpoint)
+        out = plan.write(args.out, "out", suffix=".pt")
+        if out.exists() or out.is_symlink():
             raise FileExistsError(
                 f"--out {out} exists; choose a new file, or leave --out out to update the checkpoint"
             )
+    plan.check()
     ckpt = load_checkpoint(args.checkpoint)
     if not ckpt.config.model.relations:
         raise ValueError(
@@ -41,6 +44,9 @@ def run(args: argparse.Namespace) -> None:
     split = args.split or ckpt.config.data.train_split
     name = args.dataset or ckpt.config.data.dataset
     data = open_split(ckpt.config, ckpt.classes, split, name=name, root=args.root)
+    plan.read(*inputs_of(data))
+    plan.check()
+    plan.folders()  # a folder that cannot be written is refused now, not after the fit
     indices = subset_indices(len(data), args.limit)
     iterations = predictor.crf.iterations
     print(f"calibrating on {len(indices)} images of {name} {split}, {iterations} iterations")

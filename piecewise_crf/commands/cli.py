@@ -130,8 +130,8 @@ def _train(p: argparse.ArgumentParser) -> None:
 def _evaluate(p: argparse.ArgumentParser) -> None:
     _checkpoint(p)
     _data(p, "test", "score")
-    p.add_argument("--json", help="write the metrics here (and a confusion-matrix PNG beside it)")
-    p.add_argument("--confusion", help="confusion-matrix PNG path")
+    p.add_argument("--json", help="write the metrics of every stage here (a .json file)")
+    p.add_argument("--confusion", help="write the confusion matrices here (a .png file)")
     p.add_argument("--iterations", type=COUNT, help="mean-field iterations (default: checkpoint's)")
     p.add_argument(
         "--pairwise-mode",

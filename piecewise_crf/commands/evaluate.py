@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from tqdm import tqdm
 
@@ -20,19 +19,17 @@ from piecewise_crf.evaluation import (
     summarise,
     sweep_settings,
 )
-from piecewise_crf.files import ensure_writable, refuse_overwriting_inputs, write_json
+from piecewise_crf.files import write_json
 from piecewise_crf.inference import Predictor
+from piecewise_crf.outputs import OutputPlan, inputs_of
 
 
 def run(args: argparse.Namespace) -> None:
-    json_path, confusion = args.json, args.confusion
-    if json_path is not None and confusion is None:
-        confusion = Path(json_path).with_name(Path(json_path).stem + "_confusion.png")
-    refuse_overwriting_inputs([json_path], [args.checkpoint], "json", suffix=".json")
-    refuse_overwriting_inputs([confusion], [args.checkpoint], "confusion", suffix=".png")
-    for path in (json_path, confusion):
-        if path is not None:
-            ensure_writable(Path(path).parent)
+    plan = OutputPlan()
+    plan.read(args.checkpoint)
+    json_path = plan.write(args.json, "json", suffix=".json")
+    confusion = plan.write(args.confusion, "confusion", suffix=".png")
+    plan.check()  # before the checkpoint is read: what can be refused now is
     given = {
         "iterations": args.iterations,
         "pairwise_mode": args.pairwise_mode,
@@ -54,6 +51,9 @@ def run(args: argparse.Namespace) -> None:
     )
     name = args.dataset or ckpt.config.data.dataset
     data = open_split(ckpt.config, ckpt.classes, args.split, name=name, root=args.root)
+    plan.read(*inputs_of(data))
+    plan.check()
+    plan.folders()
     indices = subset_indices(len(data), args.limit)
     with tqdm(total=len(indices), desc="evaluate", disable=args.quiet, dynamic_ncols=True) as bar:
         matrices = score(predictor, data, indices=indices, progress=bar.update)

@@ -19,6 +19,7 @@ from tqdm import tqdm
 from piecewise_crf.data.io import IMAGE_SUFFIXES, open_rgb
 from piecewise_crf.files import atomic_write, ensure_writable
 from piecewise_crf.inference import Predictor
+from piecewise_crf.outputs import OutputPlan, locked
 from piecewise_crf.visualize import colorize, overlay, save_png
 
 MIN_MAX_SIZE = 32  # 2x2 CRF nodes at the network's stride of 16
@@ -175,12 +176,24 @@ def predict_files(args: argparse.Namespace) -> list[Path]:
     out = Path(args.out)
     jobs = plan_outputs(collect_images(args.inputs), out, args.save_probs)
     check_outputs(jobs, out, args.overwrite)
+    plan = OutputPlan()
+    plan.read(args.checkpoint, *(job.source for job in jobs))
+    for job in jobs:
+        for path in job.outputs:
+            plan.write(path, "out", suffix=path.suffix.lower(), replace=args.overwrite)
+    plan.check()
     predictor = Predictor.from_checkpoint(
         args.checkpoint, device=args.device, scales=args.scales, flip=args.flip
     )
     ensure_writable(out)
-    for folder in sorted({t.parent for job in jobs for t in job.outputs}):
-        folder.mkdir(parents=True, exist_ok=True)
+    with locked(out, "out"):  # a second predict into --out is refused, not mixed in
+        plan.folders()
+        return _predict_jobs(jobs, predictor, args, out)
+
+
+def _predict_jobs(jobs: Sequence[Job], predictor: Predictor, args: argparse.Namespace, out: Path):
+    """Predict every job's image and write its files; skipped images reported at the end."""
+    max_size = args.max_size
     written, skipped, downscaled = [], [], 0
     bar = tqdm(jobs, desc="predict", disable=args.quiet, dynamic_ncols=True)
     for job in bar:

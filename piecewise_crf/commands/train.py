@@ -33,6 +33,7 @@ def run(args: argparse.Namespace) -> None:
             root=args.root,
             resume=args.resume,
             overwrite=args.overwrite,
+            inputs=[args.config] if args.config and Path(args.config).is_file() else [],
             on_step=bar.update,
         ).history
     finally:

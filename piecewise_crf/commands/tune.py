@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from pathlib import Path
 
 from tqdm import tqdm
 
@@ -17,8 +16,9 @@ from piecewise_crf.checkpoint import load_checkpoint
 from piecewise_crf.config import DenseCRFConfig
 from piecewise_crf.errors import ArgumentError
 from piecewise_crf.evaluation import describe, mean_classes, open_split, subset_indices
-from piecewise_crf.files import ensure_writable, refuse_overwriting_inputs, write_json
+from piecewise_crf.files import write_json
 from piecewise_crf.inference import Predictor
+from piecewise_crf.outputs import OutputPlan, inputs_of
 from piecewise_crf.tuning import dense_grid, format_ranking, params, rank_results, tune_dense_crf
 
 
@@ -33,9 +33,10 @@ def run(args: argparse.Namespace) -> None:
     )
     if args.top < 1:
         raise ArgumentError(lambda name: f"{name('top')} must be at least 1, got {args.top}")
-    if args.json is not None:
-        refuse_overwriting_inputs([args.json], [args.checkpoint], "json", suffix=".json")
-        ensure_writable(Path(args.json).parent)
+    plan = OutputPlan()
+    plan.read(args.checkpoint)
+    plan.write(args.json, "json", suffix=".json")
+    plan.check()
     given = {"pairwise_mode": args.pairwise_mode, "pairwise_scale": args.pairwise_scale}
     ckpt = load_checkpoint(args.checkpoint)
     predictor = Predictor.from_checkpoint(
@@ -43,6 +44,9 @@ def run(args: argparse.Namespace) -> None:
     )
     name = args.dataset or ckpt.config.data.dataset
     data = open_split(ckpt.config, ckpt.classes, args.split, name=name, root=args.root)
+    plan.read(*inputs_of(data))
+    plan.check()
+    plan.folders()
     classes = list(data.classes)
     indices = subset_indices(len(data), args.limit)
     print(

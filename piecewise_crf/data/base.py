@@ -6,6 +6,7 @@ Readers turn each dataset's own label coding into ours: classes 0..K-1 and 255 =
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +99,26 @@ class SegmentationDataset(Dataset):
                 f"{label.shape[1]}x{label.shape[0]} (width x height)"
             )
         return image, label.astype(np.uint8)
+
+    def check(self, threads: int = 2) -> None:
+        """Read every sample once (decode the image and the label, compare their sizes, check
+        the label values), so that a bad file stops a run before it starts, not in its first
+        epoch. ValueError: the first problem, and how many samples have one."""
+
+        def problem(index: int) -> str | None:
+            try:
+                self.read_sample(index)
+            except (ValueError, OSError) as err:
+                return str(err)
+            return None
+
+        with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:  # PIL decodes without the GIL
+            problems = [p for p in pool.map(problem, range(len(self))) if p is not None]
+        if problems:
+            more = (
+                f" ({len(problems)} of {len(self)} samples have one)" if len(problems) > 1 else ""
+            )
+            raise ValueError(problems[0] + more)
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
         image, label = self.read_sample(index)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import scipy.io
-from PIL import Image
+from PIL import Image, ImageOps
 
 from piecewise_crf.errors import ArgumentError
 
@@ -76,36 +76,77 @@ def check_files_exist(paths: Sequence[Path], what: str) -> None:
         )
 
 
-def open_rgb(path: Path) -> Image.Image:
-    """Decode an image file as RGB (grayscale, palette and RGBA images are converted)."""
-    require(path, "image")
+def decode(path: Path, what: str) -> Image.Image:
+    """The image in a file, turned as its EXIF orientation says a viewer shows it; ValueError
+    naming the file when it cannot be decoded."""
+    require(path, what)
     try:
         with Image.open(path) as image:
             image.load()
-            return image.convert("RGB")
+            return ImageOps.exif_transpose(image)
     except (OSError, SyntaxError, ValueError) as err:
         raise ValueError(
-            f"cannot read image {path}: {err}. The file is corrupt or not an image; "
+            f"cannot read {what} {path}: {err}. The file is corrupt or not an image; "
             "re-extract it or remove it from the split."
         ) from err
     except Image.DecompressionBombError as err:  # not an OSError: PIL's guard against huge images
-        raise ValueError(f"refusing to decode image {path}: {err}") from err
+        raise ValueError(f"refusing to decode {what} {path}: {err}") from err
+
+
+def _refuse(what: str, source: object, why: str, fix: str) -> ValueError:
+    return ValueError(f"{what} {source} {why}; {fix}")
+
+
+def to_rgb(image: Image.Image, source: object = "image") -> Image.Image:
+    """8-bit RGB as a viewer shows `image`: grey, palette and CMYK converted; transparency
+    composited over white; 16-bit and integer grey scaled from 0..65535; float grey from 0..1
+    (or 0..255 when its values reach above 1). Any other mode is refused by name."""
+    mode = image.mode
+    if mode == "P" and "transparency" in image.info:
+        mode, image = "RGBA", image.convert("RGBA")
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        white = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, image.convert("RGBA")).convert("RGB")
+    if mode in ("RGB", "1", "L", "P", "CMYK", "YCbCr"):
+        return image.convert("RGB")
+    if mode.startswith("I") or mode == "F":
+        values = np.asarray(image, dtype=np.float64)
+        if not np.isfinite(values).all():
+            fix = "save it as 8-bit RGB or grey"
+            raise _refuse("image", source, "holds values that are NaN or infinite", fix)
+        top = 1.0 if mode == "F" and values.max(initial=0) <= 1 else 255.0
+        top = 65535.0 if mode.startswith("I") else top
+        if values.min(initial=0) < 0 or values.max(initial=0) > top:
+            fix = "save it as 8-bit RGB or grey"
+            raise _refuse("image", source, f"holds {mode} values outside 0..{top:g}", fix)
+        grey = np.rint(values * (255.0 / top)).astype(np.uint8)
+        return Image.fromarray(grey, mode="L").convert("RGB")
+    raise _refuse("image", source, f"has mode {mode}, which is not read", "convert it to RGB")
+
+
+def open_rgb(path: Path) -> Image.Image:
+    """The image in a file as 8-bit RGB, as a viewer shows it (`decode`, `to_rgb`)."""
+    return to_rgb(decode(path, "image"), path)
 
 
 def read_label_png(path: Path) -> np.ndarray:
-    """Class indices of a label image: palette ("P") PNGs are read as indices, not colours."""
-    require(path, "label image")
-    try:
-        with Image.open(path) as image:
-            image.load()
-            if image.mode in ("RGB", "RGBA"):
-                raise ValueError(
-                    f"label image {path} is a colour ({image.mode}) image; labels must be "
-                    "class indices (a palette or single-channel PNG), not colours"
-                )
-            return np.array(image)
-    except (OSError, SyntaxError) as err:
-        raise ValueError(f"cannot read label image {path}: {err}. The file is corrupt.") from err
+    """Class indices of a label image, (H, W): palette ("P") images are read as indices, not
+    colours; 16-bit and integer images as their values; colours and alpha are refused."""
+    image = decode(path, "label image")
+    mode = image.mode
+    if mode in ("L", "P", "1") or mode.startswith("I"):
+        return np.asarray(image).astype(np.int64 if mode.startswith("I") else np.uint8)
+    fix = "labels must be class indices in a single-channel or palette PNG"
+    if mode in ("RGB", "RGBA", "CMYK"):
+        raise _refuse("label image", path, f"is a colour ({mode}) image", fix)
+    if mode in ("LA", "PA", "La"):
+        raise _refuse("label image", path, f"has an alpha channel ({mode})", fix)
+    if mode == "F":
+        values = np.asarray(image)
+        if np.isfinite(values).all() and np.array_equal(values, np.round(values)):
+            return values.astype(np.int64)
+        raise _refuse("label image", path, "holds values that are not whole numbers", fix)
+    raise _refuse("label image", path, f"has mode {mode}, which is not read", fix)
 
 
 def load_mat(path: Path, **kwargs: object) -> dict:

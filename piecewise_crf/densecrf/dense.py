@@ -225,6 +225,11 @@ def _inputs(image, probs) -> tuple[torch.Tensor, torch.Tensor, bool]:
             f"probs must be a float32/float64 array of shape (K, H, W) or (B, K, H, W); got "
             f"{q.dtype} {tuple(q.shape)}"
         )
+    if not bool(torch.isfinite(q).all()) or bool((q < 0).any()):
+        raise ValueError(
+            "probs must be probabilities (finite, >= 0), but hold NaN, infinite or negative "
+            "values; pass the softmax of your network's scores"
+        )
     if not batched:
         q = q[None]
     b, _, h, w = q.shape

@@ -20,7 +20,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,11 +39,13 @@ from piecewise_crf.checkpoint import (
     save_checkpoint,
 )
 from piecewise_crf.config import Config, config_to_dict
+from piecewise_crf.data.base import SegmentationDataset
 from piecewise_crf.data.transforms import train_transforms
 from piecewise_crf.devices import amp_dtype, resolve_device
 from piecewise_crf.evaluation import mean_classes, open_dataset, score
 from piecewise_crf.inference import Predictor
 from piecewise_crf.model import DeepStructuredModel, build_model
+from piecewise_crf.outputs import inputs_of
 from piecewise_crf.training import run_dir
 from piecewise_crf.training.distributed import Rank, process_group
 from piecewise_crf.training.losses import PiecewiseLoss, class_weights
@@ -77,6 +79,7 @@ class TrainContext:
 
     config: Config
     out: Path  # RUN_DIR
+    folder: run_dir.RunFolder  # held by this process; config.yaml written or not
     rank: Rank
     device: torch.device
     dtype: torch.dtype | None  # autocast's; None: full precision
@@ -119,6 +122,7 @@ def train(
     root: str | Path | None = None,
     resume: bool = False,
     overwrite: bool = False,
+    inputs: Sequence[str | Path] = (),
     train_set: Dataset | None = None,
     val_set: Dataset | None = None,
     on_step: Callable[[Step], None] | None = None,
@@ -126,8 +130,12 @@ def train(
     """Train `config` into the run folder `out`; returns the model and the per-epoch history.
 
     The data come from `config.data` (at `root`, default `data.root`), or `train_set` /
-    `val_set` (any Dataset of (image, label) with `classes` and `palette`). `on_step` is called
-    after every step (a progress bar). Under torchrun this joins the process group itself.
+    `val_set` (any Dataset of (image, label) with `classes` and `palette`); every sample is read
+    once before the first step. `inputs` are files the run must never write, besides its data
+    and backbone weights (the config file it was given: when that is RUN/config.yaml, it stays
+    as it is). With `overwrite` the old run is replaced once the new one has a checkpoint, and
+    put back if it fails first. `on_step` is called after every step (a progress bar). Under
+    torchrun this joins the process group itself.
     """
     rank = Rank.from_env()
     device = resolve_device(config.train.device, int(os.environ.get("LOCAL_RANK", 0)))
@@ -135,34 +143,57 @@ def train(
         torch.cuda.set_device(device)
     with process_group(rank, device):
         out = Path(out)
-        ckpt = _check(config, out, resume=resume, overwrite=overwrite, rank=rank)
+        if rank.main:
+            run_dir.recover(out)
+        ckpt = _check(config, out, resume=resume, overwrite=overwrite, inputs=inputs, rank=rank)
+        if ckpt is not None and _finished(config, ckpt.run) and (out / "final.pt").exists():
+            log.info(
+                f"note: {out} has finished its {ckpt.run.epoch} epochs; nothing to train (raise "
+                "train.epochs or train.minutes to continue)"
+            )
+            return TrainResult(ckpt.build_model(), ckpt.run.history)
         train_set, val_set = _datasets(config, root, train_set=train_set, val_set=val_set)
+        weights = config.model.backbone_weights
+        read = [*inputs, *inputs_of(train_set), *(inputs_of(val_set) if val_set else ())]
+        read += [weights] if weights not in (None, "hed") else []
+        read = map(Path, read)
+        writes_config = run_dir.check_run_dir(out, resume=resume, overwrite=overwrite, inputs=read)
         seed_all(config.train.seed + rank.rank)  # DDP copies rank 0's initial weights to others
         model = build_model(
             config.model, load_weights=ckpt is None, max_edges=config.train.max_edges
         )
         freeze_layers(model, config.train.freeze_layers)
         # Every check has passed: only now is the run folder created, locked or cleared.
-        lock = run_dir.claim_run_dir(out, resume=resume, overwrite=overwrite, main=rank.main)
-        try:
+        claim = run_dir.claimed(
+            out, resume=resume, overwrite=overwrite, writes_config=writes_config, main=rank.main
+        )
+        with claim as folder:
             if resume and ckpt is None and rank.main:
                 log.info(f"note: {out} holds no last.pt yet; starting a new run")
-            if rank.main:
-                run_dir.save_config(config, out / "config.yaml")
-            ctx = _context(config, out, model, train_set, val_set, rank, device, on_step)
+            ctx = _context(config, folder, model, train_set, val_set, rank, device, on_step)
             state = RunState() if ckpt is None else _restore(ctx, ckpt, out / "last.pt")
             return _fit(ctx, state)
-        finally:
-            if lock is not None:
-                lock.close()
+
+
+def _finished(config: Config, state: RunState) -> bool:
+    """Whether a run in `state` has no epoch left to train under `config` (its final.pt may
+    still be missing, when a kill came between the last checkpoint and it)."""
+    budget = 60 * config.train.minutes
+    return state.epoch >= config.train.epochs or (budget > 0 and state.train_seconds >= budget)
 
 
 def _check(
-    config: Config, out: Path, *, resume: bool, overwrite: bool, rank: Rank
+    config: Config,
+    out: Path,
+    *,
+    resume: bool,
+    overwrite: bool,
+    inputs: Sequence[str | Path],
+    rank: Rank,
 ) -> Checkpoint | None:
-    """The run folder and what it holds, and the config against the processes: the last.pt to
-    resume from (None for a new run)."""
-    run_dir.check_run_dir(out, resume=resume, overwrite=overwrite)
+    """The run folder and what it holds, and the config against the processes, before the
+    data are read: the last.pt to resume from (None for a new run)."""
+    run_dir.check_run_dir(out, resume=resume, overwrite=overwrite, inputs=map(Path, inputs))
     ckpt = _resume_checkpoint(config, out) if resume else None
     if config.train.batch_size % rank.world:
         raise ValueError(
@@ -211,12 +242,15 @@ def _datasets(
             f"the dataset has {len(train_set.classes)} classes but model.num_classes is "
             f"{config.model.num_classes}; set model.num_classes={len(train_set.classes)}"
         )
+    for data in (train_set, val_set):
+        if isinstance(data, SegmentationDataset):
+            data.check(threads=torch.get_num_threads())
     return train_set, val_set
 
 
 def _context(
     config: Config,
-    out: Path,
+    folder: run_dir.RunFolder,
     model: DeepStructuredModel,
     train_set: Dataset,
     val_set: Dataset | None,
@@ -225,7 +259,7 @@ def _context(
     on_step: Callable[[Step], None] | None,
 ) -> TrainContext:
     """The optimizer, GradScaler, loss (DDP under torchrun), loader and TensorBoard of a run."""
-    tc = config.train
+    tc, out = config.train, folder.out
     model.to(device)
     dtype = amp_dtype(device, tc.amp)
     weights = class_weights(tc.class_balance, train_set, device)
@@ -253,6 +287,7 @@ def _context(
     return TrainContext(
         config=config,
         out=out,
+        folder=folder,
         rank=rank,
         device=device,
         dtype=dtype,
@@ -455,6 +490,9 @@ def _save_checkpoints(ctx: TrainContext, state: RunState, *, improved: bool) -> 
         optimizer, scaler = ctx.optimizer.state_dict(), ctx.scaler.state_dict()
         resume = {"optimizer": optimizer, "scaler": scaler, "rng": states}
         save_checkpoint(dataclasses.replace(ckpt, resume=resume), ctx.out / "last.pt")
+        ctx.folder.keep()  # the first checkpoint: an old run this one replaces can go
+        if ctx.folder.writes_config:
+            run_dir.save_config(ctx.config, ctx.out / run_dir.CONFIG)
         run_dir.write_log(state.history, ctx.out / "log.csv")
     ctx.rank.barrier()  # no rank runs ahead of a checkpoint it might need to resume from
 

@@ -12,8 +12,13 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import os
+import shutil
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from piecewise_crf.checkpoint import load_checkpoint
 from piecewise_crf.config import (
@@ -26,27 +31,50 @@ from piecewise_crf.config import (
 )
 from piecewise_crf.errors import ArgumentError
 from piecewise_crf.files import atomic_write, atomic_write_text, ensure_writable, remove_stale_temps
+from piecewise_crf.outputs import locked, resolved
 
 log = logging.getLogger(__name__)
 LOG_FIELDS = (
     "epoch", "step", "lr", "unary_loss", "pairwise_loss", "val_unary_miou", "val_crf_miou",
     "seconds",
 )  # fmt: skip
-RUN_FILES = ("last.pt", "best.pt", "final.pt", "log.csv", "curves.png", "config.yaml")
+RUN_FILES = ("last.pt", "best.pt", "final.pt", "log.csv", "curves.png")  # such a folder holds a run
+CONFIG = "config.yaml"  # the resolved config, written with every last.pt
+ASIDE = ".replaced-run"  # the run --overwrite replaces, kept until the new one has a checkpoint
 
 
-def check_run_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
-    """Refuse, before anything is written, to replace a user's results without being told to."""
+def check_run_dir(out: Path, *, resume: bool, overwrite: bool, inputs: Iterable[Path]) -> bool:
+    """Refuse, before anything is written, to replace a user's results or inputs without being
+    told to. `inputs` are the files the run reads; returns whether the run may write its
+    config.yaml (not where that file is the config it was given)."""
     if out.exists() and not out.is_dir():
         raise ArgumentError(
             lambda name: f"{name('out')} {out} is a file, not a folder; choose another"
         )
+    read = {resolved(Path(p), "input") for p in inputs}
+    clashes = [name for name in RUN_FILES if resolved(out / name, "out") in read]
+    if clashes:
+        raise ArgumentError(
+            lambda name: (
+                f"{name('out')} {out}: the run would write {', '.join(clashes)}, which "
+                "it reads; choose another folder"
+            )
+        )
+    writes_config = resolved(out / CONFIG, "out") not in read
     existing = [name for name in RUN_FILES if (out / name).exists()]
     if existing and not resume and not overwrite:
         raise ArgumentError(
             lambda name: (
                 f"{out} already holds a run ({', '.join(existing)}); pass "
                 f"{name('resume')} to continue it or {name('overwrite')} to replace it"
+            )
+        )
+    if writes_config and (out / CONFIG).exists() and not (existing or resume or overwrite):
+        raise ArgumentError(
+            lambda name: (
+                f"{out / CONFIG} is no run's (the folder holds no checkpoint) and "
+                f"training would replace it: pass it as {name('config')}, move it, or pass "
+                f"{name('overwrite')}"
             )
         )
     finished = [name for name in ("final.pt", "best.pt") if (out / name).exists()]
@@ -57,42 +85,80 @@ def check_run_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
                 f"continue from; pass {name('overwrite')} (without {name('resume')}) to train it anew"
             )
         )
+    return writes_config
 
 
-def claim_run_dir(out: Path, *, resume: bool, overwrite: bool, main: bool) -> IO[str] | None:
-    """Create RUN_DIR and lock it against a second training process (the OS drops the lock on
-    any exit, kill -9 included); then delete what a killed run left behind (temp files) and,
-    with `overwrite`, the old run. Called once every check has passed. Returns the lock."""
-    ensure_writable(out)
-    if not main:
-        return None
-    lock = _lock(out / ".lock")
-    removed = remove_stale_temps(out, RUN_FILES)
-    if removed:
-        log.info(f"note: removed {len(removed)} temp files left by an interrupted run in {out}")
-    if overwrite and not resume:
+def recover(out: Path) -> None:
+    """Put back a run that an overwrite set aside when the new run never reached a checkpoint
+    (its process was killed); let it go when the new run did."""
+    aside = out / ASIDE
+    if not aside.is_dir():
+        return
+    if any((out / name).exists() for name in ("last.pt", "final.pt")):
+        shutil.rmtree(aside)
+        return
+    for path in aside.iterdir():
+        os.replace(path, out / path.name)
+    aside.rmdir()
+    log.info(f"note: put back the run in {out} that an interrupted overwrite had set aside")
+
+
+@dataclass
+class RunFolder:
+    """RUN_DIR held by the training process. With `overwrite` the old run's files wait in
+    RUN_DIR/.replaced-run until the new run has written its first checkpoint."""
+
+    out: Path
+    writes_config: bool  # False where config.yaml is the config the run was given
+    aside: Path | None = None
+
+    def keep(self) -> None:
+        """The new run has a checkpoint: the old run is let go."""
+        if self.aside is not None:
+            shutil.rmtree(self.aside, ignore_errors=True)
+            self.aside = None
+
+    def restore(self) -> None:
+        """The new run failed before its first checkpoint: the old run comes back whole."""
+        if self.aside is None:
+            return
         for name in RUN_FILES:
-            (out / name).unlink(missing_ok=True)
-    return lock
+            (self.out / name).unlink(missing_ok=True)
+        for path in self.aside.iterdir():
+            os.replace(path, self.out / path.name)
+        self.aside.rmdir()
+        self.aside = None
 
 
-def _lock(path: Path) -> IO[str] | None:
-    try:
-        import fcntl
-    except ImportError:  # Windows: no advisory locks; a second process is not detected
-        return None
-    handle = path.open("a")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        raise ArgumentError(
-            lambda name: (
-                f"{path.parent} is in use by another training process; wait for it "
-                f"to finish or choose another {name('out')}"
-            )
-        ) from None
-    return handle
+@contextmanager
+def claimed(
+    out: Path, *, resume: bool, overwrite: bool, writes_config: bool, main: bool
+) -> Iterator[RunFolder]:
+    """RUN_DIR made and held for the block (a second training process is refused); the temp
+    files of a killed run removed; with `overwrite` the old run set aside, and put back when
+    the block fails before `RunFolder.keep`. Enter it once every check has passed."""
+    ensure_writable(out)
+    folder = RunFolder(out, writes_config)
+    if not main:
+        yield folder
+        return
+    with locked(out, "out"):
+        removed = remove_stale_temps(out, (*RUN_FILES, CONFIG))
+        if removed:
+            log.info(f"note: removed {len(removed)} temp files left by an interrupted run in {out}")
+        names = [*RUN_FILES, *([CONFIG] if writes_config else [])]
+        old = [out / name for name in names if (out / name).exists()]
+        if overwrite and not resume and old:
+            folder.aside = out / ASIDE
+            folder.aside.mkdir()
+            for path in old:
+                os.replace(path, folder.aside / path.name)
+        try:
+            yield folder
+        except BaseException:
+            folder.restore()
+            raise
+        folder.keep()
 
 
 def save_config(config: Config, path: Path) -> None:
