@@ -128,3 +128,15 @@ def test_memory_running_out_is_one_line(monkeypatch, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: out of CPU memory;") and err.count("\n") == 1
+
+
+def test_an_extension_with_a_syntax_error_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "typo_extension.py").write_text("def f(:\n    pass\n")
+    fails(["--import", "typo_extension", "demo"], capsys, "typo_extension.py line 1")
+
+
+def test_a_base_that_is_not_a_name_is_one_line(tmp_path, capsys):
+    (tmp_path / "c.yaml").write_text("preset: [demo]\n")
+    fails(["train", "--config", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "r")], capsys,
+          "base: must name a config file")  # fmt: skip

@@ -88,3 +88,12 @@ def test_the_objective_is_recorded_and_mistakes_fail_before_the_fit(
     fails(calibrate(checkpoint, "--out", str(camvid_data / "train.txt")), capsys, "train.txt")
     fails(calibrate(checkpoint, "--split", "nope"), capsys, "nope")
     assert checkpoint.read_bytes() == before
+
+
+def test_a_read_only_folder_is_refused_before_the_fit(checkpoint, read_only_folder, capsys):
+    import time
+
+    tic = time.monotonic()
+    fails(calibrate(checkpoint, "--out", str(read_only_folder / "c.pt")), capsys,
+          "cannot write to the output folder")  # fmt: skip
+    assert time.monotonic() - tic < 30  # refused up front, not after minutes of fitting

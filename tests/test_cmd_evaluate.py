@@ -108,3 +108,16 @@ def test_bad_checkpoints_and_output_paths_are_refused(checkpoint, camvid_data, t
     for output in ("--json", "--confusion"):  # an output path that is the input checkpoint
         fails([*argv, str(checkpoint), output, str(checkpoint)], capsys,
               f"{output} {checkpoint} is an input of this command", checkpoint.parent)  # fmt: skip
+
+
+def test_outputs_never_replace_the_data_or_each_other(camvid_run, camvid_data, tmp_path, capsys):
+    argv = evaluate(camvid_run / "final.pt", "--data-root", str(camvid_data), "--split", "val")
+    label = camvid_data / "valannot" / "0001TP_val000.png"
+    fails([*argv, "--confusion", str(label)], capsys, "is an input of this command", camvid_data)
+    link = tmp_path / "link.png"
+    link.symlink_to(label)
+    fails([*argv, "--confusion", str(link)], capsys, "is an input of this command", camvid_data)
+    same = tmp_path / "m.json"
+    fails([*argv, "--json", str(same), "--confusion", str(same)], capsys,
+          "--json and --confusion both name")  # fmt: skip
+    assert not same.exists()

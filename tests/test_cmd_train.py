@@ -12,9 +12,10 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-from cli_checks import fails, snapshot, train_argv
+from cli_checks import TINY, fails, snapshot, train_argv
 from dataset_files import make_camvid
 
 from piecewise_crf.checkpoint import load_checkpoint
@@ -199,3 +200,74 @@ def test_killed_at_random_moments_then_resumed_equals_an_uninterrupted_run(camvi
     for key, value in expected.model.items():
         assert torch.equal(got.model[key], value), key
     assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_bad_sample_stops_the_run_before_anything_is_written(camvid_data, run, tmp_path, capsys):
+    from PIL import Image
+
+    broken = tmp_path / "camvid"
+    make_camvid(broken, n_train=4, n_val=2)
+    label = broken / "trainannot" / "0001TP_train003.png"
+    Image.fromarray(np.full((36, 48), 40, np.uint8)).save(label)  # not a class, not void
+    fresh = tmp_path / "fresh"
+    fails(train_argv(broken, fresh), capsys, "values [40]")
+    assert not fresh.exists() or list(fresh.iterdir()) == []  # no config.yaml left behind
+    fails([*train_argv(broken, run), "--overwrite"], capsys, "values [40]", run)
+    assert main(train_argv(camvid_data, fresh)) == 0  # the corrected rerun is not refused
+
+
+def test_an_overwrite_that_fails_before_its_first_checkpoint_puts_the_old_run_back(
+    camvid_data, run, capsys
+):
+    before = snapshot(run)
+    argv = [*train_argv(camvid_data, run, "train.lr=1e30"), "--overwrite"]  # diverges at once
+    fails(argv, capsys, "training diverged")
+    assert snapshot(run) == before and not (run / ".replaced-run").exists()
+    assert main([*train_argv(camvid_data, run), "--overwrite"]) == 0  # a good one replaces it
+    assert not (run / ".replaced-run").exists()
+
+
+def test_the_config_file_in_the_run_folder_is_never_replaced(camvid_data, tmp_path):
+    project = tmp_path / "proj"
+    project.mkdir()
+    mine = project / "config.yaml"
+    mine.write_text("# my notes on this run\nbase: demo\ntrain: {epochs: 1}\n")
+    before = mine.read_bytes()
+    argv = ["train", "--config", str(mine), "--data-root", str(camvid_data), "--out", str(project)]
+    assert main([*argv, "--quiet", "--set", *TINY]) == 0
+    assert mine.read_bytes() == before and (project / "final.pt").exists()
+    assert main([*argv, "--quiet", "--set", *TINY, "train.epochs=2", "--resume"]) == 0
+    assert mine.read_bytes() == before
+    assert main([*argv, "--quiet", "--set", *TINY, "--overwrite"]) == 0
+    assert mine.read_bytes() == before
+
+
+def test_resuming_a_finished_run_writes_nothing(camvid_data, run, capsys):
+    import dataclasses
+
+    from piecewise_crf.checkpoint import update_checkpoint
+
+    update_checkpoint(run / "final.pt", lambda c: dataclasses.replace(c, calibration={"x": 1}))
+    before = snapshot(run)
+    argv = ["train", "--out", str(run), "--data-root", str(camvid_data), "--quiet", "--resume"]
+    assert main(argv) == 0
+    assert "nothing to train" in capsys.readouterr().out
+    assert snapshot(run) == before  # final.pt and its calibration as they were
+
+
+def test_sigterm_to_the_process_group_with_dataloader_workers(camvid_data, tmp_path):
+    out = tmp_path / "run"
+    argv = train_argv(
+        camvid_data, out, "train.val_every=2", "train.epochs=1000", "data.num_workers=2"
+    )
+    code = "import sys; from piecewise_crf.commands.cli import main; sys.exit(main(sys.argv[1:]))"
+    process = subprocess.Popen([sys.executable, "-c", code, *argv], start_new_session=True,
+                               stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not (out / "last.pt").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    os.killpg(process.pid, signal.SIGTERM)  # what Slurm and systemd do: every process in it
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 128 + signal.SIGTERM, err
+    assert err.startswith("terminated (SIGTERM)") and err.count("\n") == 1, err
+    assert load_checkpoint(out / "last.pt").run.epoch >= 1

@@ -327,3 +327,13 @@ def test_the_cpu_path_leaves_torchs_thread_setting_alone():
             assert torch.get_num_threads() == n
     finally:
         torch.set_num_threads(threads)
+
+
+def test_probs_that_are_not_probabilities_are_refused():
+    image = np.zeros((4, 5, 3), np.uint8)
+    probs = np.full((2, 4, 5), 0.5, np.float32)
+    for bad in (np.nan, -0.1, np.inf):
+        poisoned = probs.copy()
+        poisoned[0, 1, 1] = bad
+        with pytest.raises(ValueError, match="must be probabilities .* pass the softmax"):
+            dense_crf(image, poisoned)

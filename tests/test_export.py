@@ -10,6 +10,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from cli_checks import fails
 
 from piecewise_crf.commands.cli import main
 from piecewise_crf.config import CRFConfig
@@ -31,14 +32,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def tuned(with_settings):
     """The shared tiny run's final.pt, with a crf setting that differs from every default."""
     return with_settings(crf=SAVED_CRF)
-
-
-def fails(argv, capsys, match):
-    """The command exits 2 with one `error:` line matching `match`."""
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and err.count("\n") == 1, err
-    assert match in err, err
 
 
 def test_graph_computes_the_crf_stage_for_any_batch(tuned, tmp_path, capsys):
@@ -101,3 +94,11 @@ def test_a_read_only_folder_is_refused_before_the_export(tuned, read_only_folder
     argv = ["export", "--checkpoint", str(tuned), "--size", "64", "64", "--out"]
     fails([*argv, str(read_only_folder / "model.onnx")], capsys, "cannot write to the output")
     assert list(read_only_folder.iterdir()) == []
+
+
+def test_overwrite_replaces_only_an_onnx_file(tuned, tmp_path, capsys):
+    last = tmp_path / "last.pt"
+    last.write_bytes(b"a checkpoint")
+    argv = ["export", "--checkpoint", str(tuned), "--size", "64", "64", "--overwrite", "--out"]
+    fails([*argv, str(last)], capsys, "exists and is not a .onnx file")
+    assert last.read_bytes() == b"a checkpoint"

@@ -168,3 +168,15 @@ def test_modes_and_scale_reach_mean_field(tuned, images):
         )
     assert not torch.allclose(raw, centred)
     torch.testing.assert_close(centred, by_hand, atol=1e-6, rtol=1e-5)
+
+
+def test_inputs_it_cannot_mean_are_refused(tuned, images):
+    predictor = Predictor.from_checkpoint(tuned, device="cpu")
+    poisoned = images.clone()
+    poisoned[0, 0, 5, 5] = float("nan")
+    with pytest.raises(ValueError, match="NaN or infinite values; pass float RGB in"):
+        predictor(poisoned)
+    with pytest.raises(ValueError, match=r"in \[0, 1\], got values 0\.\.255; divide 0-255"):
+        predictor(images * 255)
+    with pytest.raises(ValueError, match="no images"):
+        predictor(images[:0])

@@ -342,6 +342,9 @@ def import_extensions(modules: Sequence[str]) -> None:
     for name in modules:
         try:
             importlib.import_module(name)
+        except SyntaxError as err:
+            where = f"{err.filename} line {err.lineno}" if err.filename else name
+            raise ValueError(f"--import {name}: {where}: {err.msg}; fix the module") from None
         except ModuleNotFoundError as err:
             if err.name != name.split(".")[0]:
                 raise  # the module was found and itself failed to import something
@@ -441,6 +444,13 @@ def _exit_status(err: BaseException, stops: list[int], spell: Callable[[str], st
         return 128 + (signal.SIGTERM if terminated else signal.SIGINT)
     if isinstance(err, USER_ERRORS):
         print(f"error: {one_line(err, spell)}", file=sys.stderr)
+        return 2
+    if isinstance(err, RuntimeError) and "DataLoader worker" in str(err):
+        print(
+            f"error: {one_line(err, spell)}: the worker was stopped from outside (often for "
+            "memory); lower data.num_workers or train.batch_size, or check the memory free",
+            file=sys.stderr,
+        )
         return 2
     if _out_of_memory(err):
         where = "GPU" if type(err).__name__ == "OutOfMemoryError" else "CPU"

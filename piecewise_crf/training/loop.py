@@ -19,6 +19,7 @@ import dataclasses
 import logging
 import math
 import os
+import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -281,6 +282,7 @@ def _context(
         num_workers=config.data.num_workers,
         pin_memory=device.type == "cuda",
         generator=torch.Generator(),
+        worker_init_fn=_leave_stops_to_the_main_process,
     )
     if len(loader) == 0:
         raise ValueError("the training split is empty")
@@ -301,6 +303,14 @@ def _context(
         on_step=on_step or (lambda step: None),
         writer=run_dir.summary_writer(out) if rank.main else None,
     )
+
+
+def _leave_stops_to_the_main_process(worker_id: int) -> None:
+    """DataLoader workers ignore Ctrl-C and SIGTERM, which Slurm, systemd and a terminal send
+    to the whole process group: the main process stops the run and shuts its workers down, so
+    the stop is reported as one, not as a worker that died."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _restore(ctx: TrainContext, ckpt: Checkpoint, path: Path) -> RunState:
