@@ -121,3 +121,11 @@ def test_outputs_never_replace_the_data_or_each_other(camvid_run, camvid_data, t
     fails([*argv, "--json", str(same), "--confusion", str(same)], capsys,
           "--json and --confusion both name")  # fmt: skip
     assert not same.exists()
+
+
+def test_an_existing_result_is_replaced_only_with_overwrite(checkpoint, tmp_path, capsys):
+    out = tmp_path / "m.json"
+    out.write_text('{"earlier": "results"}')
+    argv = evaluate(checkpoint, "--split", "val", "--limit", "1", "--no-dense", "--json", str(out))
+    fails(argv, capsys, "exists; pass --overwrite to replace it", tmp_path)
+    assert main([*argv, "--overwrite"]) == 0 and "unary" in json.loads(out.read_text())

@@ -84,6 +84,10 @@ def _quiet(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def _overwrite(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--overwrite", action="store_true", help=f"replace {what}")
+
+
 def _limit(p: argparse.ArgumentParser, default: int | None = None) -> None:
     shown = f" ({default})" if default else ""
     p.add_argument(
@@ -132,6 +136,7 @@ def _evaluate(p: argparse.ArgumentParser) -> None:
     _data(p, "test", "score")
     p.add_argument("--json", help="write the metrics of every stage here (a .json file)")
     p.add_argument("--confusion", help="write the confusion matrices here (a .png file)")
+    _overwrite(p, "an existing --json or --confusion file")
     p.add_argument("--iterations", type=COUNT, help="mean-field iterations (default: checkpoint's)")
     p.add_argument(
         "--pairwise-mode",
@@ -259,7 +264,8 @@ def _tune(p: argparse.ArgumentParser) -> None:
         )
     p.add_argument("--pairwise-mode", choices=PAIRWISE_MODES, help="default: the checkpoint's")
     p.add_argument("--pairwise-scale", type=NUMBER, help="default: the checkpoint's")
-    p.add_argument("--json", help="write every result here")
+    p.add_argument("--json", help="write every result here (a .json file)")
+    _overwrite(p, "an existing --json file")
     p.add_argument("--top", type=COUNT, default=10, help="rows of the printed table")
     _device(p)
     _quiet(p)

@@ -27,8 +27,8 @@ from piecewise_crf.outputs import OutputPlan, inputs_of
 def run(args: argparse.Namespace) -> None:
     plan = OutputPlan()
     plan.read(args.checkpoint)
-    json_path = plan.write(args.json, "json", suffix=".json")
-    confusion = plan.write(args.confusion, "confusion", suffix=".png")
+    json_path = plan.write(args.json, "json", suffix=".json", replace=args.overwrite)
+    confusion = plan.write(args.confusion, "confusion", suffix=".png", replace=args.overwrite)
     plan.check()  # before the checkpoint is read: what can be refused now is
     given = {
         "iterations": args.iterations,

@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> None:
         raise ArgumentError(lambda name: f"{name('top')} must be at least 1, got {args.top}")
     plan = OutputPlan()
     plan.read(args.checkpoint)
-    plan.write(args.json, "json", suffix=".json")
+    plan.write(args.json, "json", suffix=".json", replace=args.overwrite)
     plan.check()
     given = {"pairwise_mode": args.pairwise_mode, "pairwise_scale": args.pairwise_scale}
     ckpt = load_checkpoint(args.checkpoint)
