@@ -116,6 +116,63 @@ def test_whatever_fails_after_a_stop_is_reported_as_the_stop(monkeypatch, capsys
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # put back
 
 
+def test_a_stop_python_swallows_is_sent_again(monkeypatch, capsys):
+    """A signal that lands where an exception cannot propagate (a finalizer, an at-fork hook)
+    is swallowed by Python; the stop is delivered again in the main flow, reported once."""
+    import gc
+    import os
+    import signal
+    import time
+
+    import piecewise_crf.commands.export as export_command
+
+    class Finalizer:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGTERM)  # its Terminated is raised in here: swallowed
+
+    steps = []
+
+    def run(args):
+        Finalizer()
+        gc.collect()
+        for _ in range(200):  # 2 s; the stop is sent again after 0.05 s
+            steps.append(time.sleep(0.01))
+        raise AssertionError("the swallowed stop never came back")
+
+    monkeypatch.setattr(export_command, "run", run)
+    argv = ["export", "--checkpoint", "x.pt", "--out", "m.onnx", "--size", "64", "64"]
+    assert main(argv) == 128 + signal.SIGTERM
+    assert len(steps) < 100
+    err = capsys.readouterr().err
+    assert err.startswith("terminated (SIGTERM)") and err.count("\n") == 1, err  # no "ignored"
+
+
+def test_a_forked_child_without_handlers_of_its_own_ends_on_a_stop(monkeypatch):
+    """A child forked inside a command (a DataLoader worker before its set-up) dies of SIGTERM
+    as by default, instead of ignoring it and outliving a parent that waits for it."""
+    import os
+    import signal
+
+    import piecewise_crf.commands.export as export_command
+
+    status = []
+
+    def run(args):
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+            finally:
+                os._exit(0)  # reached only if the child survived the signal
+        status.append(os.waitpid(pid, 0)[1])
+        return 0
+
+    monkeypatch.setattr(export_command, "run", run)
+    argv = ["export", "--checkpoint", "x.pt", "--out", "m.onnx", "--size", "64", "64"]
+    assert main(argv) == 0
+    assert os.WIFSIGNALED(status[0]) and os.WTERMSIG(status[0]) == signal.SIGTERM
+
+
 def test_memory_running_out_is_one_line(monkeypatch, capsys):
     import piecewise_crf.commands.export as export_command
 

@@ -112,6 +112,7 @@ def test_bad_checkpoints_and_output_paths_are_refused(checkpoint, camvid_data, t
 
 def test_outputs_never_replace_the_data_or_each_other(camvid_run, camvid_data, tmp_path, capsys):
     argv = evaluate(camvid_run / "final.pt", "--data-root", str(camvid_data), "--split", "val")
+    argv.append("--overwrite")  # even so: the data are never replaced
     label = camvid_data / "valannot" / "0001TP_val000.png"
     fails([*argv, "--confusion", str(label)], capsys, "is an input of this command", camvid_data)
     link = tmp_path / "link.png"

@@ -8,6 +8,7 @@ parameter it refuses (`errors.ArgumentError`), and here it is spelt as this comm
 
 from __future__ import annotations
 
+import _thread
 import argparse
 import importlib
 import logging
@@ -19,7 +20,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from tqdm import tqdm
 
@@ -382,14 +383,39 @@ def _stops() -> Iterator[list[int]]:
         yield received
         return
 
-    def stop(signum: int, frame: object) -> NoReturn:
+    owner = os.getpid()
+    resends: list[threading.Timer] = []
+
+    def stop(signum: int, frame: object) -> None:
+        if os.getpid() != owner:
+            # A forked DataLoader worker that has not set up its own handlers yet: it ends
+            # as the signal's default would end it (ignoring SIGTERM, it outlived its parent).
+            signal.signal(signum, signal.SIG_DFL)
+            signal.raise_signal(signum)
         received.append(signum)
         raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
 
+    def lost(unraisable: Any) -> None:
+        # Python swallows an exception raised where it cannot propagate (measured: a SIGTERM
+        # landing in logging's at-fork hook as a DataLoader worker started; training went on
+        # for good). Such a stop is sent to the main thread again a moment later, once this
+        # hook has returned (raised in here, it is swallowed too); interrupt_main does nothing
+        # once the handlers are restored. Whatever else fails after a stop is not news.
+        if not received:
+            hook(unraisable)
+        elif isinstance(unraisable.exc_value, KeyboardInterrupt):
+            resends.append(threading.Timer(0.05, _thread.interrupt_main, (received[-1],)))
+            resends[-1].start()
+
+    hook = sys.unraisablehook
     previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    sys.unraisablehook = lost
     try:
         yield received
     finally:
+        for timer in resends:
+            timer.cancel()
+        sys.unraisablehook = hook
         for s, handler in previous.items():
             signal.signal(s, handler)
 
@@ -440,6 +466,10 @@ def _exit_status(err: BaseException, stops: list[int], spell: Callable[[str], st
     """Print the one line an exception ends the command with; its exit status. Anything else
     is a bug in piecewise-crf, and re-raised with its traceback."""
     if stops or isinstance(err, KeyboardInterrupt):
+        if hasattr(signal, "SIGCHLD") and threading.current_thread() is threading.main_thread():
+            # The process is ending: DataLoader workers the group's SIGTERM stopped are not
+            # news (torch's SIGCHLD handler would report each, as a traceback, on cleanup).
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         terminated = isinstance(err, Terminated) or signal.SIGTERM in stops
         why = "terminated (SIGTERM)" if terminated else "interrupted"
         print(
