@@ -11,6 +11,7 @@ A checkpoint file is a dict of tensors and plain Python values only, so
     epoch, step, history, best, train_seconds    the `RunState` of the run when it was saved
     metrics         {name: float}, the last validation
     calibration     optional: the record of `piecewise-crf calibrate` (what it fitted, on what)
+    dense_tuning    optional: the record of `piecewise-crf tune-dense-crf --write` (likewise)
     optimizer, scaler, rng    only in last.pt, to resume from (`Checkpoint.resume`)
 
 `Checkpoint` is that dict as a dataclass (`to_dict` / `from_dict`); `load_checkpoint`,
@@ -59,6 +60,7 @@ class Checkpoint:
     run: RunState = field(default_factory=RunState)
     metrics: dict[str, float] = field(default_factory=dict)  # the last validation's
     calibration: dict[str, Any] | None = None  # what `piecewise-crf calibrate` fitted, on what
+    dense_tuning: dict[str, Any] | None = None  # what `tune-dense-crf --write` chose, on what
     resume: dict[str, Any] | None = None  # optimizer, scaler and RNG states (last.pt only)
 
     def to_dict(self) -> dict[str, Any]:
@@ -72,8 +74,9 @@ class Checkpoint:
             "metrics": dict(self.metrics),
             **dataclasses.asdict(self.run),
         }
-        if self.calibration is not None:
-            out["calibration"] = self.calibration
+        for key in ("calibration", "dense_tuning"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
         if self.resume is not None:
             out.update({key: self.resume[key] for key in RESUME_KEYS})
         return out
@@ -110,6 +113,7 @@ class Checkpoint:
             run=RunState(**{key: values[key] for key in names if key in values}),
             metrics=dict(values.get("metrics", {})),
             calibration=values.get("calibration"),
+            dense_tuning=values.get("dense_tuning"),
             resume={key: values[key] for key in RESUME_KEYS} if has_resume else None,
         )
 

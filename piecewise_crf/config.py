@@ -44,7 +44,7 @@ __all__ = [  # the sections and their vocabulary are defined in settings.py
     "DENSE_GRID", "PAIRWISE_MODES", "STAGES", "CRFConfig", "Config", "DataConfig",
     "DenseCRFConfig", "ModelConfig", "TrainConfig", "apply_overrides", "config_from_dict",
     "config_to_dict", "config_yaml", "load_config", "parse_override", "prediction_settings", "read_config_values",
-    "replace_settings", "shipped_configs",
+    "replace_settings", "setting_overrides", "shipped_configs",
 ]  # fmt: skip
 
 
@@ -273,6 +273,29 @@ def prediction_settings(config: Config) -> dict[str, Any]:
     """The crf and dense-CRF settings of `config` by the key names `replace_settings` takes."""
     crf = dataclasses.asdict(config.crf)
     dense = {f"dense_{key}": value for key, value in dataclasses.asdict(config.dense_crf).items()}
+    return {**crf, **dense}
+
+
+def setting_overrides(overrides: typing.Iterable[str]) -> dict[str, Any]:
+    """`crf.key=value` and `dense_crf.key=value` overrides of a trained model's prediction
+    settings, by the key names `replace_settings` takes, converted to the fields' types; the
+    model, data and train sections are the checkpoint's, and refused."""
+    changed = Config()
+    given: dict[str, list[str]] = {"crf": [], "dense_crf": []}
+    for text in overrides:
+        change = parse_override(text)
+        section = next(iter(change))
+        if section not in given or not isinstance(change[section], dict):
+            raise ValueError(
+                f"{text!r}: only crf.* and dense_crf.* settings change after training; "
+                "model, data and train are the checkpoint's"
+            )
+        _apply(changed, change, "")
+        given[section].extend(change[section])
+    changed.crf.validate()  # the values' ranges now; what spans sections, with the checkpoint's
+    changed.dense_crf.validate()
+    crf = {key: getattr(changed.crf, key) for key in given["crf"]}
+    dense = {f"dense_{key}": getattr(changed.dense_crf, key) for key in given["dense_crf"]}
     return {**crf, **dense}
 
 

@@ -40,8 +40,8 @@ def open_dataset(
     transforms: Any = None,
 ) -> Dataset:
     """`split` of the config's dataset at `root` (default `data.root`), or of another dataset
-    `name` at `root`; a "folder" dataset gets its classes from the config, since its files do
-    not say them."""
+    `name` at `root`; a "folder" dataset gets its classes and void values from the config,
+    since its files do not say them (an unset `model.num_classes`: it counts its labels)."""
     data = config.data
     own = name is None or name == data.dataset
     name = data.dataset if name is None else name
@@ -51,6 +51,7 @@ def open_dataset(
         if own:
             extra.update(class_names=list(data.class_names) or None)
             extra.update(palette=list(data.palette) or None)
+            extra.update(ignore_values=data.ignore_values)
     root = data.root if own and root is None else root
     return build_dataset(name, root, split, transforms=transforms, **extra)
 

@@ -18,8 +18,10 @@ import io
 import json
 import time
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -66,12 +68,19 @@ class Exported:
 
 
 def export_onnx(
-    checkpoint: str | Path, out: str | Path, size: tuple[int, int], *, overwrite: bool = False
+    checkpoint: str | Path,
+    out: str | Path,
+    size: tuple[int, int],
+    *,
+    overwrite: bool = False,
+    settings: Mapping[str, Any] | None = None,
 ) -> Exported:
     """Write the checkpoint's crf stage for images of `size` (H, W) as an ONNX graph to `out`.
 
     Input "images" (B, 3, H, W) float32 RGB in [0, 1], output "marginals" (B, K, H, W); B is
-    dynamic. The file is written atomically; an existing `out` is replaced only with `overwrite`.
+    dynamic. `settings` replace the checkpoint's crf and dense-CRF settings by key name, as in
+    `Predictor.from_checkpoint`. The file is written atomically; an existing `out` is replaced
+    only with `overwrite`.
     """
     height, width = size
     if min(height, width) < MIN_SIZE:
@@ -91,7 +100,7 @@ def export_onnx(
     plan.write(out, "out", suffix=".onnx", replace=overwrite)  # never a file of another kind
     plan.check()
     ckpt = load_checkpoint(checkpoint)
-    predictor = Predictor.from_checkpoint(ckpt, device="cpu")
+    predictor = Predictor.from_checkpoint(ckpt, device="cpu", **(settings or {}))
     plan.folders()
 
     start = time.perf_counter()

@@ -353,6 +353,8 @@ def build_model(
     load_weights=False skips reading the pretrained backbone file (use it when a checkpoint will
     overwrite every weight) but keeps the input normalisation those weights imply.
     """
+    if config.num_classes is None:
+        raise ValueError("model.num_classes is not set: set it (training sets it from the dataset)")
     if load_weights:
         backbone = build_backbone(config.backbone, weights=config.backbone_weights)
     else:

@@ -87,7 +87,7 @@ def _list(key: str, value: Any, *, empty: bool = True) -> None:
 
 @dataclass
 class ModelConfig:
-    num_classes: int = 5
+    num_classes: int | None = None  # None: the training set's (a "folder" set counts its labels)
     backbone: str = "mobilenet_v2"  # "vgg16" (the paper's), "mobilenet_v2" (fast), "tiny" (tests)
     backbone_weights: str | None = None  # a torchvision state-dict file, "hed" (VGG-16) or None
     scales: tuple[float, ...] = (1.2, 0.8, 0.4)  # input scales; the grid is the largest one's map
@@ -108,7 +108,9 @@ class ModelConfig:
         from piecewise_crf.node_labels import NODE_LABEL_RULES
         from piecewise_crf.relations import RELATIONS
 
-        for key in ("num_classes", "block6_channels", "hidden"):
+        if self.num_classes is not None:
+            _int("model.num_classes", self.num_classes, 1)
+        for key in ("block6_channels", "hidden"):
             _int(f"model.{key}", getattr(self, key), 1)
         _choice("model.backbone", self.backbone, BACKBONES)
         weights = self.backbone_weights
@@ -212,6 +214,7 @@ class DataConfig:
     num_workers: int = 2
     class_names: tuple[str, ...] = ()  # "folder" datasets: a name per class (default class_0, ...)
     palette: tuple[tuple[int, int, int], ...] = ()  # "folder": an RGB colour per class
+    ignore_values: tuple[int, ...] = ()  # "folder": label values void like 255, e.g. [11]
 
     def validate(self) -> None:
         from piecewise_crf.data import DATASETS  # the readers pull in scipy and h5py: on use
@@ -253,6 +256,15 @@ class DataConfig:
             ok = isinstance(colour, list | tuple) and len(colour) == 3
             ok = ok and all(_is_int(c) and 0 <= c <= 255 for c in colour)
             _check(ok, "data.palette", "[r, g, b] triples of ints in 0..255", colour)
+        for value in self.ignore_values:
+            _check(_is_int(value) and 0 <= value <= 255, "data.ignore_values",
+                   "label values in 0..255", value)  # fmt: skip
+        for key in ("class_names", "palette", "ignore_values"):
+            if getattr(self, key) and self.dataset != "folder":
+                raise ValueError(
+                    f"data.{key} is read by the folder dataset only (its files do not say it); "
+                    f"data.dataset is {self.dataset!r}"
+                )
 
 
 @dataclass
@@ -329,8 +341,9 @@ class Config:
                 raise ValueError(
                     f"crf.ring_weights must be {need}, got {show(name)}" + did_you_mean(name, named)
                 )
-        k = self.model.num_classes
+        names = self.data.class_names
+        k = self.model.num_classes if self.model.num_classes is not None else len(names)
         for key in ("class_names", "palette"):
             given = getattr(self.data, key)
-            need = f"empty or one entry per class (model.num_classes = {k})"
-            _check(not given or len(given) == k, f"data.{key}", need, given)
+            need = f"empty or one entry per class ({k} classes)"
+            _check(not given or not k or len(given) == k, f"data.{key}", need, given)

@@ -30,7 +30,7 @@ SIZE = 192  # the synthetic images' side
 
 def tiny_config(epochs: int = 1) -> Config:
     """The demo config with 16-unit heads, 2 dense-CRF iterations and `epochs` epochs."""
-    config = load_config("demo")
+    config = load_config("demo", ["model.num_classes=5"])  # the synthetic set's
     config.model.block6_channels = 16
     config.model.hidden = 16
     config.data.crop_size = (SIZE, SIZE)

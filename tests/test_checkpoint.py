@@ -33,7 +33,9 @@ def test_a_checkpoint_round_trips_through_its_file(checkpoint, tmp_path):
 def test_a_file_written_before_the_checkpoint_dataclass_still_loads(tmp_path):
     """Format 1 as `train` wrote it before this module owned the format: a plain dict, keys
     written by hand, 'best' and 'train_seconds' optional."""
-    config = load_config("demo", ["model.block6_channels=8", "model.hidden=8"])
+    config = load_config(
+        "demo", ["model.num_classes=5", "model.block6_channels=8", "model.hidden=8"]
+    )
     model = build_model(config.model)
     old = {
         "format_version": 1,

@@ -1,6 +1,7 @@
 """`piecewise-crf evaluate`: the metrics of every stage, written as JSON and a confusion PNG, and
 one-line errors for bad data, checkpoints and output paths."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -9,6 +10,7 @@ import torch
 from cli_checks import fails
 from PIL import Image
 
+from piecewise_crf.checkpoint import update_checkpoint
 from piecewise_crf.commands.cli import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -57,11 +59,13 @@ def test_a_camvid_run_on_its_own_files(camvid_run, camvid_data, tmp_path, capsys
     # the checkpoint's dataset is the default; another class set is refused
     fails(evaluate(camvid_run / "final.pt", "--dataset", "synthetic", "--split", "val"), capsys,
           "predicts 11 classes")  # fmt: skip
-    fails(
-        evaluate(camvid_run / "final.pt", "--split", "val"),
-        capsys,
-        "pass --data-root or set data.root",
-    )
+    assert main(evaluate(camvid_run / "final.pt", "--split", "val")) == 0  # the run keeps its root
+    moved = tmp_path / "moved.pt"
+    update_checkpoint(camvid_run / "final.pt", lambda c: dataclasses.replace(
+        c, config=dataclasses.replace(c.config, data=dataclasses.replace(
+            c.config.data, root=str(tmp_path / "gone")))), out=moved)  # fmt: skip
+    fails(evaluate(moved, "--split", "val"), capsys,
+          f"CamVid root not found: {tmp_path / 'gone'}; pass --data-root with its folder")  # fmt: skip
 
 
 def test_bad_camvid_data_gives_one_line_errors(camvid_run, camvid_data, tmp_path, capsys):

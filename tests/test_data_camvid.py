@@ -10,6 +10,7 @@ from PIL import Image
 
 from piecewise_crf.data import CamVid, build_dataset
 from piecewise_crf.data.camvid import SPLITS
+from piecewise_crf.errors import ArgumentError
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid"
 
@@ -37,7 +38,7 @@ def test_absolute_segnet_paths_fall_back_to_root(tmp_path):
 
 
 def test_missing_root_and_list(tmp_path):
-    with pytest.raises(FileNotFoundError, match="CamVid root not found"):
+    with pytest.raises(ArgumentError, match="CamVid root not found: .*; pass root with its"):
         CamVid(tmp_path / "nope")
     with pytest.raises(FileNotFoundError, match="test.txt"):
         CamVid(make_camvid(tmp_path), "test")

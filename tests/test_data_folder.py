@@ -24,10 +24,30 @@ def test_split_folders_list_files_and_void_value(tmp_path):
     (tmp_path / "val.txt").write_text("img2\nimg0\n")
     assert FolderDataset(tmp_path, "val", num_classes=3).names == ["img2", "img0"]
     (tmp_path / "pairs.txt").write_text("images/img1.png labels/img1.png\n")
-    ds = FolderDataset(tmp_path, num_classes=3, list_file=tmp_path / "pairs.txt", void_value=2)
+    ds = FolderDataset(tmp_path, num_classes=3, list_file=tmp_path / "pairs.txt", ignore_values=[2])
     assert ds.names == ["img1"] and 2 not in ds.read_sample(0)[1]
     with pytest.raises(FileNotFoundError, match="no split 'test'.*data.train_split=all"):
         FolderDataset(tmp_path, "test", num_classes=3)  # the fix for a plain images/ + labels/
+
+
+def test_classes_counted_from_the_labels_unless_given(tmp_path):
+    root = make_folder(tmp_path, n=3)  # labels hold 0, 1, 2 and 255
+    assert FolderDataset(root).num_classes == 3
+    assert FolderDataset(root, class_names=list("abcd")).classes == tuple("abcd")
+    assert FolderDataset(root, num_classes=7).num_classes == 7
+    save(root / "labels" / "img1.png", np.array([[11, 4], [255, 11]], np.uint8))
+    save(root / "images" / "img1.png", rng_image(1, 2, 2))
+    assert FolderDataset(root).num_classes == 12  # 11 is a class until it is said to be void
+    void = FolderDataset(root, ignore_values=[11])
+    assert void.num_classes == 5  # the largest class value is now 4
+    assert void.read_sample(1)[1].tolist() == [[255, 4], [255, 255]]
+    for i in (0, 2):
+        save(root / "labels" / f"img{i}.png", np.full((10, 12), 11, np.uint8))
+    save(root / "labels" / "img1.png", np.full((2, 2), 255, np.uint8))
+    with pytest.raises(ValueError, match="hold no class values, only ignored ones.*num_classes"):
+        FolderDataset(root, ignore_values=[11])
+    with pytest.raises(ValueError, match="ignore_values must be label values in 0..255"):
+        FolderDataset(root, ignore_values=[256])
 
 
 def test_folder_argument_checks(tmp_path):

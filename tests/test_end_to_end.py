@@ -24,7 +24,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.mark.slow
 def test_crf_beats_unary_on_synthetic_context():
     torch.manual_seed(0)
-    config = load_config("demo")
+    config = load_config("demo", ["model.num_classes=5"])
     model = build_model(config.model)
     train = SyntheticContext(256, seed=0)
     val = SyntheticContext(32, seed=1)

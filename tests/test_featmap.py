@@ -37,6 +37,7 @@ def test_pooling_off_and_single_scale():
 @pytest.mark.parametrize("name", shipped_configs())
 def test_every_shipped_config_builds_and_runs_on_an_odd_size(name):
     config = load_config(name).model
+    config.num_classes = config.num_classes or 5  # unset: the dataset's
     config.backbone_weights = None  # architecture only: no weight files in this test
     model = build_model(config).eval()
     h, w = 71, 53
@@ -59,7 +60,7 @@ class Stride8(TinyBackbone):
 def test_the_grid_follows_the_backbones_stride():
     net = FeatMapNet(Stride8(), scales=(1.0,), block6_channels=8, pool_windows=())
     assert net(torch.rand(1, 3, 64, 96)).shape[-2:] == grid_size(64, 96, (1.0,), 8) == (8, 12)
-    config = load_config("demo").model
+    config = load_config("demo", ["model.num_classes=5"]).model
     model = build_model(config)
     model.featmap = net  # the upsampling maps each node back over its 8x8 pixels
     assert model.grid_size(64, 96) == (8, 12) and model._cell() == 8.0

@@ -99,6 +99,19 @@ def _limit(p: argparse.ArgumentParser, default: int | None = None) -> None:
     )
 
 
+def _settings(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        nargs="*",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help="prediction settings instead of the checkpoint's, e.g. crf.iterations=5 "
+        "dense_crf.bi_xy_std=60 (the line tune-dense-crf prints); may be repeated",
+    )
+
+
 def _variants(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--scales",
@@ -114,8 +127,12 @@ def _train(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--config", help="a YAML file or a shipped config: demo, cpu, paper, camvid, ..."
     )
+    p.add_argument("--dataset", help="dataset name (overrides data.dataset), e.g. folder")
     p.add_argument(
-        "--data-root", "--root", dest="root", help="dataset folder (overrides data.root)"
+        "--data-root",
+        "--root",
+        dest="root",
+        help="dataset folder (overrides data.root; the run keeps it)",
     )
     p.add_argument("--out", required=True, help="run folder: checkpoints, log.csv, curves.png")
     p.add_argument(
@@ -166,6 +183,7 @@ def _evaluate(p: argparse.ArgumentParser) -> None:
         help="pairwise modes of the --pairwise-scales sweep (default: both)",
     )
     p.add_argument("--no-dense", action="store_true", help="skip the dense-CRF stage")
+    _settings(p)
     _limit(p)
     _variants(p)
     _device(p)
@@ -212,6 +230,7 @@ def _predict(p: argparse.ArgumentParser) -> None:
         f"CRFs; labels and overlays are still written at the original size (default: {MAX_SIZE};"
         " 0: never downscale)",
     )
+    _settings(p)
     _variants(p)
     _device(p)
     _quiet(p)
@@ -267,6 +286,11 @@ def _tune(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pairwise-scale", type=NUMBER, help="default: the checkpoint's")
     p.add_argument("--json", help="write every result here (a .json file)")
     _overwrite(p, "an existing --json file")
+    p.add_argument(
+        "--write",
+        action="store_true",
+        help="store the best setting in --checkpoint (in place), as calibrate does",
+    )
     p.add_argument("--top", type=COUNT, default=10, help="rows of the printed table")
     _device(p)
     _quiet(p)
@@ -298,6 +322,7 @@ def _export(p: argparse.ArgumentParser) -> None:
         "size is free)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    _settings(p)
 
 
 # name: (help, arguments, module of `run`)

@@ -8,6 +8,7 @@ potentials' contribution.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import statistics
 import time
@@ -50,7 +51,8 @@ def fit_epochs(config: Config, minutes: float) -> int:
     dense CRF), from timing a few training steps and one prediction on this machine."""
     data = training_set(config)
     tc = config.train
-    model = build_model(config.model, load_weights=False)
+    classes = dataclasses.replace(config.model, num_classes=len(data.classes))
+    model = build_model(classes, load_weights=False)
     freeze_layers(model, tc.freeze_layers)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # timing only: weights stay put
     times = []

@@ -7,7 +7,7 @@ import argparse
 from tqdm import tqdm
 
 from piecewise_crf.checkpoint import load_checkpoint
-from piecewise_crf.config import replace_settings
+from piecewise_crf.config import replace_settings, setting_overrides
 from piecewise_crf.evaluation import (
     describe,
     format_table,
@@ -37,7 +37,8 @@ def run(args: argparse.Namespace) -> None:
         "box_fraction": args.box_fraction,
         "dense_enabled": False if args.no_dense else None,
     }
-    overrides = {key: value for key, value in given.items() if value is not None}
+    overrides = setting_overrides(args.overrides)  # the flags above win over --set
+    overrides.update({key: value for key, value in given.items() if value is not None})
     ckpt = load_checkpoint(args.checkpoint)
     crf = replace_settings(ckpt.config, overrides).crf
     modes = args.sweep_modes if args.pairwise_scales else ()

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 
+from piecewise_crf.config import setting_overrides
 from piecewise_crf.export import export_onnx
 
 
 def run(args: argparse.Namespace) -> None:
-    print(
-        export_onnx(args.checkpoint, args.out, tuple(args.size), overwrite=args.overwrite).summary()
+    settings = setting_overrides(args.overrides)
+    exported = export_onnx(
+        args.checkpoint, args.out, tuple(args.size), overwrite=args.overwrite, settings=settings
     )
+    print(exported.summary())

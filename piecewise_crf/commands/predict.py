@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from piecewise_crf.config import setting_overrides
 from piecewise_crf.data.io import IMAGE_SUFFIXES, open_rgb
 from piecewise_crf.files import atomic_write, ensure_writable
 from piecewise_crf.inference import Predictor
@@ -168,6 +169,7 @@ def predict_files(args: argparse.Namespace) -> list[Path]:
     at the processed size. Unreadable images are skipped; SkippedImagesError (a ValueError)
     follows the others' predictions.
     """
+    settings = setting_overrides(args.overrides)
     max_size = args.max_size
     if max_size < 0 or 0 < max_size < MIN_MAX_SIZE:
         raise ValueError(
@@ -183,7 +185,11 @@ def predict_files(args: argparse.Namespace) -> list[Path]:
             plan.write(path, "out", suffix=path.suffix.lower(), replace=args.overwrite)
     plan.check()
     predictor = Predictor.from_checkpoint(
-        args.checkpoint, device=args.device, scales=args.scales, flip=args.flip
+        args.checkpoint,
+        device=args.device,
+        scales=args.scales,
+        flip=args.flip,
+        **settings,
     )
     ensure_writable(out)
     with locked(out, "out"):  # a second predict into --out is refused, not mixed in

@@ -21,10 +21,11 @@ def run(args: argparse.Namespace) -> None:
                 f"or {name('resume')} to continue the run in {name('out')}"
             )
         )
+    overrides = [*([f"data.dataset={args.dataset}"] if args.dataset else []), *args.overrides]
     if args.config is None:
-        config = resume_config(args.out, args.overrides)
+        config = resume_config(args.out, overrides)
     else:
-        config = load_config(args.config, args.overrides)
+        config = load_config(args.config, overrides)
     bar = ProgressBar(enabled=not args.quiet)
     try:
         history = train(

@@ -2,7 +2,9 @@
 
 The CRF marginals use the checkpoint's crf settings, or --pairwise-mode / --pairwise-scale when
 given (tune the dense CRF on the CRF you will use). Prints the ranking and the best setting as a
-`--set` line and as YAML; --json keeps every result.
+`--set` line and as YAML; --json keeps every result; --write stores the best setting (and the
+CRF it was tuned on) in the checkpoint, with a record under "dense_tuning" that keeps the
+settings of before the first --write.
 """
 
 from __future__ import annotations
@@ -12,8 +14,8 @@ import dataclasses
 
 from tqdm import tqdm
 
-from piecewise_crf.checkpoint import load_checkpoint
-from piecewise_crf.config import DenseCRFConfig
+from piecewise_crf.checkpoint import Checkpoint, load_checkpoint, update_checkpoint
+from piecewise_crf.config import CRFConfig, DenseCRFConfig, config_to_dict
 from piecewise_crf.errors import ArgumentError
 from piecewise_crf.evaluation import describe, mean_classes, open_split, subset_indices
 from piecewise_crf.files import write_json
@@ -34,7 +36,10 @@ def run(args: argparse.Namespace) -> None:
     if args.top < 1:
         raise ArgumentError(lambda name: f"{name('top')} must be at least 1, got {args.top}")
     plan = OutputPlan()
-    plan.read(args.checkpoint)
+    if args.write:  # in place, atomically, as calibrate does
+        plan.write(args.checkpoint, "checkpoint", suffix=".pt")
+    else:
+        plan.read(args.checkpoint)
     plan.write(args.json, "json", suffix=".json", replace=args.overwrite)
     plan.check()
     given = {"pairwise_mode": args.pairwise_mode, "pairwise_scale": args.pairwise_scale}
@@ -79,6 +84,33 @@ def run(args: argparse.Namespace) -> None:
         }
         write_json(result, args.json)
         print(f"all {len(rows)} results written to {args.json}")
+    if args.write:
+        record = {
+            "dataset": name,
+            "split": args.split,
+            "indices": indices,
+            "settings_tried": len(grid),
+            "baseline": base,
+            "best": rows[0],
+        }
+        helps = (rows[0]["mean_iou"] or 0) > (base["mean_iou"] or 0)
+        if not helps:
+            print("note: no setting beats the crf stage without a dense CRF here: stored disabled")
+        chosen = dataclasses.replace(best, enabled=helps)
+        update_checkpoint(args.checkpoint, lambda c: tuned(c, predictor.crf, chosen, record))
+        print(f"wrote {args.checkpoint}: this dense CRF after this crf setting (the previous "
+              "ones under 'dense_tuning')")  # fmt: skip
+
+
+def tuned(ckpt: Checkpoint, crf: CRFConfig, dense: DenseCRFConfig, record: dict) -> Checkpoint:
+    """`ckpt` predicting with `dense` after `crf`, and the record, which keeps the settings of
+    before the first --write (a second one does not lose them)."""
+    saved = config_to_dict(ckpt.config)
+    previous = (ckpt.dense_tuning or {}).get(
+        "previous", {k: saved[k] for k in ("crf", "dense_crf")}
+    )
+    config = dataclasses.replace(ckpt.config, crf=crf, dense_crf=dense)
+    return dataclasses.replace(ckpt, config=config, dense_tuning={**record, "previous": previous})
 
 
 def set_line(dense: DenseCRFConfig) -> str:

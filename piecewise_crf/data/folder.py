@@ -5,13 +5,16 @@ Samples come from, in order:
   name, looked up as <image_dir>/<name>.* and <label_dir>/<name>.*;
 - `root/<split>/<image_dir>/` + `root/<split>/<label_dir>/`;
 - with split "all" (or None): `root/<image_dir>/` + `root/<label_dir>/`.
-Labels are single-channel or palette PNGs holding 0..num_classes-1, with 255 (or `void_value`)
-ignored.
+Labels are single-channel or palette PNGs holding 0..K-1, with 255 and any `ignore_values`
+(e.g. CamVid-style void 11) ignored. K is `num_classes`, else the number of `class_names`, else
+one more than the largest class value the labels hold (every label is read once for it).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +34,8 @@ from piecewise_crf.data.io import (
     require,
 )
 
+log = logging.getLogger(__name__)
+
 
 def files_by_stem(folder: Path) -> dict[str, Path]:
     require(folder, "folder")
@@ -38,28 +43,41 @@ def files_by_stem(folder: Path) -> dict[str, Path]:
 
 
 class FolderDataset(FilePairDataset):
-    """Images and labels of the user's own data; `num_classes` (and optionally class names and a
-    (K, 3) uint8 palette) given by the user."""
+    """Images and labels of the user's own data; the classes as the module says, optionally
+    named, with a (K, 3) uint8 palette."""
 
     def __init__(
         self,
         root: str | Path | None,
         split: str | None = "all",
         *,
-        num_classes: int,
+        num_classes: int | None = None,
         class_names: Sequence[str] | None = None,
         palette: np.ndarray | None = None,
         transforms: JointTransform | None = None,
         list_file: str | Path | None = None,
         image_dir: str = "images",
         label_dir: str = "labels",
-        void_value: int | None = None,
+        ignore_values: Sequence[int] = (),
     ) -> None:
+        if any(not 0 <= v <= 255 for v in ignore_values):
+            raise ValueError(f"ignore_values must be label values in 0..255, got {ignore_values}")
+        self.ignore_values = tuple(ignore_values)
+        super().__init__(
+            root,
+            split or "all",
+            transforms=transforms,
+            list_file=list_file,
+            image_dir=image_dir,
+            label_dir=label_dir,
+        )
+        if num_classes is None:
+            num_classes = len(class_names) if class_names else self._count_classes()
         if not 1 <= num_classes <= 255:
             raise ValueError(
                 f"num_classes must be in 1..255 (255 is the ignore value), got {num_classes}"
             )
-        if class_names is not None and len(class_names) != num_classes:
+        if class_names and len(class_names) != num_classes:
             raise ValueError(f"{len(class_names)} class names given for {num_classes} classes")
         self.classes = tuple(class_names or (f"class_{i}" for i in range(num_classes)))
         self.palette = (
@@ -69,15 +87,30 @@ class FolderDataset(FilePairDataset):
             raise ValueError(
                 f"palette must have shape ({num_classes}, 3), got {self.palette.shape}"
             )
-        self.void_value = void_value
-        super().__init__(
-            root,
-            split or "all",
-            transforms=transforms,
-            list_file=list_file,
-            image_dir=image_dir,
-            label_dir=label_dir,
-        )
+
+    def _count_classes(self) -> int:
+        """One more than the largest class value in the labels (255 and ignore_values aside)."""
+
+        def values(path: Path) -> list[int]:
+            return np.unique(self.decode_label(path)).tolist()
+
+        with ThreadPoolExecutor(max_workers=2) as pool:  # PIL decodes without the GIL
+            found = set().union(*pool.map(values, self.label_paths))
+        found.discard(IGNORE_INDEX)
+        if not found:
+            raise ValueError(
+                f"the labels in {self.label_paths[0].parent} hold no class values, only ignored "
+                f"ones (255{''.join(f', {v}' for v in self.ignore_values)}); set model.num_classes"
+            )
+        top = max(found)
+        missing = sorted(set(range(top)) - found)
+        if missing:
+            log.warning(
+                f"the labels hold class values up to {top} but never {missing[:5]}"
+                f"{' ...' if len(missing) > 5 else ''}: {top + 1} classes, of which "
+                f"{len(missing)} are empty; if {top} marks void, set data.ignore_values=[{top}]"
+            )
+        return top + 1
 
     def find_samples(
         self,
@@ -139,6 +172,6 @@ class FolderDataset(FilePairDataset):
 
     def decode_label(self, path: Path) -> np.ndarray:
         label = read_label_png(path)
-        if self.void_value is not None:
-            label = np.where(label == self.void_value, IGNORE_INDEX, label)
+        if self.ignore_values:
+            label = np.where(np.isin(label, self.ignore_values), IGNORE_INDEX, label)
         return label

@@ -25,14 +25,21 @@ def require(path: Path, what: str, hint: str = "") -> Path:
 
 
 def dataset_root(root: str | Path | None, what: str, hint: str = "") -> Path:
-    """The folder of a dataset read from files, which every such reader checks first: a
-    ValueError when none is given, FileNotFoundError ("<what> root not found", `hint`) when it
-    does not exist."""
+    """The folder of a dataset read from files, which every such reader checks first: an
+    ArgumentError (a ValueError) naming the `root` parameter when none is given or when it does
+    not exist ("<what> root not found", then `hint` on where to get the data)."""
     if root is None:
         raise ArgumentError(
             lambda name: f"{what} needs its folder: pass {name('root')} or set data.root"
         )
-    return require(Path(root), f"{what} root", hint)
+    if not Path(root).exists():  # a run's saved root, say, after the data moved
+        raise ArgumentError(
+            lambda name: (
+                f"{what} root not found: {root}; pass {name('root')} with its folder"
+                + (f". {hint}" if hint else "")
+            )
+        )
+    return Path(root)
 
 
 def read_lines(path: Path) -> list[str]:

@@ -130,9 +130,10 @@ def train(
 ) -> TrainResult:
     """Train `config` into the run folder `out`; returns the model and the per-epoch history.
 
-    The data come from `config.data` (at `root`, default `data.root`), or `train_set` /
-    `val_set` (any Dataset of (image, label) with `classes` and `palette`); every sample is read
-    once before the first step. `inputs` are files the run must never write, besides its data
+    The data come from `config.data` (at `root`, default `data.root`; the run's config keeps
+    it as an absolute path), or `train_set` / `val_set` (any Dataset of (image, label) with
+    `classes` and `palette`); every sample is read once before the first step. An unset
+    `model.num_classes` is the training set's. `inputs` are files the run must never write, besides its data
     and backbone weights (the config file it was given: when that is RUN/config.yaml, it stays
     as it is). With `overwrite` the old run is replaced once the new one has a checkpoint, and
     put back if it fails first. `on_step` is called after every step (a progress bar). Under
@@ -142,6 +143,9 @@ def train(
     device = resolve_device(config.train.device, int(os.environ.get("LOCAL_RANK", 0)))
     if device.type == "cuda":
         torch.cuda.set_device(device)
+    root = root if root is not None else config.data.root
+    if root is not None:  # evaluate and calibrate find the data of a run again, from anywhere
+        config = _with(config, "data", root=os.path.abspath(root))
     with process_group(rank, device):
         out = Path(out)
         if rank.main:
@@ -153,7 +157,9 @@ def train(
                 "train.epochs or train.minutes to continue)"
             )
             return TrainResult(ckpt.build_model(), ckpt.run.history)
-        train_set, val_set = _datasets(config, root, train_set=train_set, val_set=val_set)
+        if ckpt is not None and config.model.num_classes is None:
+            config = _with(config, "model", num_classes=ckpt.config.model.num_classes)
+        config, train_set, val_set = _datasets(config, train_set=train_set, val_set=val_set)
         weights = config.model.backbone_weights
         read = [*inputs, *inputs_of(train_set), *(inputs_of(val_set) if val_set else ())]
         read += [weights] if weights not in (None, "hed") else []
@@ -214,9 +220,10 @@ def _resume_checkpoint(config: Config, out: Path) -> Checkpoint | None:
     if not path.exists():
         return None
     ckpt = load_checkpoint(path)
-    differences = config_differences(
-        config_to_dict(config)["model"], config_to_dict(ckpt.config)["model"]
-    )
+    mine, saved = config_to_dict(config)["model"], config_to_dict(ckpt.config)["model"]
+    if mine["num_classes"] is None:  # the dataset's: the run has it
+        mine["num_classes"] = saved["num_classes"]
+    differences = config_differences(mine, saved)
     if differences:
         raise ValueError(
             f"cannot resume {path}: its model differs from the config "
@@ -225,28 +232,35 @@ def _resume_checkpoint(config: Config, out: Path) -> Checkpoint | None:
     return ckpt
 
 
+def _with(config: Config, section: str, **values: Any) -> Config:
+    """`config` with fields of one section replaced."""
+    changed = dataclasses.replace(getattr(config, section), **values)
+    return dataclasses.replace(config, **{section: changed})
+
+
 def _datasets(
-    config: Config,
-    root: str | Path | None,
-    *,
-    train_set: Dataset | None,
-    val_set: Dataset | None,
-) -> tuple[Dataset, Dataset | None]:
+    config: Config, *, train_set: Dataset | None, val_set: Dataset | None
+) -> tuple[Config, Dataset, Dataset | None]:
     """The given sets, else the config's training split (augmented) and validation split (none
-    when `data.val_split` is empty); their classes must match `model.num_classes`."""
+    when `data.val_split` is empty), and the config with `model.num_classes` the training
+    set's when unset; every set's classes must match it."""
     if train_set is None:
-        train_set = training_set(config, root)
+        train_set = training_set(config)
+    k = len(train_set.classes)
+    if config.model.num_classes is None:
+        config = _with(config, "model", num_classes=k)
     if val_set is None and config.data.val_split:
-        val_set = open_dataset(config, config.data.val_split, root=root)
-    if len(train_set.classes) != config.model.num_classes:
-        raise ValueError(
-            f"the dataset has {len(train_set.classes)} classes but model.num_classes is "
-            f"{config.model.num_classes}; set model.num_classes={len(train_set.classes)}"
-        )
+        val_set = open_dataset(config, config.data.val_split)
+    for data in (train_set, val_set):
+        if data is not None and len(data.classes) != config.model.num_classes:
+            raise ValueError(
+                f"the dataset has {len(data.classes)} classes but model.num_classes is "
+                f"{config.model.num_classes}; set model.num_classes={len(data.classes)}"
+            )
     for data in (train_set, val_set):
         if isinstance(data, SegmentationDataset):
             data.check(threads=torch.get_num_threads())
-    return train_set, val_set
+    return config, train_set, val_set
 
 
 def _context(
