@@ -25,6 +25,12 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
             )
         if device.index is None:
             device = torch.device("cuda", local_rank)
+        count = torch.cuda.device_count()
+        if device.index >= count:
+            raise ValueError(
+                f"device {name!r} asked for, but {count} GPU(s) are visible "
+                f"(cuda:0..cuda:{count - 1}); use one of them or auto"
+            )
     return device
 
 

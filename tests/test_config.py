@@ -2,6 +2,7 @@ import math
 import re
 
 import pytest
+import torch
 
 from piecewise_crf.config import (
     Config,
@@ -299,3 +300,15 @@ def test_resolve_device_rejects_a_bad_name():
     with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         resolve_device("gpu")
     assert resolve_device("cpu").type == "cpu"
+
+
+def test_resolve_device_rejects_a_gpu_that_is_not_there(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("cuda") == torch.device("cuda", 0)
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)
+    message = "device 'cuda:2' asked for, but 2 GPU(s) are visible (cuda:0..cuda:1); use one"
+    with pytest.raises(ValueError, match=f"^{re.escape(message)} of them or auto$"):
+        resolve_device("cuda:2")
+    with pytest.raises(ValueError, match="^device 'cuda' asked for, but 2 GPU"):
+        resolve_device("cuda", local_rank=2)

@@ -104,8 +104,8 @@ def test_a_list_of_uint8_arrays_of_any_sizes(tuned):
         )
     with pytest.raises(ValueError, match=r"image 0: expected an \(H, W, 3\) uint8"):
         predictor([arrays[0].astype(np.float32)])
-    with pytest.raises(ValueError, match=r"float batch \(B, 3, H, W\)"):
-        predictor(torch.zeros(3, 32, 32))
+    with pytest.raises(ValueError, match=r"channels go first: pass \.permute\(0, 3, 1, 2\)"):
+        predictor(torch.zeros(1, 32, 32, 3))
     with pytest.raises(ValueError, match="unknown stage 'dense'; did you mean 'crf\\+dense'"):
         predictor([arrays[0]], stages=("dense",))
 

@@ -210,7 +210,7 @@ def _predict_jobs(jobs: Sequence[Job], predictor: Predictor, args: argparse.Name
             continue
         small = shrink(picture, max_size)
         downscaled += small is not picture
-        probs = predictor([np.asarray(small)], stages=(args.stage,))[args.stage][0]
+        probs = predictor(np.asarray(small), stages=args.stage)[args.stage]
         write_prediction(job, picture, probs, predictor.palette)
         written.append(job.label)
     if downscaled:

@@ -136,6 +136,11 @@ def open_rgb(path: Path) -> Image.Image:
     return to_rgb(decode(path, "image"), path)
 
 
+def viewed_rgb(image: Image.Image, source: object = "image") -> Image.Image:
+    """An opened image as `open_rgb` reads its file: turned as its EXIF orientation says, `to_rgb`."""
+    return to_rgb(ImageOps.exif_transpose(image), source)
+
+
 def read_label_png(path: Path) -> np.ndarray:
     """Class indices of a label image, (H, W): palette ("P") images are read as indices, not
     colours; 16-bit and integer images as their values; colours and alpha are refused."""
