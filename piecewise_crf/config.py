@@ -16,6 +16,7 @@ validated once, so a bad value fails at load with one line naming the key.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import re
 import types
 import typing
@@ -44,7 +45,8 @@ __all__ = [  # the sections and their vocabulary are defined in settings.py
     "DENSE_GRID", "PAIRWISE_MODES", "STAGES", "CRFConfig", "Config", "DataConfig",
     "DenseCRFConfig", "ModelConfig", "TrainConfig", "apply_overrides", "config_from_dict",
     "config_to_dict", "config_yaml", "load_config", "parse_override", "prediction_settings", "read_config_values",
-    "replace_settings", "setting_overrides", "shipped_configs",
+    "config_summary", "replace_settings", "setting_overrides", "shipped_config_text",
+    "shipped_configs",
 ]  # fmt: skip
 
 
@@ -184,6 +186,24 @@ def shipped_configs() -> list[str]:
     return sorted(
         p.name.removesuffix(".yaml") for p in SHIPPED.iterdir() if p.name.endswith(".yaml")
     )
+
+
+def shipped_config_text(name: str) -> str:
+    """The YAML of a shipped config as shipped, comments included (a copy to edit keeps its
+    `base:`, which names a shipped config)."""
+    path, _ = _locate(name, SHIPPED)
+    return path.read_text()
+
+
+def config_summary(name: str) -> str:
+    """The first sentence of a shipped config's opening comment: what it is for."""
+    lines = shipped_config_text(name).splitlines()
+    words = " ".join(line.lstrip("# ").strip() for line in itertools.takewhile(_comment, lines))
+    return re.split(r"(?<=\.)\s", words, maxsplit=1)[0]
+
+
+def _comment(line: str) -> bool:
+    return line.startswith("#") and not line.lstrip("# ").startswith("piecewise-crf ")
 
 
 def _read_file(path: Path | Any, name: str) -> dict[str, Any]:

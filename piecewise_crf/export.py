@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from piecewise_crf import __version__
 from piecewise_crf.checkpoint import load_checkpoint
 from piecewise_crf.errors import ArgumentError
 from piecewise_crf.files import atomic_write
@@ -32,8 +33,9 @@ from piecewise_crf.inference import CRFStage, Predictor
 from piecewise_crf.outputs import OutputPlan
 
 OPSET = 17
+GRAPH_VERSION = 1  # the graph's interface (inputs, outputs, metadata keys): ONNX model_version
 MIN_SIZE = 32  # 2x2 CRF nodes at the network's stride of 16
-INSTALL = "pip install onnx onnxruntime (or the extra: pip install 'piecewise-crf[export]')"
+INSTALL = "pip install onnx onnxruntime"
 
 
 @dataclass(frozen=True)
@@ -127,6 +129,8 @@ def export_onnx(
         "dense_crf": dense,  # keyword arguments of densecrf.dense_crf
     }
     onnx.helper.set_model_props(model, {k: json.dumps(v) for k, v in metadata.items()})
+    model.producer_name, model.producer_version = "piecewise-crf", __version__
+    model.model_version = GRAPH_VERSION
     data = model.SerializeToString()
     atomic_write(out, lambda f: f.write(data))
     return Exported(

@@ -12,6 +12,7 @@ import pytest
 import torch
 from cli_checks import fails
 
+from piecewise_crf import __version__
 from piecewise_crf.commands.cli import main
 from piecewise_crf.config import CRFConfig
 from piecewise_crf.data.synthetic import SyntheticContext
@@ -47,6 +48,8 @@ def test_graph_computes_the_crf_stage_for_any_batch(tuned, tmp_path, capsys):
 
     model = onnx.load(out)
     assert model.opset_import[0].version >= 17
+    assert (model.producer_name, model.producer_version) == ("piecewise-crf", __version__)
+    assert model.model_version == 1  # the graph's interface
     meta = {p.key: p.value for p in model.metadata_props}
     predictor = Predictor.from_checkpoint(tuned, device="cpu")
     assert json.loads(meta["classes"]) == predictor.classes

@@ -19,11 +19,11 @@ import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any, NoReturn
 
 from tqdm import tqdm
 
+from piecewise_crf import __version__
 from piecewise_crf.config import DENSE_GRID, PAIRWISE_MODES, STAGES
 from piecewise_crf.errors import ArgumentError
 
@@ -325,6 +325,12 @@ def _export(p: argparse.ArgumentParser) -> None:
     _settings(p)
 
 
+def _configs(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", nargs="?", help="a shipped config to print (default: list them)")
+    p.add_argument("--out", help="write it to this .yaml file instead, to edit")
+    _overwrite(p, "an existing --out file")
+
+
 # name: (help, arguments, module of `run`)
 COMMANDS = {
     "train": ("train a model (piecewise) into a run folder", _train, "train"),
@@ -342,6 +348,7 @@ COMMANDS = {
     ),
     "demo": ("train on generated data and write an HTML report", _demo, "demo"),
     "export": ("write the crf stage (network + mean-field) as an ONNX graph", _export, "export"),
+    "configs": ("list the shipped configs, or write one out to edit", _configs, "configs"),
 }
 
 
@@ -350,7 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="piecewise-crf",
         description="Deep structured models for semantic segmentation (Lin et al., CVPR 2016).",
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument(
         "--import",
         dest="imports",
@@ -384,13 +391,6 @@ def import_extensions(modules: Sequence[str]) -> None:
                 f"--import {name}: no module {name!r} in {os.getcwd()} or on the Python path; "
                 f"run from the folder holding {name.replace('.', '/')}.py or install it"
             ) from None
-
-
-def _version() -> str:
-    try:
-        return version("piecewise-crf")
-    except PackageNotFoundError:  # run from a source tree that was never installed
-        return "(not installed)"
 
 
 class Terminated(KeyboardInterrupt):

@@ -1,0 +1,65 @@
+"""What `pip install` gives a user without a checkout: the shipped configs (listed, written out
+to edit), the split lists, the licence, and one version."""
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import tomllib
+from cli_checks import fails
+
+from piecewise_crf import __version__
+from piecewise_crf.commands.cli import main
+from piecewise_crf.config import load_config, shipped_configs
+
+ROOT = Path(__file__).parents[1]
+
+
+def test_configs_lists_every_shipped_config_with_what_it_is_for(capsys):
+    assert main(["configs"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    listed = [line.split()[0] for line in lines[:-1]]
+    assert listed == shipped_configs() and {"demo", "cpu", "paper", "camvid"} <= set(listed)
+    assert all(len(line.split(maxsplit=1)) == 2 for line in lines[:-1])  # each says something
+    assert "piecewise-crf configs NAME --out FILE.yaml" in lines[-1]
+
+
+def test_a_config_written_out_is_the_shipped_one_and_loads_the_same(tmp_path, capsys):
+    for name in shipped_configs():
+        out = tmp_path / f"my_{name}.yaml"
+        assert main(["configs", name, "--out", str(out)]) == 0
+        assert out.read_text().startswith("#")  # the comments come along, to edit
+        assert load_config(out) == load_config(name)  # a `base:` still finds the shipped one
+    assert main(["configs", "demo"]) == 0
+    assert capsys.readouterr().out.endswith((tmp_path / "my_demo.yaml").read_text())
+    out = tmp_path / "my_demo.yaml"
+    out.write_text("# mine, edited\n")
+    fails(["configs", "demo", "--out", str(out)], capsys, "exists; pass --overwrite", tmp_path)
+    fails(["configs", "dmeo"], capsys, "did you mean 'demo'?")
+    assert main(["configs", "demo", "--out", str(out), "--overwrite"]) == 0
+    assert out.read_text() != "# mine, edited\n"
+
+
+def test_the_version_has_one_source():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert "version" not in project and project["dynamic"] == ["version"]
+    run = subprocess.run([sys.executable, "-m", "piecewise_crf", "--version"],
+                         capture_output=True, text=True, cwd=ROOT)  # fmt: skip
+    assert run.stdout.strip() == f"piecewise-crf {__version__}"
+
+
+@pytest.mark.slow
+def test_the_wheel_holds_the_configs_the_splits_and_the_licence(tmp_path):
+    build = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+             "-w", str(tmp_path), str(ROOT)]  # fmt: skip
+    subprocess.run(build, check=True, capture_output=True, cwd=tmp_path)
+    (wheel,) = tmp_path.glob("piecewise_crf-*.whl")
+    assert wheel.name.startswith(f"piecewise_crf-{__version__}-")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for name in shipped_configs():
+        assert f"piecewise_crf/configs/{name}.yaml" in names
+    assert any(n.startswith("piecewise_crf/data/splits/") and n.endswith(".txt") for n in names)
+    assert any(n.endswith(".dist-info/licenses/LICENSE") or n.endswith("/LICENSE") for n in names)
+    assert not any(n.startswith(("tests/", "benchmarks/", "experiments/")) for n in names)
