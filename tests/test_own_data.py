@@ -66,3 +66,29 @@ def test_the_folder_settings_are_refused_for_other_datasets(tmp_path, capsys):
     assert main([*argv, "data.ignore_values=[300]", "data.dataset=folder"]) == 2
     assert "data.ignore_values must be label values in 0..255" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_the_worked_example_of_the_datasets_page_runs_as_written(tmp_path, monkeypatch, capsys):
+    import re
+    import shlex
+
+    page = (Path(__file__).parents[1] / "docs" / "datasets.md").read_text()
+    section = page[page.index("## Your own data, worked through") :]
+    (yaml_text,) = re.findall(r"```yaml\n(.*?)```", section.split("\n## ")[0], flags=re.S)
+    (commands,) = re.findall(r"```bash\n(.*?)```", section.split("\n## ")[0], flags=re.S)
+    monkeypatch.chdir(tmp_path)
+    for split, names in (("train", "ab"), ("val", "c")):
+        for i, name in enumerate(names):
+            save(tmp_path / "street" / split / "images" / f"{name}.jpg", rng_image(i, 40, 48))
+            save(tmp_path / "street" / split / "labels" / f"{name}.png",
+                 blocks(40, 48, [0, 1, 2, 11], i))  # fmt: skip
+    (tmp_path / "street.yaml").write_text(
+        yaml_text.replace("backbone_weights: mobilenet_v2.pth", "backbone_weights: null")
+    )  # the weights file is the user's to make (README); the rest runs as written
+    train, evaluate, predict = (shlex.split(line)[1:] for line in commands.splitlines())
+    assert main([*train, "--quiet", "--set", *SMALL]) == 0
+    assert main([*evaluate, "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "folder val: 1 of 1 images" in out and "road" in out and "sky" in out
+    assert main([*predict, "--quiet"]) == 0
+    assert (tmp_path / "street_labelled" / "c.png").is_file()

@@ -84,7 +84,8 @@ def test_the_yaml_example_loads(tmp_path):
     (tmp_path / "mine.yaml").write_text(blocks("yaml")[0])
     config = load_config(tmp_path / "mine.yaml")
     assert config.model.scales == load_config("cpu").model.scales
-    assert (config.model.num_classes, config.data.dataset, config.train.epochs) == (3, "folder", 30)
+    assert config.data.class_names == ("road", "car", "sky") and config.model.num_classes is None
+    assert (config.data.dataset, config.train.epochs) == ("folder", 30)
 
 
 def test_the_command_table_names_real_commands_and_flags():
@@ -96,3 +97,36 @@ def test_the_command_table_names_real_commands_and_flags():
         flags = {f for a in sub.choices[name]._actions for f in a.option_strings}
         for flag in re.findall(r"--[a-z-]+", usage + text):
             assert flag in flags, f"{name} has no {flag}"
+
+
+def test_the_weights_command_makes_a_file_the_loader_takes_as_it_is(tmp_path, monkeypatch):
+    """The README's torchvision line, run against a stand-in torchvision (no internet here)
+    whose mobilenet_v2 has torchvision's layout: our MobileNetV2 plus its 1000-way classifier."""
+    import sys
+    import types
+
+    import torch
+    from torch import nn
+
+    from piecewise_crf.backbones import build_backbone
+    from piecewise_crf.backbones.mobilenet import MobileNetV2
+
+    line = next(x for b in blocks("bash") for x in b.splitlines() if x.startswith("python -c"))
+    code = shlex.split(line)[2]
+
+    def mobilenet_v2(weights: str) -> nn.Module:
+        assert weights == "IMAGENET1K_V1"
+        model = MobileNetV2(with_last_conv=True)
+        model.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(1280, 1000))
+        return model
+
+    fake = types.ModuleType("torchvision")
+    fake.models = types.SimpleNamespace(mobilenet_v2=mobilenet_v2)
+    monkeypatch.setitem(sys.modules, "torchvision", fake)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README.md weights line", "exec"), {})
+    saved = torch.load(tmp_path / "mobilenet_v2.pth", weights_only=True)
+    assert len(saved) == 314  # torchvision's mobilenet_v2() state dict has 314 entries
+    backbone = build_backbone("mobilenet_v2", weights=tmp_path / "mobilenet_v2.pth")
+    ours = {k: v for k, v in saved.items() if k in backbone.state_dict()}
+    assert all(torch.equal(backbone.state_dict()[k], v) for k, v in ours.items()) and ours
