@@ -70,6 +70,8 @@ def test_config_mistakes_fail_before_any_folder_is_made(camvid_data, tmp_path, c
     fails(["train", "--config", "demo", "--out", str(out), "--set", "data.dataset=camvid"],
           capsys, "pass --data-root or set data.root")  # fmt: skip
     fails(["train", "--out", str(out)], capsys, "train needs --config")
+    fails(["train", "--dataset", "folder", "--out", str(out), "--set", "train.lrr=1"], capsys,
+          "did you mean 'lr'")  # fmt: skip
     assert not out.exists()
 
 

@@ -84,10 +84,10 @@ def test_python_line_names_a_module_that_exists(page, line, monkeypatch):
 
 @pytest.fixture()
 def project(checkpoint, tmp_path, monkeypatch):
-    """A user's folder, the current one, after `piecewise-crf train --config demo --out
-    runs/demo` (the tiny run's final.pt)."""
-    (tmp_path / "runs" / "demo").mkdir(parents=True)
-    shutil.copy(checkpoint, tmp_path / "runs" / "demo" / "final.pt")
+    """A user's folder, the current one, after `piecewise-crf demo` (demo_out/run/final.pt, here
+    the tiny run's)."""
+    (tmp_path / "demo_out" / "run").mkdir(parents=True)
+    shutil.copy(checkpoint, tmp_path / "demo_out" / "run" / "final.pt")
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))  # where `--import` looks first
     return tmp_path

@@ -92,3 +92,14 @@ def test_the_worked_example_of_the_datasets_page_runs_as_written(tmp_path, monke
     assert "folder val: 1 of 1 images" in out and "road" in out and "sky" in out
     assert main([*predict, "--quiet"]) == 0
     assert (tmp_path / "street_labelled" / "c.png").is_file()
+
+
+def test_without_a_config_train_says_it_uses_the_cpu_one(tmp_path, capsys):
+    data = own_data(tmp_path / "mine")
+    argv = ["train", "--dataset", "folder", "--data-root", str(data), "--out", str(tmp_path / "r"),
+            "--quiet", "--set", "data.ignore_values=[11]", "data.train_split=all",
+            "data.val_split=", "model.backbone_weights=null", *SMALL]  # fmt: skip
+    assert main(argv) == 0
+    assert "note: no --config: the shipped 'cpu' config" in capsys.readouterr().out
+    saved = yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())
+    assert saved["model"]["backbone"] == "mobilenet_v2" and saved["model"]["num_classes"] == 3

@@ -36,10 +36,11 @@ def commands() -> list[list[str]]:
 
 @pytest.fixture(scope="module")
 def project(checkpoint, tmp_path_factory) -> Path:
-    """A user's folder: runs/demo/final.pt, photos/ and my_data/ (images/ + labels/)."""
+    """A user's folder after `piecewise-crf demo` (demo_out/run/final.pt, here the tiny run's),
+    with photos/ and my_data/ (images/ + labels/)."""
     folder = tmp_path_factory.mktemp("project")
-    (folder / "runs" / "demo").mkdir(parents=True)
-    shutil.copy(checkpoint, folder / "runs" / "demo" / "final.pt")
+    (folder / "demo_out" / "run").mkdir(parents=True)
+    shutil.copy(checkpoint, folder / "demo_out" / "run" / "final.pt")
     (folder / "photos").mkdir()
     for i, name in enumerate(("street.png", "garden.jpg")):
         rgb = (generate(i, seed=7)[0] * 255).round().astype(np.uint8)

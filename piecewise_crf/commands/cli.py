@@ -125,7 +125,9 @@ def _variants(p: argparse.ArgumentParser) -> None:
 
 def _train(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--config", help="a YAML file or a shipped config: demo, cpu, paper, camvid, ..."
+        "--config",
+        help="a YAML file or a shipped config: demo, cpu, paper, camvid, ... (default: cpu with "
+        "--dataset; the run's own with --resume)",
     )
     p.add_argument("--dataset", help="dataset name (overrides data.dataset), e.g. folder")
     p.add_argument(

@@ -12,20 +12,26 @@ from piecewise_crf.errors import ArgumentError
 from piecewise_crf.training.loop import Step, train
 from piecewise_crf.training.run_dir import resume_config
 
+DEFAULT_CONFIG = "cpu"  # what trains in reasonable time on the machine most users start on
+
 
 def run(args: argparse.Namespace) -> None:
-    if args.config is None and not args.resume:
+    if args.config is None and args.dataset is None and not args.resume:
         raise ArgumentError(
             lambda name: (
                 f"train needs {name('config')} (a YAML file or a shipped config's name), "
-                f"or {name('resume')} to continue the run in {name('out')}"
+                f"{name('dataset')} (trained with the {DEFAULT_CONFIG} config), or "
+                f"{name('resume')} to continue the run in {name('out')}"
             )
         )
     overrides = [*([f"data.dataset={args.dataset}"] if args.dataset else []), *args.overrides]
-    if args.config is None:
+    if args.config is None and args.resume:
         config = resume_config(args.out, overrides)
     else:
-        config = load_config(args.config, overrides)
+        if args.config is None:
+            print(f"note: no --config: the shipped {DEFAULT_CONFIG!r} config (piecewise-crf "
+                  "configs lists them all)")  # fmt: skip
+        config = load_config(args.config or DEFAULT_CONFIG, overrides)
     bar = ProgressBar(enabled=not args.quiet)
     try:
         history = train(

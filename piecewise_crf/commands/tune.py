@@ -69,12 +69,10 @@ def run(args: argparse.Namespace) -> None:
     print(f"best dense CRF (mean IoU {100 * (rows[0]['mean_iou'] or 0):.2f}):")
     print(f"  --set {set_line(best)}")
     print(yaml_section(best).rstrip())
+    about = {"dataset": name, "split": args.split, "images": len(indices), "indices": indices}
     if args.json is not None:
         result = {
-            "dataset": name,
-            "split": args.split,
-            "images": len(indices),
-            "indices": indices,
+            **about,
             "classes": classes,
             "crf": dataclasses.asdict(predictor.crf),
             "checkpoint_dense_crf": dataclasses.asdict(ckpt.config.dense_crf),
@@ -85,21 +83,19 @@ def run(args: argparse.Namespace) -> None:
         write_json(result, args.json)
         print(f"all {len(rows)} results written to {args.json}")
     if args.write:
-        record = {
-            "dataset": name,
-            "split": args.split,
-            "indices": indices,
-            "settings_tried": len(grid),
-            "baseline": base,
-            "best": rows[0],
-        }
-        helps = (rows[0]["mean_iou"] or 0) > (base["mean_iou"] or 0)
-        if not helps:
-            print("note: no setting beats the crf stage without a dense CRF here: stored disabled")
-        chosen = dataclasses.replace(best, enabled=helps)
-        update_checkpoint(args.checkpoint, lambda c: tuned(c, predictor.crf, chosen, record))
-        print(f"wrote {args.checkpoint}: this dense CRF after this crf setting (the previous "
-              "ones under 'dense_tuning')")  # fmt: skip
+        record = {**about, "settings_tried": len(grid), "baseline": base, "best": rows[0]}
+        _store(args.checkpoint, predictor.crf, best, record)
+
+
+def _store(checkpoint: str, crf: CRFConfig, best: DenseCRFConfig, record: dict) -> None:
+    """Write the best setting into `checkpoint`, disabled when it does not beat no dense CRF."""
+    helps = (record["best"]["mean_iou"] or 0) > (record["baseline"]["mean_iou"] or 0)
+    if not helps:
+        print("note: no setting beats the crf stage without a dense CRF here: stored disabled")
+    chosen = dataclasses.replace(best, enabled=helps)
+    update_checkpoint(checkpoint, lambda c: tuned(c, crf, chosen, record))
+    print(f"wrote {checkpoint}: this dense CRF after this crf setting (the previous ones under "
+          "'dense_tuning')")  # fmt: skip
 
 
 def tuned(ckpt: Checkpoint, crf: CRFConfig, dense: DenseCRFConfig, record: dict) -> Checkpoint:
