@@ -76,6 +76,8 @@ def test_class_names_and_palette_come_from_the_config(tmp_path):
     ds = open_dataset(config, "all", root=root)
     assert ds.classes == ("road", "car", "sky") and ds.palette[1].tolist() == [0, 0, 142]
     with pytest.raises(ValueError, match="data.palette must be empty or one entry per class"):
-        load_config(None, ["model.num_classes=3", "data.palette=[[1, 2, 3]]"])
+        load_config(
+            None, ["data.dataset=folder", "model.num_classes=3", "data.palette=[[1, 2, 3]]"]
+        )
     with pytest.raises(ValueError, match=r"data.palette must be \[r, g, b\] triples"):
-        load_config(None, ["model.num_classes=1", "data.palette=[[1, 2, 300]]"])
+        load_config(None, ["data.dataset=folder", "data.palette=[[1, 2, 300]]"])

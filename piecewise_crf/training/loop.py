@@ -133,9 +133,9 @@ def train(
     The data come from `config.data` (at `root`, default `data.root`; the run's config keeps
     it as an absolute path), or `train_set` / `val_set` (any Dataset of (image, label) with
     `classes` and `palette`); every sample is read once before the first step. An unset
-    `model.num_classes` is the training set's. `inputs` are files the run must never write, besides its data
-    and backbone weights (the config file it was given: when that is RUN/config.yaml, it stays
-    as it is). With `overwrite` the old run is replaced once the new one has a checkpoint, and
+    `model.num_classes` is the training set's. `inputs` are files the run must never write,
+    besides its data and backbone weights (the config file it was given: when that is
+    RUN/config.yaml, it stays as it is). With `overwrite` the old run is replaced once the new one has a checkpoint, and
     put back if it fails first. `on_step` is called after every step (a progress bar). Under
     torchrun this joins the process group itself.
     """
