@@ -45,7 +45,7 @@ __all__ = [  # the sections and their vocabulary are defined in settings.py
     "DENSE_GRID", "PAIRWISE_MODES", "STAGES", "CRFConfig", "Config", "DataConfig",
     "DenseCRFConfig", "ModelConfig", "TrainConfig", "apply_overrides", "config_from_dict",
     "config_to_dict", "config_yaml", "load_config", "parse_override", "prediction_settings", "read_config_values",
-    "config_summary", "replace_settings", "setting_overrides", "shipped_config_text",
+    "config_summary", "replace_settings", "setting_overrides", "shipped_config_file", "shipped_config_text",
     "shipped_configs",
 ]  # fmt: skip
 
@@ -188,11 +188,15 @@ def shipped_configs() -> list[str]:
     )
 
 
+def shipped_config_file(name: str) -> Traversable:
+    """The file of a shipped config (a package resource); a did-you-mean error if none."""
+    return _locate(name, SHIPPED)[0]
+
+
 def shipped_config_text(name: str) -> str:
     """The YAML of a shipped config as shipped, comments included (a copy to edit keeps its
     `base:`, which names a shipped config)."""
-    path, _ = _locate(name, SHIPPED)
-    return path.read_text()
+    return shipped_config_file(name).read_text()
 
 
 def config_summary(name: str) -> str:

@@ -12,7 +12,7 @@ from cli_checks import fails
 
 from piecewise_crf import __version__
 from piecewise_crf.commands.cli import main
-from piecewise_crf.config import load_config, shipped_configs
+from piecewise_crf.config import load_config, shipped_config_file, shipped_configs
 
 ROOT = Path(__file__).parents[1]
 
@@ -38,6 +38,10 @@ def test_a_config_written_out_is_the_shipped_one_and_loads_the_same(tmp_path, ca
     out.write_text("# mine, edited\n")
     fails(["configs", "demo", "--out", str(out)], capsys, "exists; pass --overwrite", tmp_path)
     fails(["configs", "dmeo"], capsys, "did you mean 'demo'?")
+    shipped = shipped_config_file("demo")
+    before = shipped.read_bytes()
+    fails(["configs", "demo", "--out", str(shipped), "--overwrite"], capsys, str(shipped))
+    assert shipped.read_bytes() == before
     assert main(["configs", "demo", "--out", str(out), "--overwrite"]) == 0
     assert out.read_text() != "# mine, edited\n"
 

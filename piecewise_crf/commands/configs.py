@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from piecewise_crf.config import config_summary, shipped_config_text, shipped_configs
+from piecewise_crf.config import (
+    config_summary,
+    shipped_config_file,
+    shipped_config_text,
+    shipped_configs,
+)
 from piecewise_crf.files import atomic_write
 from piecewise_crf.outputs import OutputPlan
 
@@ -22,6 +28,8 @@ def run(args: argparse.Namespace) -> None:
         print(text, end="")
         return
     plan = OutputPlan()
+    if isinstance(shipped := shipped_config_file(args.name), Path):
+        plan.read(shipped)  # the package's own copy is never the one written over
     out = plan.write(args.out, "out", suffix=".yaml", replace=args.overwrite)
     plan.check()
     plan.folders()
