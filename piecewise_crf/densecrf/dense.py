@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from piecewise_crf.densecrf import meanfield
+from piecewise_crf.densecrf import differentiable, meanfield
 from piecewise_crf.densecrf.kernels import (
     Kernel,
     backend_of,
@@ -70,6 +70,11 @@ def dense_crf(
 
     Returns:
         Marginals Q of the same shape, kind (numpy / torch), dtype and device as ``probs``.
+
+    Gradients: where ``probs``, ``compat`` or a weight is a tensor that requires grad (and grad
+    mode is on), the marginals are computed on torch lattices on ``probs``' device, with
+    gradients for all of them (``differentiable.py``; ``backend="numba"`` is then refused). The
+    stds are not differentiable. ``DenseCRFLayer`` is the same with learnable parameters.
     """
     q, img, batched = _inputs(image, probs)
     b, k, h, w = q.shape
@@ -78,7 +83,13 @@ def dense_crf(
     mu = _compat(compat, k, q)
 
     logp = unary_scores(q).contiguous()  # (B, K, H, W), overwritten by the marginals
-    weights = [pos_weight, bi_weight]
+    if needs_grad(q, mu, pos_weight, bi_weight):
+        if backend == "numba":
+            raise ValueError(NOT_DIFFERENTIABLE)
+        weights = torch.stack([torch.as_tensor(v).to(q) for v in (pos_weight, bi_weight)])
+        out = marginals(img, logp, weights, mu, iterations, pos_xy_std, bi_xy_std, bi_rgb_std)
+        return out if batched else out[0]
+    weights = [float(pos_weight), float(bi_weight)]
     if iterations == 0:
         out = torch.softmax(logp, 1)
     elif q.device.type == "cpu" or b == 1:
@@ -106,13 +117,50 @@ def dense_crf(
     return out.numpy() if isinstance(probs, np.ndarray) else out
 
 
+NOT_DIFFERENTIABLE = (
+    "the numba backend has no gradients: pass backend='torch' (or 'auto') to differentiate "
+    "the dense CRF, or detach the inputs"
+)
+
+
+def needs_grad(*values) -> bool:
+    """Whether autograd would record through any of ``values`` (tensors, numbers, None)."""
+    return torch.is_grad_enabled() and any(
+        isinstance(v, torch.Tensor) and v.requires_grad for v in values
+    )
+
+
+def marginals(
+    images: torch.Tensor,
+    scores: torch.Tensor,
+    weights: torch.Tensor,
+    compat: torch.Tensor | None,
+    iterations: int,
+    pos_xy_std: float,
+    bi_xy_std: float,
+    bi_rgb_std: float,
+) -> torch.Tensor:
+    """``dense_crf``'s marginals (B, K, H, W) with gradients, from ``scores`` (B, K, H, W)
+    and (B, H, W, 3) RGB ``images`` in 0-255 (any dtype) on its device: one torch lattice per
+    kernel for the whole batch; ``weights`` (2,) are (pos_weight, bi_weight), ``compat`` a
+    symmetric (K, K) energy or None (Potts)."""
+    b, k, h, w = scores.shape
+    kernels = [
+        _gaussian(h, w, pos_xy_std, b, scores.dtype, scores.device, "torch"),
+        _bilateral(images, bi_xy_std, bi_rgb_std, scores.dtype, "torch"),
+    ]
+    flat = scores.transpose(0, 1).reshape(k, -1)
+    q = differentiable.mean_field(flat, kernels, weights, compat, iterations)
+    return q.view(k, b, h, w).transpose(0, 1).contiguous()
+
+
 def unary_scores(probs):
     """``log(max(probs, PROB_FLOOR))``, the scores (minus the unary energy) ``dense_crf``
     starts from: any shape, the kind, dtype and device of ``probs`` (numpy's log on CPU)."""
     if isinstance(probs, np.ndarray):
         clamped = np.maximum(probs, PROB_FLOOR)
         return np.log(clamped, out=clamped)
-    if probs.device.type == "cpu":
+    if probs.device.type == "cpu" and not needs_grad(probs):
         return torch.from_numpy(unary_scores(probs.detach().numpy()))
     return probs.clamp(min=PROB_FLOOR).log()
 
@@ -174,6 +222,8 @@ def mean_field(
     kernel k enters scaled by ``weights[k]``, with Potts compatibility or ``compat`` (K, K) as
     in ``dense_crf``. The kernels must all come from one backend and be for ``scores``' device.
     Returns Q (K, P) of ``scores``' kind, on its device (no host round-trips in the loop).
+    Differentiable in ``scores``, the weights and ``compat`` (tensors that require grad) with
+    torch kernels, as ``dense_crf``; numba kernels then raise.
     """
     logp = _as_tensor(scores, "scores")
     if logp.dim() != 2 or logp.dtype not in (torch.float32, torch.float64):
@@ -185,6 +235,12 @@ def mean_field(
         raise ValueError(f"kernels over {kernels[0].num_points} points, scores for {logp.shape[1]}")
     mu = _compat(compat, logp.shape[0], logp)
     engine = backend_of(kernels, logp.device)
+    if needs_grad(logp, mu, *weights):
+        if engine == "numba":
+            raise ValueError(NOT_DIFFERENTIABLE)
+        weights = torch.stack([torch.as_tensor(v).to(logp) for v in weights])
+        return differentiable.mean_field(logp, kernels, weights, mu, iterations)
+    weights = [float(v) for v in weights]
     out = meanfield.run(engine, logp, kernels, weights, iterations, mu)
     return out.numpy() if isinstance(scores, np.ndarray) else out
 
@@ -236,12 +292,14 @@ def _inputs(image, probs) -> tuple[torch.Tensor, torch.Tensor, bool]:
     return q, _image(image, b, h, w, batched).to(q.device), batched
 
 
-def _image(image, b: int, h: int, w: int, batched: bool) -> torch.Tensor:
-    """Validate the image(s) against probs' (B, H, W); return (B, H, W, 3) uint8."""
+def _image(image, b: int, h: int, w: int, batched: bool, floats: bool = False) -> torch.Tensor:
+    """Validate the image(s) against probs' (B, H, W); return (B, H, W, 3) uint8, or float
+    too if ``floats`` (``DenseCRFLayer``'s RGB in [0, 1])."""
     img = _as_tensor(image, "image")
     want = "(B, H, W, 3) or (B, 3, H, W)" if batched else "(H, W, 3)"
-    if img.dtype != torch.uint8:
-        raise ValueError(f"image must be uint8 RGB (0-255), got {img.dtype}; convert it first")
+    if img.dtype != torch.uint8 and not (floats and img.is_floating_point()):
+        kinds = "uint8 RGB (0-255)" + (" or float RGB in [0, 1]" if floats else "")
+        raise ValueError(f"image must be {kinds}, got {img.dtype}; convert it first")
     if not batched:
         img = img[None]
     if tuple(img.shape) == (b, h, w, 3):
@@ -263,7 +321,8 @@ def _check_params(iterations, *values) -> None:
     _check_iterations(iterations)
     names = ("pos_xy_std", "bi_xy_std", "bi_rgb_std", "pos_weight", "bi_weight")
     for i, (name, v) in enumerate(zip(names, values, strict=True)):
-        if not np.isfinite(v) or (i < 3 and v <= 0):
+        v = v.detach() if isinstance(v, torch.Tensor) else v  # a weight may require grad
+        if not np.isfinite(float(v)) or (i < 3 and v <= 0):
             kind = "a positive" if i < 3 else "a finite"
             raise ValueError(f"{name} must be {kind} number, got {v!r}")
 
