@@ -174,6 +174,12 @@ def test_layer_starts_as_dense_crf_and_batches():
     for b in range(2):
         single = layer64(images[b : b + 1], scores[b : b + 1].double())
         torch.testing.assert_close(batched[b], single[0], atol=1e-12, rtol=0)
+    with torch.no_grad():  # numba, and the scores are left as they were
+        kept = scores.clone()
+        torch.testing.assert_close(
+            layer(images / 255.0, scores.double()), batched, atol=1e-5, rtol=0
+        )
+        torch.testing.assert_close(scores, kept, atol=0, rtol=0)
     with pytest.raises(ValueError, match=r"scores must be \(B, 4, H, W\)"):
         layer(images, scores[:, :3])
 

@@ -77,43 +77,12 @@ def dense_crf(
     stds are not differentiable. ``DenseCRFLayer`` is the same with learnable parameters.
     """
     q, img, batched = _inputs(image, probs)
-    b, k, h, w = q.shape
     _check_params(iterations, pos_xy_std, bi_xy_std, bi_rgb_std, pos_weight, bi_weight)
-    engine = resolve_backend(backend, q.device)
-    mu = _compat(compat, k, q)
-
+    mu = _compat(compat, q.shape[1], q)
     logp = unary_scores(q).contiguous()  # (B, K, H, W), overwritten by the marginals
-    if needs_grad(q, mu, pos_weight, bi_weight):
-        if backend == "numba":
-            raise ValueError(NOT_DIFFERENTIABLE)
-        weights = torch.stack([torch.as_tensor(v).to(q) for v in (pos_weight, bi_weight)])
-        out = marginals(img, logp, weights, mu, iterations, pos_xy_std, bi_xy_std, bi_rgb_std)
-        return out if batched else out[0]
-    weights = [float(pos_weight), float(bi_weight)]
-    if iterations == 0:
-        out = torch.softmax(logp, 1)
-    elif q.device.type == "cpu" or b == 1:
-        # One image at a time: on CPU faster than one joint lattice (measured with the torch
-        # lattice: sorting and sparse products scale worse than linearly and fall out of
-        # cache), and each image reuses the cached Gaussian kernel. The marginals overwrite
-        # the scores: fewer fresh pages (after pydensecrf freed its memory, the kernel's
-        # zeroing of new pages cost ~0.25 s of system time per 2-megapixel call, measured).
-        gauss = _gaussian(h, w, pos_xy_std, 1, q.dtype, q.device, engine)
-        for i in range(b):
-            bilateral = _bilateral(img[i][None], bi_xy_std, bi_rgb_std, q.dtype, engine)
-            scores = logp[i].view(k, -1)
-            meanfield.run(engine, scores, [gauss, bilateral], weights, iterations, mu, out=scores)
-        out = logp
-    else:
-        # On a GPU the whole batch is one lattice per kernel: fewer, larger kernels.
-        kernels = [
-            _gaussian(h, w, pos_xy_std, b, q.dtype, q.device, engine),
-            _bilateral(img, bi_xy_std, bi_rgb_std, q.dtype, engine),
-        ]
-        scores = logp.transpose(0, 1).reshape(k, -1)
-        out = meanfield.run(engine, scores, kernels, weights, iterations, mu)
-        out = out.view(k, b, h, w).transpose(0, 1)
-    out = (out if batched else out[0]).contiguous()
+    stds = (pos_xy_std, bi_xy_std, bi_rgb_std)
+    out = refine(img, logp, (pos_weight, bi_weight), mu, iterations, stds, backend)
+    out = out if batched else out[0]
     return out.numpy() if isinstance(probs, np.ndarray) else out
 
 
@@ -130,28 +99,59 @@ def needs_grad(*values) -> bool:
     )
 
 
-def marginals(
+def refine(
     images: torch.Tensor,
-    scores: torch.Tensor,
-    weights: torch.Tensor,
+    logp: torch.Tensor,
+    weights: tuple,
     compat: torch.Tensor | None,
     iterations: int,
-    pos_xy_std: float,
-    bi_xy_std: float,
-    bi_rgb_std: float,
+    stds: tuple[float, float, float],
+    backend: str = "auto",
 ) -> torch.Tensor:
-    """``dense_crf``'s marginals (B, K, H, W) with gradients, from ``scores`` (B, K, H, W)
-    and (B, H, W, 3) RGB ``images`` in 0-255 (any dtype) on its device: one torch lattice per
-    kernel for the whole batch; ``weights`` (2,) are (pos_weight, bi_weight), ``compat`` a
-    symmetric (K, K) energy or None (Potts)."""
-    b, k, h, w = scores.shape
+    """``dense_crf``'s mean-field, inputs checked: marginals (B, K, H, W) from scores ``logp``
+    (B, K, H, W, contiguous), (B, H, W, 3) RGB ``images`` in 0-255 (any dtype) on its device,
+    ``weights`` (pos_weight, bi_weight), ``compat`` a symmetric (K, K) energy or None (Potts)
+    and ``stds`` (pos_xy_std, bi_xy_std, bi_rgb_std). Without gradients the marginals
+    overwrite ``logp``; with them (``needs_grad``) they come from torch lattices."""
+    b, k, h, w = logp.shape
+    pos_xy_std, bi_xy_std, bi_rgb_std = stds
+    engine = resolve_backend(backend, logp.device)
+    if needs_grad(logp, compat, *weights):
+        if backend == "numba":
+            raise ValueError(NOT_DIFFERENTIABLE)
+        kernels = [
+            _gaussian(h, w, pos_xy_std, b, logp.dtype, logp.device, "torch"),
+            _bilateral(images, bi_xy_std, bi_rgb_std, logp.dtype, "torch"),
+        ]
+        tensors = torch.stack([torch.as_tensor(v).to(logp) for v in weights])
+        flat = logp.transpose(0, 1).reshape(k, -1)
+        q = differentiable.mean_field(flat, kernels, tensors, compat, iterations)
+        return q.view(k, b, h, w).transpose(0, 1).contiguous()
+    weights = [_number(v) for v in weights]
+    if iterations == 0:
+        return torch.softmax(logp, 1)
+    if logp.device.type == "cpu" or b == 1:
+        # One image at a time: on CPU faster than one joint lattice (measured with the torch
+        # lattice: sorting and sparse products scale worse than linearly and fall out of
+        # cache), and each image reuses the cached Gaussian kernel. The marginals overwrite
+        # the scores: fewer fresh pages (after pydensecrf freed its memory, the kernel's
+        # zeroing of new pages cost ~0.25 s of system time per 2-megapixel call, measured).
+        gauss = _gaussian(h, w, pos_xy_std, 1, logp.dtype, logp.device, engine)
+        for i in range(b):
+            bilateral = _bilateral(images[i][None], bi_xy_std, bi_rgb_std, logp.dtype, engine)
+            scores = logp[i].view(k, -1)
+            meanfield.run(
+                engine, scores, [gauss, bilateral], weights, iterations, compat, out=scores
+            )
+        return logp
+    # On a GPU the whole batch is one lattice per kernel: fewer, larger kernels.
     kernels = [
-        _gaussian(h, w, pos_xy_std, b, scores.dtype, scores.device, "torch"),
-        _bilateral(images, bi_xy_std, bi_rgb_std, scores.dtype, "torch"),
+        _gaussian(h, w, pos_xy_std, b, logp.dtype, logp.device, engine),
+        _bilateral(images, bi_xy_std, bi_rgb_std, logp.dtype, engine),
     ]
-    flat = scores.transpose(0, 1).reshape(k, -1)
-    q = differentiable.mean_field(flat, kernels, weights, compat, iterations)
-    return q.view(k, b, h, w).transpose(0, 1).contiguous()
+    scores = logp.transpose(0, 1).reshape(k, -1)
+    out = meanfield.run(engine, scores, kernels, weights, iterations, compat)
+    return out.view(k, b, h, w).transpose(0, 1).contiguous()
 
 
 def unary_scores(probs):
@@ -240,8 +240,7 @@ def mean_field(
             raise ValueError(NOT_DIFFERENTIABLE)
         weights = torch.stack([torch.as_tensor(v).to(logp) for v in weights])
         return differentiable.mean_field(logp, kernels, weights, mu, iterations)
-    weights = [float(v) for v in weights]
-    out = meanfield.run(engine, logp, kernels, weights, iterations, mu)
+    out = meanfield.run(engine, logp, kernels, [_number(v) for v in weights], iterations, mu)
     return out.numpy() if isinstance(scores, np.ndarray) else out
 
 
@@ -252,7 +251,8 @@ def _gaussian(h: int, w: int, std: float, b: int, dtype, device, engine: str) ->
 
 
 def _bilateral(img: torch.Tensor, xy_std: float, rgb_std: float, dtype, engine: str) -> Kernel:
-    """The normalised bilateral kernel of (B, H, W, 3) uint8 images, for ``engine``."""
+    """The normalised bilateral kernel of (B, H, W, 3) RGB images in 0-255 (uint8, or float
+    from ``DenseCRFLayer``), for ``engine``."""
     b, h, w, _ = img.shape
     if engine == "numba":
         feats = bilateral_features(img.numpy(), xy_std, xy_std, rgb_std, dtype)
@@ -312,6 +312,11 @@ def _image(image, b: int, h: int, w: int, batched: bool, floats: bool = False) -
     )
 
 
+def _number(v) -> float:
+    """A weight as a float; a tensor's is read detached (it may require grad)."""
+    return float(v.detach() if isinstance(v, torch.Tensor) else v)
+
+
 def _check_iterations(iterations) -> None:
     if not isinstance(iterations, int | np.integer) or iterations < 0:
         raise ValueError(f"iterations must be a non-negative integer, got {iterations!r}")
@@ -321,8 +326,7 @@ def _check_params(iterations, *values) -> None:
     _check_iterations(iterations)
     names = ("pos_xy_std", "bi_xy_std", "bi_rgb_std", "pos_weight", "bi_weight")
     for i, (name, v) in enumerate(zip(names, values, strict=True)):
-        v = v.detach() if isinstance(v, torch.Tensor) else v  # a weight may require grad
-        if not np.isfinite(float(v)) or (i < 3 and v <= 0):
+        if not np.isfinite(_number(v)) or (i < 3 and v <= 0):
             kind = "a positive" if i < 3 else "a finite"
             raise ValueError(f"{name} must be {kind} number, got {v!r}")
 

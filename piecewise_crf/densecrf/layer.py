@@ -1,29 +1,31 @@
 """The dense CRF as a trainable layer (CRF-as-RNN, Zheng et al. 2015): ``dense_crf``'s
-mean-field with learnable kernel weights and compatibility, on torch lattices (any device)."""
+mean-field with learnable kernel weights and compatibility."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from piecewise_crf.densecrf.dense import _check_params, _compat, _image, marginals
+from piecewise_crf.densecrf.dense import _check_params, _compat, _image, refine
 
 
 class DenseCRFLayer(nn.Module):
     """``iterations`` mean-field steps of a Gaussian (position) + bilateral (position, RGB)
-    dense CRF whose weights w_k and (K, K) compatibility mu are parameters.
+        dense CRF whose weights w_k and (K, K) compatibility mu are parameters. With gradients it
+    runs on torch lattices (any device); without (``torch.no_grad()``) as ``dense_crf``, in numba
+    on CPU.
 
-    Sign convention (pydensecrf's, as ``dense_crf``): ``compat`` is an *energy*, the penalty
-    mu(l, l') for labels l, l' at two similar pixels, initialised to Potts ``1 - I``; it is
-    symmetrised in use. The weights are stored as ``log_weights`` (log w_pos, log w_bi), so
-    they stay positive. The stds fix the lattice and are not learned.
+        Sign convention (pydensecrf's, as ``dense_crf``): ``compat`` is an *energy*, the penalty
+        mu(l, l') for labels l, l' at two similar pixels, initialised to Potts ``1 - I``; it is
+        symmetrised in use. The weights are stored as ``log_weights`` (log w_pos, log w_bi), so
+        they stay positive. The stds fix the lattice and are not learned.
 
-    ``forward(images, scores)``: images (B, 3, H, W) or (B, H, W, 3), uint8 (0-255) or float
-    RGB in [0, 1] (scaled by 255, so ``bi_rgb_std`` is in pydensecrf's units); ``scores``
-    (B, K, H, W) unary scores, minus the unary energy: logits and log-probabilities give the
-    same marginals (the softmax ignores a per-pixel constant). Returns the marginals Q
-    (B, K, H, W). With ``scores = log(max(probs, PROB_FLOOR))`` and the initial parameters it
-    computes ``dense_crf(images, probs)``.
+        ``forward(images, scores)``: images (B, 3, H, W) or (B, H, W, 3), uint8 (0-255) or float
+        RGB in [0, 1] (scaled by 255, so ``bi_rgb_std`` is in pydensecrf's units); ``scores``
+        (B, K, H, W) unary scores, minus the unary energy: logits and log-probabilities give the
+        same marginals (the softmax ignores a per-pixel constant). Returns the marginals Q
+        (B, K, H, W). With ``scores = log(max(probs, PROB_FLOOR))`` and the initial parameters it
+        computes ``dense_crf(images, probs)``.
     """
 
     def __init__(
@@ -55,9 +57,10 @@ class DenseCRFLayer(nn.Module):
         img = _image(images, b, h, w, True, floats=True).to(scores.device)
         if img.is_floating_point():
             img = img.detach() * 255
-        weights = self.log_weights.exp().to(scores.dtype)
         mu = _compat(self.compat, k, scores)
-        return marginals(img, scores, weights, mu, self.iterations, *self.stds)
+        # refine overwrites its scores where nothing needs gradients (numba, on CPU).
+        logp = scores.clone(memory_format=torch.contiguous_format)
+        return refine(img, logp, self.log_weights.exp().unbind(), mu, self.iterations, self.stds)
 
     def extra_repr(self) -> str:
         return f"num_classes={self.num_classes}, iterations={self.iterations}, stds={self.stds}"
