@@ -11,21 +11,20 @@ from piecewise_crf.densecrf.dense import _check_params, _compat, _image, refine
 
 class DenseCRFLayer(nn.Module):
     """``iterations`` mean-field steps of a Gaussian (position) + bilateral (position, RGB)
-        dense CRF whose weights w_k and (K, K) compatibility mu are parameters. With gradients it
-    runs on torch lattices (any device); without (``torch.no_grad()``) as ``dense_crf``, in numba
-    on CPU.
+    dense CRF whose weights w_k and (K, K) compatibility mu are parameters. With gradients it
+    runs on torch lattices (any device); in ``torch.no_grad()`` as ``dense_crf`` (numba on CPU).
 
-        Sign convention (pydensecrf's, as ``dense_crf``): ``compat`` is an *energy*, the penalty
-        mu(l, l') for labels l, l' at two similar pixels, initialised to Potts ``1 - I``; it is
-        symmetrised in use. The weights are stored as ``log_weights`` (log w_pos, log w_bi), so
-        they stay positive. The stds fix the lattice and are not learned.
+    Sign convention (pydensecrf's, as ``dense_crf``): ``compat`` is an *energy*, the penalty
+    mu(l, l') for labels l, l' at two similar pixels, initialised to Potts ``1 - I``; it is
+    symmetrised in use. The weights are stored as ``log_weights`` (log w_pos, log w_bi), so
+    they stay positive. The stds fix the lattice and are not learned.
 
-        ``forward(images, scores)``: images (B, 3, H, W) or (B, H, W, 3), uint8 (0-255) or float
-        RGB in [0, 1] (scaled by 255, so ``bi_rgb_std`` is in pydensecrf's units); ``scores``
-        (B, K, H, W) unary scores, minus the unary energy: logits and log-probabilities give the
-        same marginals (the softmax ignores a per-pixel constant). Returns the marginals Q
-        (B, K, H, W). With ``scores = log(max(probs, PROB_FLOOR))`` and the initial parameters it
-        computes ``dense_crf(images, probs)``.
+    ``forward(images, scores)``: images (B, 3, H, W) or (B, H, W, 3), uint8 (0-255) or float
+    RGB in [0, 1] (scaled by 255, so ``bi_rgb_std`` is in pydensecrf's units); ``scores``
+    (B, K, H, W) unary scores, minus the unary energy: logits and log-probabilities give the
+    same marginals (the softmax ignores a per-pixel constant). Returns the marginals Q
+    (B, K, H, W). With ``scores = log(max(probs, PROB_FLOOR))`` and the initial parameters it
+    computes ``dense_crf(images, probs)``.
     """
 
     def __init__(
