@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from piecewise_crf.densecrf import meanfield
+from piecewise_crf.densecrf import differentiable, meanfield
 from piecewise_crf.densecrf.kernels import (
     Kernel,
     backend_of,
@@ -70,40 +70,88 @@ def dense_crf(
 
     Returns:
         Marginals Q of the same shape, kind (numpy / torch), dtype and device as ``probs``.
+
+    Gradients: where ``probs``, ``compat`` or a weight is a tensor that requires grad (and grad
+    mode is on), the marginals are computed on torch lattices on ``probs``' device, with
+    gradients for all of them (``differentiable.py``; ``backend="numba"`` is then refused). The
+    stds are not differentiable. ``DenseCRFLayer`` is the same with learnable parameters.
     """
     q, img, batched = _inputs(image, probs)
-    b, k, h, w = q.shape
     _check_params(iterations, pos_xy_std, bi_xy_std, bi_rgb_std, pos_weight, bi_weight)
-    engine = resolve_backend(backend, q.device)
-    mu = _compat(compat, k, q)
-
+    mu = _compat(compat, q.shape[1], q)
     logp = unary_scores(q).contiguous()  # (B, K, H, W), overwritten by the marginals
-    weights = [pos_weight, bi_weight]
+    stds = (pos_xy_std, bi_xy_std, bi_rgb_std)
+    out = refine(img, logp, (pos_weight, bi_weight), mu, iterations, stds, backend)
+    out = out if batched else out[0]
+    return out.numpy() if isinstance(probs, np.ndarray) else out
+
+
+NOT_DIFFERENTIABLE = (
+    "the numba backend has no gradients: pass backend='torch' (or 'auto') to differentiate "
+    "the dense CRF, or detach the inputs"
+)
+
+
+def needs_grad(*values) -> bool:
+    """Whether autograd would record through any of ``values`` (tensors, numbers, None)."""
+    return torch.is_grad_enabled() and any(
+        isinstance(v, torch.Tensor) and v.requires_grad for v in values
+    )
+
+
+def refine(
+    images: torch.Tensor,
+    logp: torch.Tensor,
+    weights: tuple,
+    compat: torch.Tensor | None,
+    iterations: int,
+    stds: tuple[float, float, float],
+    backend: str = "auto",
+) -> torch.Tensor:
+    """``dense_crf``'s mean-field, inputs checked: marginals (B, K, H, W) from scores ``logp``
+    (B, K, H, W, contiguous), (B, H, W, 3) RGB ``images`` in 0-255 (any dtype) on its device,
+    ``weights`` (pos_weight, bi_weight), ``compat`` a symmetric (K, K) energy or None (Potts)
+    and ``stds`` (pos_xy_std, bi_xy_std, bi_rgb_std). Without gradients the marginals
+    overwrite ``logp``; with them (``needs_grad``) they come from torch lattices."""
+    b, k, h, w = logp.shape
+    pos_xy_std, bi_xy_std, bi_rgb_std = stds
+    engine = resolve_backend(backend, logp.device)
+    if needs_grad(logp, compat, *weights):
+        if backend == "numba":
+            raise ValueError(NOT_DIFFERENTIABLE)
+        kernels = [
+            _gaussian(h, w, pos_xy_std, b, logp.dtype, logp.device, "torch"),
+            _bilateral(images, bi_xy_std, bi_rgb_std, logp.dtype, "torch"),
+        ]
+        tensors = torch.stack([torch.as_tensor(v).to(logp) for v in weights])
+        flat = logp.transpose(0, 1).reshape(k, -1)
+        q = differentiable.mean_field(flat, kernels, tensors, compat, iterations)
+        return q.view(k, b, h, w).transpose(0, 1).contiguous()
+    weights = [_number(v) for v in weights]
     if iterations == 0:
-        out = torch.softmax(logp, 1)
-    elif q.device.type == "cpu" or b == 1:
+        return torch.softmax(logp, 1)
+    if logp.device.type == "cpu" or b == 1:
         # One image at a time: on CPU faster than one joint lattice (measured with the torch
         # lattice: sorting and sparse products scale worse than linearly and fall out of
         # cache), and each image reuses the cached Gaussian kernel. The marginals overwrite
         # the scores: fewer fresh pages (after pydensecrf freed its memory, the kernel's
         # zeroing of new pages cost ~0.25 s of system time per 2-megapixel call, measured).
-        gauss = _gaussian(h, w, pos_xy_std, 1, q.dtype, q.device, engine)
+        gauss = _gaussian(h, w, pos_xy_std, 1, logp.dtype, logp.device, engine)
         for i in range(b):
-            bilateral = _bilateral(img[i][None], bi_xy_std, bi_rgb_std, q.dtype, engine)
+            bilateral = _bilateral(images[i][None], bi_xy_std, bi_rgb_std, logp.dtype, engine)
             scores = logp[i].view(k, -1)
-            meanfield.run(engine, scores, [gauss, bilateral], weights, iterations, mu, out=scores)
-        out = logp
-    else:
-        # On a GPU the whole batch is one lattice per kernel: fewer, larger kernels.
-        kernels = [
-            _gaussian(h, w, pos_xy_std, b, q.dtype, q.device, engine),
-            _bilateral(img, bi_xy_std, bi_rgb_std, q.dtype, engine),
-        ]
-        scores = logp.transpose(0, 1).reshape(k, -1)
-        out = meanfield.run(engine, scores, kernels, weights, iterations, mu)
-        out = out.view(k, b, h, w).transpose(0, 1)
-    out = (out if batched else out[0]).contiguous()
-    return out.numpy() if isinstance(probs, np.ndarray) else out
+            meanfield.run(
+                engine, scores, [gauss, bilateral], weights, iterations, compat, out=scores
+            )
+        return logp
+    # On a GPU the whole batch is one lattice per kernel: fewer, larger kernels.
+    kernels = [
+        _gaussian(h, w, pos_xy_std, b, logp.dtype, logp.device, engine),
+        _bilateral(images, bi_xy_std, bi_rgb_std, logp.dtype, engine),
+    ]
+    scores = logp.transpose(0, 1).reshape(k, -1)
+    out = meanfield.run(engine, scores, kernels, weights, iterations, compat)
+    return out.view(k, b, h, w).transpose(0, 1).contiguous()
 
 
 def unary_scores(probs):
@@ -112,7 +160,7 @@ def unary_scores(probs):
     if isinstance(probs, np.ndarray):
         clamped = np.maximum(probs, PROB_FLOOR)
         return np.log(clamped, out=clamped)
-    if probs.device.type == "cpu":
+    if probs.device.type == "cpu" and not needs_grad(probs):
         return torch.from_numpy(unary_scores(probs.detach().numpy()))
     return probs.clamp(min=PROB_FLOOR).log()
 
@@ -174,6 +222,8 @@ def mean_field(
     kernel k enters scaled by ``weights[k]``, with Potts compatibility or ``compat`` (K, K) as
     in ``dense_crf``. The kernels must all come from one backend and be for ``scores``' device.
     Returns Q (K, P) of ``scores``' kind, on its device (no host round-trips in the loop).
+    Differentiable in ``scores``, the weights and ``compat`` (tensors that require grad) with
+    torch kernels, as ``dense_crf``; numba kernels then raise.
     """
     logp = _as_tensor(scores, "scores")
     if logp.dim() != 2 or logp.dtype not in (torch.float32, torch.float64):
@@ -185,7 +235,12 @@ def mean_field(
         raise ValueError(f"kernels over {kernels[0].num_points} points, scores for {logp.shape[1]}")
     mu = _compat(compat, logp.shape[0], logp)
     engine = backend_of(kernels, logp.device)
-    out = meanfield.run(engine, logp, kernels, weights, iterations, mu)
+    if needs_grad(logp, mu, *weights):
+        if engine == "numba":
+            raise ValueError(NOT_DIFFERENTIABLE)
+        weights = torch.stack([torch.as_tensor(v).to(logp) for v in weights])
+        return differentiable.mean_field(logp, kernels, weights, mu, iterations)
+    out = meanfield.run(engine, logp, kernels, [_number(v) for v in weights], iterations, mu)
     return out.numpy() if isinstance(scores, np.ndarray) else out
 
 
@@ -196,7 +251,8 @@ def _gaussian(h: int, w: int, std: float, b: int, dtype, device, engine: str) ->
 
 
 def _bilateral(img: torch.Tensor, xy_std: float, rgb_std: float, dtype, engine: str) -> Kernel:
-    """The normalised bilateral kernel of (B, H, W, 3) uint8 images, for ``engine``."""
+    """The normalised bilateral kernel of (B, H, W, 3) RGB images in 0-255 (uint8, or float
+    from ``DenseCRFLayer``), for ``engine``."""
     b, h, w, _ = img.shape
     if engine == "numba":
         feats = bilateral_features(img.numpy(), xy_std, xy_std, rgb_std, dtype)
@@ -236,12 +292,14 @@ def _inputs(image, probs) -> tuple[torch.Tensor, torch.Tensor, bool]:
     return q, _image(image, b, h, w, batched).to(q.device), batched
 
 
-def _image(image, b: int, h: int, w: int, batched: bool) -> torch.Tensor:
-    """Validate the image(s) against probs' (B, H, W); return (B, H, W, 3) uint8."""
+def _image(image, b: int, h: int, w: int, batched: bool, floats: bool = False) -> torch.Tensor:
+    """Validate the image(s) against probs' (B, H, W); return (B, H, W, 3) uint8, or float
+    too if ``floats`` (``DenseCRFLayer``'s RGB in [0, 1])."""
     img = _as_tensor(image, "image")
     want = "(B, H, W, 3) or (B, 3, H, W)" if batched else "(H, W, 3)"
-    if img.dtype != torch.uint8:
-        raise ValueError(f"image must be uint8 RGB (0-255), got {img.dtype}; convert it first")
+    if img.dtype != torch.uint8 and not (floats and img.is_floating_point()):
+        kinds = "uint8 RGB (0-255)" + (" or float RGB in [0, 1]" if floats else "")
+        raise ValueError(f"image must be {kinds}, got {img.dtype}; convert it first")
     if not batched:
         img = img[None]
     if tuple(img.shape) == (b, h, w, 3):
@@ -254,6 +312,11 @@ def _image(image, b: int, h: int, w: int, batched: bool) -> torch.Tensor:
     )
 
 
+def _number(v) -> float:
+    """A weight as a float; a tensor's is read detached (it may require grad)."""
+    return float(v.detach() if isinstance(v, torch.Tensor) else v)
+
+
 def _check_iterations(iterations) -> None:
     if not isinstance(iterations, int | np.integer) or iterations < 0:
         raise ValueError(f"iterations must be a non-negative integer, got {iterations!r}")
@@ -263,7 +326,7 @@ def _check_params(iterations, *values) -> None:
     _check_iterations(iterations)
     names = ("pos_xy_std", "bi_xy_std", "bi_rgb_std", "pos_weight", "bi_weight")
     for i, (name, v) in enumerate(zip(names, values, strict=True)):
-        if not np.isfinite(v) or (i < 3 and v <= 0):
+        if not np.isfinite(_number(v)) or (i < 3 and v <= 0):
             kind = "a positive" if i < 3 else "a finite"
             raise ValueError(f"{name} must be {kind} number, got {v!r}")
 

@@ -16,8 +16,11 @@ def dense_crf_exact(
     bi_xy_std: float = 80.0,
     bi_rgb_std: float = 13.0,
     bi_weight: float = 10.0,
+    compat: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Mean-field of :func:`~piecewise_crf.densecrf.dense_crf` (Potts) with exact kernels.
+    """Mean-field of :func:`~piecewise_crf.densecrf.dense_crf` with exact kernels: Potts, or
+    the symmetric (K, K) energy ``compat``. Differentiable in ``probs``, the weights and
+    ``compat`` (tensors).
 
     ``image`` (H, W, 3) uint8, ``probs`` (K, H, W); computes in float64. Each kernel is
     ``k(i, j) = exp(-|f_i - f_j|^2 / 2)`` including j = i, normalised symmetrically by
@@ -40,5 +43,6 @@ def dense_crf_exact(
     logp = probs.to(torch.float64).reshape(k, -1).T.clamp(min=PROB_FLOOR).log()
     q = torch.softmax(logp, 1)
     for _ in range(iterations):
-        q = torch.softmax(logp + message_matrix @ q, 1)
+        message = message_matrix @ q
+        q = torch.softmax(logp + message if compat is None else logp - message @ compat, 1)
     return q.T.reshape(k, h, w)
