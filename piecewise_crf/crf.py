@@ -177,10 +177,7 @@ def grid_mean_field(
     model's export had not finished after 9 minutes, with Pad it takes 0.5-1.5.
     """
     h, w = map(int, unary.shape[-2:])  # ints under the ONNX tracer too, whose sizes are tensors
-    if weights is not None and len(weights) != len(pairwise):
-        raise ValueError(
-            f"weights must have one entry per offset ({len(pairwise)}), got {len(weights)}"
-        )
+    check_weights(weights, len(pairwise))
     regions = []
     start = unary  # what each update adds the messages to
     for i, ((dy, dx), z) in enumerate(pairwise):
@@ -203,6 +200,12 @@ def grid_mean_field(
             messages = messages + F.pad(to_q_sum, to_q)
         marginals = (start + messages).softmax(1)
     return marginals
+
+
+def check_weights(weights: Sequence[float | Tensor] | None, offsets: int) -> None:
+    """A ValueError unless `weights` is None or holds one entry per offset."""
+    if weights is not None and len(weights) != offsets:
+        raise ValueError(f"weights must have one entry per offset ({offsets}), got {len(weights)}")
 
 
 def ring(offset: Offset) -> int:

@@ -17,8 +17,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from piecewise_crf import grid_numba
 from piecewise_crf.backbones import build_backbone
-from piecewise_crf.crf import GridPairwise, grid_mean_field
+from piecewise_crf.crf import GridPairwise, check_weights, grid_mean_field
 from piecewise_crf.featmap import FeatMapNet, grid_size
 from piecewise_crf.node_labels import NODE_LABEL_RULES, node_labels
 from piecewise_crf.potentials import PairwiseNet, UnaryNet, offset_chunks
@@ -43,9 +44,19 @@ class RelationScores:
         h, w = map(int, self.maps[0].shape[-2:])  # ints under the ONNX tracer too
         return offset_chunks(self.offsets if offsets is None else offsets, h, w, self.max_edges)
 
-    def __iter__(self) -> Iterator[GridPairwise]:
+    def blocks(self) -> Iterator[tuple[list[Offset], Tensor]]:
+        """(offsets, scores (B, K*K, S)) per chunk, as `PairwiseNet.flat_scores` makes them."""
         for chunk in self.chunks():
-            yield from zip(chunk, self.net.chunk_scores(self.maps, chunk), strict=True)
+            yield chunk, self.net.flat_scores(self.maps, chunk)
+
+    def views(self, offsets: Sequence[Offset], flat: Tensor) -> Iterator[GridPairwise]:
+        """((dy, dx), z) for one block, z a view of `flat`."""
+        h, w = map(int, self.maps[0].shape[-2:])  # ints under the ONNX tracer too
+        return zip(offsets, self.net.offset_views(flat, offsets, h, w), strict=True)
+
+    def __iter__(self) -> Iterator[GridPairwise]:
+        for chunk, flat in self.blocks():
+            yield from self.views(chunk, flat)
 
 
 @dataclass(frozen=True)
@@ -55,6 +66,9 @@ class GridScores:
 
     unary: Tensor
     pairwise: list[tuple[str, Offset, Tensor]]
+    # The same scores as the Pairwise-Nets made them, when they did: (offsets, (B, K*K, S)) per
+    # chunk, the entries' z views of them in order; the compiled mean-field reads these.
+    blocks: tuple[tuple[tuple[Offset, ...], Tensor], ...] = ()
 
     def offsets(self) -> list[tuple[str, Offset]]:
         """(relation, offset) of every pairwise entry, in order."""
@@ -68,10 +82,14 @@ class GridScores:
         centred: bool = False,
     ) -> Tensor:
         """Mean-field marginals (B, K, h, w) on the node grid (`crf.grid_mean_field`), in full
-        precision; `weights` one per pairwise entry; iterations=0 gives softmax(unary)."""
+        precision; `weights` one per pairwise entry; iterations=0 gives softmax(unary). On CPU
+        without autograd the compiled loop (`grid_numba`) runs it, the same to float rounding."""
         unary = _full_precision(self.unary)
         if iterations == 0 or not self.pairwise:
             return unary.softmax(1)
+        check_weights(weights, len(self.pairwise))
+        if grid_numba.applies(unary, self.blocks, weights):
+            return grid_numba.grid_mean_field(unary, self.blocks, iterations, weights, centred)
         pairwise = [(o, _full_precision(z)) for _, o, z in self.pairwise]
         return grid_mean_field(unary, pairwise, iterations, weights, centred=centred)
 
@@ -88,8 +106,12 @@ class GridPotentials:
     def scores(self) -> GridScores:
         """Every score on the grid. The Pairwise-Nets run here, once per forward pass: mean-field
         with several settings on one image (a validation sweep) costs no more net evaluations."""
-        pairwise = [(name, o, z) for name, relation in self.pairwise.items() for o, z in relation]
-        return GridScores(self.unary, pairwise)
+        pairwise, blocks = [], []
+        for name, relation in self.pairwise.items():
+            for offsets, flat in relation.blocks():
+                blocks.append((tuple(offsets), flat))
+                pairwise.extend((name, o, z) for o, z in relation.views(offsets, flat))
+        return GridScores(self.unary, pairwise, tuple(blocks))
 
 
 @dataclass

@@ -97,15 +97,19 @@ class PairwiseNet(nn.Module):
     def chunk_scores(self, maps: tuple[Tensor, Tensor], offsets: Sequence[Offset]) -> list[Tensor]:
         """Scores (B, K, K, h', w') for each offset, over the p region where q is inside the grid."""
         h, w = map(int, maps[0].shape[-2:])  # ints under the ONNX tracer too
+        return self.offset_views(self.flat_scores(maps, offsets), offsets, h, w)
+
+    def offset_views(self, flat: Tensor, offsets: Sequence[Offset], h: int, w: int) -> list[Tensor]:
+        """`flat_scores`' output (B, K*K, S) on an (h, w) grid as a view (B, K, K, h', w') per
+        offset."""
         k = self.num_classes
         shapes = []
         for dy, dx in offsets:
             (pr, pc), _ = offset_slices(h, w, dy, dx)
             shapes.append((pr.stop - pr.start, pc.stop - pc.start))
-        z = self.flat_scores(maps, offsets)
-        pieces = z.split([hh * ww for hh, ww in shapes], dim=2)
+        pieces = flat.split([hh * ww for hh, ww in shapes], dim=2)
         return [
-            piece.view(z.shape[0], k, k, hh, ww)
+            piece.view(flat.shape[0], k, k, hh, ww)
             for piece, (hh, ww) in zip(pieces, shapes, strict=True)
         ]
 

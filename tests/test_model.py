@@ -3,8 +3,9 @@
 import pytest
 import torch
 
+from piecewise_crf import grid_numba
 from piecewise_crf.backbones.tiny import TinyBackbone
-from piecewise_crf.crf import grid_to_edge_list, mean_field, piecewise_nll
+from piecewise_crf.crf import grid_mean_field, grid_to_edge_list, mean_field, piecewise_nll
 from piecewise_crf.featmap import FeatMapNet
 from piecewise_crf.model import DeepStructuredModel
 from piecewise_crf.relations import build_relations
@@ -21,7 +22,11 @@ def tiny_model(k=4, scales=(1.0, 0.5), node_labels="nearest", max_edges=32768):
 
 def grid_pairwise(potentials):
     """The pairwise scores as `grid_mean_field` and `grid_to_edge_list` take them."""
-    return [(offset, z) for _, offset, z in potentials.scores.pairwise]
+    return grid_pairwise_of(potentials.scores)
+
+
+def grid_pairwise_of(scores):
+    return [(offset, z) for _, offset, z in scores.pairwise]
 
 
 def batch(k=4, b=2, h=80, w=96, seed=0):
@@ -148,6 +153,31 @@ def test_grid_marginals_are_the_general_mean_field():
         general = mean_field(potentials.unary.flatten(2).transpose(1, 2), edges, scores, 2)
         grid = potentials.scores.mean_field(iterations=2)
     torch.testing.assert_close(grid.flatten(2).transpose(1, 2), general)
+
+
+@pytest.mark.parametrize("centred", [False, True])
+def test_compiled_grid_marginals_equal_the_torch_loop(centred):
+    model = tiny_model(max_edges=300).eval()  # several blocks of offsets
+    images, _ = batch(h=77, w=61)
+    with torch.no_grad():
+        scores = model(images).scores
+        weights = [0.5 + 0.1 * (i % 3) for i in range(len(scores.pairwise))]
+        weights[0] = torch.tensor(0.7)
+        assert len(scores.blocks) > 1 and grid_numba.applies(scores.unary, scores.blocks, weights)
+        compiled = scores.mean_field(3, weights, centred=centred)
+        loop = grid_mean_field(scores.unary, grid_pairwise_of(scores), 3, weights, centred=centred)
+    torch.testing.assert_close(compiled, loop, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="one entry per offset"):
+        scores.mean_field(3, weights[:-1])
+
+
+def test_compiled_grid_marginals_only_without_autograd():
+    model = tiny_model()
+    images, _ = batch()
+    scores = model(images).scores
+    assert not grid_numba.applies(scores.unary, scores.blocks, None)  # grad wanted
+    scores.mean_field(2)[:, 0].sum().backward()
+    assert model.unary_net.fc2.weight.grad is not None
 
 
 def test_node_labels_nearest_and_majority_by_hand():

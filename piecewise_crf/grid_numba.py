@@ -1,0 +1,163 @@
+"""Grid mean-field on CPU, compiled with numba: `crf.grid_mean_field` without autograd.
+
+The torch loop multiplies every offset's scores z (B, K, K, h', w') by the partner's marginals
+and sums, two broadcast products per offset and iteration, each writing a temporary as large as
+z. Here one pass over z per iteration makes both messages of every edge (to p and to q) and
+adds them into per-thread maps, so each iteration reads the scores once and writes nothing of
+their size. Scores come packed: (B, K * K, S) with every offset's edges side by side, offset
+by offset, row-major over the p region (`PairwiseNet.flat_scores` order).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numba
+import numpy as np
+import torch
+from torch import Tensor
+
+from piecewise_crf.densecrf.lattice_numba import _PARALLEL, _SERIAL, _torch_threads_kept, threads
+from piecewise_crf.relations import Offset
+
+
+def offset_table(offsets: list[Offset], h: int, w: int) -> np.ndarray:
+    """Rows (dy, dx, start) of the offsets in packed order: `start` is the first edge's column."""
+    table = np.zeros((len(offsets), 3), np.int64)
+    start = 0
+    for row, (dy, dx) in enumerate(offsets):
+        table[row] = dy, dx, start
+        start += max(0, h - abs(dy)) * max(0, w - abs(dx))
+    return table
+
+
+Block = tuple[tuple[Offset, ...], Tensor]  # offsets and their scores (B, K * K, S)
+
+
+def applies(
+    unary: Tensor, blocks: Sequence[Block], weights: Sequence[float | Tensor] | None
+) -> bool:
+    """Whether `grid_mean_field` can run these scores: float32 on CPU, packed in blocks, with
+    nothing to differentiate and no tracer recording."""
+    tensors = [unary, *(flat for _, flat in blocks)]
+    tensors += [w for w in weights or () if isinstance(w, Tensor)]
+    return (
+        bool(blocks)
+        and not torch.jit.is_tracing()
+        and all(t.device.type == "cpu" for t in tensors)
+        and all(flat.dtype == torch.float32 for _, flat in blocks)
+        and unary.dtype == torch.float32
+        and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+    )
+
+
+def grid_mean_field(
+    unary: Tensor,
+    blocks: Sequence[Block],
+    iterations: int,
+    weights: Sequence[float | Tensor] | None,
+    centred: bool,
+) -> Tensor:
+    """`crf.grid_mean_field` of unary scores (B, K, h, w) and the pairwise `blocks`, `weights`
+    one per offset (None: 1), compiled; where `applies`."""
+    h, w = unary.shape[-2:]
+    count = sum(len(offsets) for offsets, _ in blocks)
+    factors = (
+        np.ones(count, np.float32)
+        if weights is None
+        else np.array([float(x) for x in weights], np.float32)
+    )
+    chunks, first = [], 0
+    for offsets, flat in blocks:
+        table = offset_table(list(offsets), h, w)
+        last = first + len(offsets)
+        chunks.append((flat.contiguous().numpy(), table, factors[first:last]))
+        first = last
+    q = mean_field(unary.contiguous().numpy(), chunks, iterations, centred)
+    return torch.from_numpy(q)
+
+
+Chunk = tuple[np.ndarray, np.ndarray, np.ndarray]  # packed scores, offset_table, weights
+
+
+@_torch_threads_kept
+def mean_field(
+    unary: np.ndarray, chunks: list[Chunk], iterations: int, centred: bool
+) -> np.ndarray:
+    """Marginals (B, K, h, w) float32 from unary scores (B, K, h, w) and chunks of pairwise
+    scores: packed (B, K * K, S) (both C-contiguous float32), their `offset_table` and one
+    weight per offset (float32)."""
+    parts = np.zeros((threads(), *unary.shape), np.float32)
+
+    def messages(q: np.ndarray) -> np.ndarray:
+        total = np.zeros_like(unary)
+        for packed, table, weights in chunks:
+            total += _messages(packed, table, weights, q, parts)
+        return total
+
+    start = unary
+    if centred:  # the row and column means are the messages of uniform marginals
+        start = unary - messages(np.full_like(unary, 1.0 / unary.shape[1]))
+    q = _softmax(unary)
+    for _ in range(iterations):
+        q = _softmax(start + messages(q))
+    return q
+
+
+@numba.njit(**_PARALLEL)
+def _messages(z, table, weights, q, parts):  # pragma: no cover - compiled
+    """sum over edges (p, q) of z_pq Q_q into p and z_pq^T Q_p into q; offsets round-robin over
+    the threads, each into its own map of `parts`, summed at the end."""
+    workers = parts.shape[0]
+    for t in numba.prange(workers):
+        parts[t] = 0.0
+        for row in range(t, table.shape[0], workers):
+            _offset_messages(z, table[row], weights[row], q, parts[t])
+    return parts.sum(axis=0)
+
+
+@numba.njit(fastmath={"contract"}, **_SERIAL)
+def _offset_messages(z, entry, weight, q, out):  # pragma: no cover - compiled
+    """Both messages of one offset's edges, added into `out` (B, K, h, w)."""
+    batch, k, h, w = q.shape
+    dy, dx, start = entry[0], entry[1], entry[2]
+    r0, r1 = max(0, -dy), h - max(0, dy)
+    c0, c1 = max(0, -dx), w - max(0, dx)
+    width = c1 - c0
+    for b in range(batch):
+        for i in range(k):
+            for j in range(k):
+                scores = z[b, i * k + j]
+                for y in range(r0, r1):
+                    zrow = scores[start + (y - r0) * width : start + (y - r0 + 1) * width]
+                    p_out, p_q = out[b, i, y, c0:c1], q[b, i, y, c0:c1]
+                    q_out, q_q = (
+                        out[b, j, y + dy, c0 + dx : c1 + dx],
+                        q[b, j, y + dy, c0 + dx : c1 + dx],
+                    )
+                    for x in range(width):  # two loops: each vectorises
+                        p_out[x] += weight * zrow[x] * q_q[x]
+                    for x in range(width):
+                        q_out[x] += weight * zrow[x] * p_q[x]
+
+
+@numba.njit(**_SERIAL)
+def _softmax(scores):  # pragma: no cover - compiled
+    """Softmax over axis 1 of (B, K, h, w)."""
+    batch, k, h, w = scores.shape
+    out = np.empty_like(scores)
+    for b in range(batch):
+        for y in range(h):
+            for x in range(w):
+                top = scores[b, 0, y, x]
+                for i in range(1, k):
+                    top = max(top, scores[b, i, y, x])
+                total = 0.0
+                for i in range(k):
+                    e = math.exp(scores[b, i, y, x] - top)
+                    out[b, i, y, x] = e
+                    total += e
+                for i in range(k):
+                    out[b, i, y, x] /= total
+    return out
