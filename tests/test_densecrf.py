@@ -223,6 +223,27 @@ def test_numba_lattice_does_not_depend_on_thread_count():
     np.testing.assert_allclose(out[0][1], out[1][1], atol=1e-6)
 
 
+@pytest.mark.parametrize("backend", ["numba", "torch"])
+def test_row_hashed_vertices_equal_mixed_radix_codes(monkeypatch, backend):
+    """The lattice of many feature dimensions (vertices hashed by coordinate rows, exact)
+    against the mixed-radix one (a code per vertex, used where it fits in int64), forced on
+    features where both work: a batch of two 5-D bilateral images."""
+    images = torch.stack([toy(30, 40, seed=s)[0] for s in range(2)])
+    module = lattice_numba if backend == "numba" else lattice_torch
+    values = torch.rand(2 * 30 * 40, 3, generator=torch.Generator().manual_seed(0))
+    filtered = []
+    for fits in (module.fits, lambda cells, groups: False):
+        monkeypatch.setattr(module, "fits", fits)
+        lat = bilateral_kernel(images, 5.0, 20.0, backend=backend)
+        if backend == "numba":
+            filtered.append((lat.num_vertices, lat.filter(values.numpy())))
+        else:
+            filtered.append((lat.num_vertices, torch_filter(lat, values).numpy()))
+    (m_codes, codes), (m_rows, rows) = filtered
+    assert m_codes == m_rows
+    np.testing.assert_allclose(rows, codes, atol=1e-6, rtol=0)
+
+
 def test_numba_batch_lattice_never_connects_images():
     pairs = [toy(seed=s) for s in range(2)]
     images = torch.stack([i for i, _ in pairs])

@@ -5,7 +5,11 @@ The same lattice as ``lattice_torch.py`` (same embedding arithmetic, vertices, b
 normalisation, so both agree to float rounding) in another layout: the points keep their own
 order and each stores its d+1 vertex indices and weights. The vertices are found by hashing
 one int64 code per point and corner into an open-addressing table, skipped for the corners a
-point shares with the point before it (most, along image rows).
+point shares with the point before it (most, along image rows). A code is the vertex's
+coordinates in mixed radix. Where that overflows int64 (many feature dimensions: 8-channel
+bilateral features, d = 10, already do), a code is a linear hash of the coordinates instead and
+the table also holds the coordinate rows, compared in full on every hit (exact, as pydensecrf's
+table of full keys).
 
 The splat runs in parallel chunks of points, each into its own copy of the vertex values,
 summed before the blur: a 480x360 frame has ~10k bilateral and ~23k Gaussian vertices, so a
@@ -31,7 +35,7 @@ import numba
 import numpy as np
 import torch
 
-from piecewise_crf.densecrf.lattice_torch import check_features, check_size, elevation_scale
+from piecewise_crf.densecrf.lattice_torch import check_features, elevation_scale, fits
 
 _PARALLEL = dict(parallel=True, cache=True, nogil=True)
 _SERIAL = dict(cache=True, nogil=True)
@@ -121,7 +125,7 @@ def build(f: np.ndarray, group: np.ndarray | None = None, groups: int = 1) -> Cp
     check_features(_extent(f).tolist(), float(np.finfo(f.dtype).eps))
     # check_features keeps |rem0| below 2^21 for float32 features: int32 halves the traffic.
     rem0 = np.empty((num, d1), np.int32 if f.dtype == np.float32 else np.int64)
-    rank = np.empty((num, d1), np.int8)
+    rank = np.empty((num, d1), np.int8 if d1 <= 128 else np.int16)
     bary = np.empty((num, d1), f.dtype)
     scale = elevation_scale(d, torch.from_numpy(f[:0]).dtype).numpy()
     chunks = max(1, min(num, 4 * threads()))
@@ -131,14 +135,22 @@ def build(f: np.ndarray, group: np.ndarray | None = None, groups: int = 1) -> Cp
     lo = low[:, :d].min(0) - 2 * d1
     radix = high[:, :d].max(0) + 2 * d1 - lo + 1
     cells = math.prod(radix.tolist())
-    check_size(cells, groups)
-    strides = np.cumprod(np.concatenate([[1], radix[:-1]])).astype(np.int64)
     group = np.zeros(num, np.int64) if group is None else np.asarray(group, np.int64)
     vertex = np.empty((num, d1), np.int32)
-    codes, keys, slots = _hash_vertices(rem0, rank, group, lo, strides, cells, vertex, threads())
-    steps = d1 * np.eye(d1, d, dtype=np.int64) @ strides - strides.sum()
-    neighbours = np.empty((codes.shape[0], d1, 2), np.int32)
-    _neighbours(codes, keys, slots, steps, neighbours)
+    if fits(cells, groups):
+        strides = np.cumprod(np.concatenate([[1], radix[:-1]])).astype(np.int64)
+        codes, keys, slots = _hash_vertices(
+            rem0, rank, group, lo, strides, cells, vertex, threads()
+        )
+        steps = d1 * np.eye(d1, d, dtype=np.int64) @ strides - strides.sum()
+        neighbours = np.empty((codes.shape[0], d1, 2), np.int32)
+        _neighbours(codes, keys, slots, steps, neighbours)
+    else:
+        mult = np.random.default_rng(0).integers(0, 2**64, d1, np.uint64, endpoint=False) | 1
+        rows, codes, keys, slots = _number_rows(rem0, rank, group, mult, vertex)
+        steps = np.uint64(d1) * np.eye(d1, d, dtype=np.uint64) @ mult[:d] - mult[:d].sum()
+        neighbours = np.empty((rows.shape[0], d1, 2), np.int32)
+        _neighbour_rows(rows, codes, keys, slots, steps, neighbours)
     return CpuLattice(vertex, bary, neighbours, 1.0 / (1.0 + 2.0**-d))
 
 
@@ -350,6 +362,125 @@ def _neighbours(codes, keys, slots, steps, out):  # pragma: no cover - compiled
             for side in range(2):
                 h = _find(keys, codes[v] + steps[j] if side == 0 else codes[v] - steps[j])
                 out[v, j, side] = m if keys[h] == -1 else slots[h]
+
+
+@numba.njit(**_SERIAL)
+def _is_corner(row, rem0, rank, r, group):  # pragma: no cover - compiled
+    """Whether ``row`` (d+1,) is vertex r of the simplex ``rem0``, ``rank`` in image ``group``."""
+    d = row.shape[0] - 1
+    j = 0
+    while j < d and row[j] == rem0[j] + r - (d + 1 if rank[j] > d - r else 0):
+        j += 1
+    return j == d and row[d] == group
+
+
+@numba.njit(**_SERIAL)
+def _is_step(row, origin, axis, sign):  # pragma: no cover - compiled
+    """Whether ``row`` is ``origin`` + ``sign`` ((d+1) e_axis - 1), the image column kept."""
+    d = row.shape[0] - 1
+    j = 0
+    while j < d and row[j] == origin[j] + sign * ((d + 1 if j == axis else 0) - 1):
+        j += 1
+    return j == d and row[d] == origin[d]
+
+
+@numba.njit(**_SERIAL)
+def _start(slots, code):  # pragma: no cover - compiled
+    """The first slot to probe for the uint64 ``code`` (Fibonacci hashing, as ``_find``)."""
+    shift = np.uint64(64 - int(np.log2(slots.shape[0])))
+    return np.int64((code * np.uint64(0x9E3779B97F4A7C15)) >> shift)
+
+
+@numba.njit(**_SERIAL)
+def _code_table(codes, size):  # pragma: no cover - compiled
+    """A table of ``size`` slots (a power of two) for the vertices with ``codes`` (M,): keys
+    (their codes) and slots (vertex indices, -1 empty)."""
+    keys = np.zeros(size, np.uint64)
+    slots = np.full(size, -1, np.int32)
+    for v in range(codes.shape[0]):
+        s = _start(slots, codes[v])
+        while slots[s] != -1:
+            s = (s + 1) & (size - 1)
+        keys[s], slots[s] = codes[v], v
+    return keys, slots
+
+
+@numba.njit(**_SERIAL)
+def _number_rows(rem0, rank, group, mult, vertex):  # pragma: no cover - compiled
+    """``_hash_vertices`` where mixed-radix codes overflow: number the vertices of every
+    point's simplex into ``vertex`` (P, d+1); return their coordinate rows (M, d+1) (the last
+    column the image), their codes (M,) and the table (keys, slots).
+
+    A code is the linear hash ``mult @ row`` (uint64, wrapping), so blur neighbours' codes
+    are ``code + step`` as in ``_number_chunk``; a table hit also compares the rows in full.
+    Serial: pydensecrf's build is too.
+    """
+    num, d1 = rank.shape
+    d = d1 - 1
+    total = np.uint64(0)
+    for j in range(d):
+        total += mult[j]
+    rows = np.empty((1024, d1), rem0.dtype)
+    codes = np.empty(1024, np.uint64)
+    keys, slots = _code_table(codes[:0], 1 << 12)
+    above = np.zeros(d1 + 1, np.uint64)
+    previous = np.zeros(d1, np.uint64)
+    m = 0
+    for i in range(num):
+        base = mult[d] * np.uint64(group[i])
+        above[:] = 0
+        for j in range(d):
+            base += mult[j] * np.uint64(rem0[i, j])
+            above[d + 1 - rank[i, j]] += mult[j]
+        shift = np.uint64(0)
+        for r in range(d1):
+            shift += above[r]  # sum of mult_j over the j with rank_j > d - r
+            code = base + np.uint64(r) * total - np.uint64(d1) * shift
+            if (
+                i > 0
+                and code == previous[r]
+                and _is_corner(rows[vertex[i - 1, r]], rem0[i], rank[i], r, group[i])
+            ):
+                vertex[i, r] = vertex[i - 1, r]
+                continue
+            previous[r] = code
+            s = _start(slots, code)
+            while slots[s] != -1 and not (
+                keys[s] == code and _is_corner(rows[slots[s]], rem0[i], rank[i], r, group[i])
+            ):
+                s = (s + 1) & (slots.shape[0] - 1)
+            if slots[s] == -1:
+                if m == rows.shape[0]:
+                    rows = np.concatenate((rows, np.empty_like(rows)))
+                    codes = np.concatenate((codes, np.empty_like(codes)))
+                for j in range(d):
+                    rows[m, j] = rem0[i, j] + r - (d1 if rank[i, j] > d - r else 0)
+                rows[m, d] = group[i]
+                codes[m], keys[s], slots[s] = code, code, m
+                m += 1
+            vertex[i, r] = slots[s]
+            if 2 * m > slots.shape[0]:  # keep the table at most half full
+                keys, slots = _code_table(codes[:m], 2 * slots.shape[0])
+    return rows[:m].copy(), codes[:m].copy(), keys, slots
+
+
+@numba.njit(**_PARALLEL)
+def _neighbour_rows(rows, codes, keys, slots, steps, out):  # pragma: no cover - compiled
+    """``_neighbours`` for ``_number_rows``' vertices: ``out[v, j]`` the vertices at
+    ``row_v + step_j`` and ``row_v - step_j`` (M if none), step_j = (d+1) e_j - 1 (all -1 for
+    j = d), found by code ``codes_v +- steps_j`` and compared in full."""
+    m = rows.shape[0]
+    mask = slots.shape[0] - 1
+    for v in numba.prange(m):
+        for j in range(steps.shape[0]):
+            for side in range(2):
+                code = codes[v] + steps[j] if side == 0 else codes[v] - steps[j]
+                s = _start(slots, code)
+                while slots[s] != -1 and not (
+                    keys[s] == code and _is_step(rows[slots[s]], rows[v], j, 1 - 2 * side)
+                ):
+                    s = (s + 1) & mask
+                out[v, j, side] = m if slots[s] == -1 else slots[s]
 
 
 @numba.njit(**_PARALLEL)
