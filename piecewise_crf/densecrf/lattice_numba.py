@@ -15,8 +15,8 @@ The splat runs in parallel chunks of points, each into its own copy of the verte
 summed before the blur: a 480x360 frame has ~10k bilateral and ~23k Gaussian vertices, so a
 copy per thread is ~1.4 MB at K=11.
 
-Functions compile on first use (~14 s for float32 on this 2-core machine; ``cache=True`` keeps
-the machine code under ``__pycache__`` for later processes). Parallel functions are thin
+Functions compile on first use (~14 s for float32 on this 2-core machine; cached on disk and
+announced as ``jit.py`` says). Parallel functions are thin
 ``prange`` loops over serial chunk functions. They use ``torch.get_num_threads()`` threads, at most
 numba's ``NUMBA_NUM_THREADS``; numba's and torch's OpenMP calls reach one runtime (torch's,
 loaded first), which spins ~7 ms after each parallel region (``OMP_WAIT_POLICY=PASSIVE``,
@@ -35,10 +35,9 @@ import numba
 import numpy as np
 import torch
 
+from piecewise_crf.densecrf.jit import compiles_announced, kernel
 from piecewise_crf.densecrf.lattice_torch import check_features, elevation_scale, fits
 
-_PARALLEL = dict(parallel=True, cache=True, nogil=True)
-_SERIAL = dict(cache=True, nogil=True)
 P = ParamSpec("P")
 R = TypeVar("R")
 _BLOCK = 64  # points per block: loops over a block vectorise and its scratch stays in L1
@@ -49,17 +48,19 @@ def threads() -> int:
     return max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
 
 
-def _torch_threads_kept(run: Callable[P, R]) -> Callable[P, R]:
-    """Run on `threads()` numba threads and leave torch's setting as it was: numba's OpenMP pool
-    shares torch's runtime, and its first parallel call set torch to every core (measured:
-    torch.set_num_threads(1), one dense_crf, then torch.get_num_threads() == 2)."""
+def _entry_point(run: Callable[P, R]) -> Callable[P, R]:
+    """Run on `threads()` numba threads, a first compile announced (``jit.py``), and leave
+    torch's thread setting as it was: numba's OpenMP pool shares torch's runtime, and its first
+    parallel call set torch to every core (measured: torch.set_num_threads(1), one dense_crf,
+    then torch.get_num_threads() == 2)."""
 
     @functools.wraps(run)
     def kept(*args: P.args, **kwargs: P.kwargs) -> R:
         torch_threads = torch.get_num_threads()
         numba.set_num_threads(threads())
         try:
-            return run(*args, **kwargs)
+            with compiles_announced():
+                return run(*args, **kwargs)
         finally:
             if torch.get_num_threads() != torch_threads:
                 torch.set_num_threads(torch_threads)
@@ -90,7 +91,7 @@ class CpuLattice:
     def num_points(self) -> int:
         return self.vertex.shape[0]
 
-    @_torch_threads_kept
+    @_entry_point
     def filter(self, values: np.ndarray, scale: float = 1.0) -> np.ndarray:
         """``scale * alpha * (slice . blur . splat)(values)`` for (P, C) values."""
         values = np.ascontiguousarray(values, dtype=self.weight.dtype)
@@ -112,7 +113,7 @@ class CpuLattice:
         return replace(self, weight=self.weight * norm.astype(self.weight.dtype))
 
 
-@_torch_threads_kept
+@_entry_point
 def build(f: np.ndarray, group: np.ndarray | None = None, groups: int = 1) -> CpuLattice:
     """The (unnormalised) lattice of features ``f`` (P, d) float32/float64, already divided by
     the stds; ``group`` (P,) int64 is each point's image (None: one image), as
@@ -154,7 +155,7 @@ def build(f: np.ndarray, group: np.ndarray | None = None, groups: int = 1) -> Cp
     return CpuLattice(vertex, bary, neighbours, 1.0 / (1.0 + 2.0**-d))
 
 
-@numba.njit(**_SERIAL)
+@kernel()
 def _extent(f):  # pragma: no cover - compiled
     """The largest |f| of every column of ``f`` (P, d), as float64 (numpy's measured 20x
     slower); NaN if a column has one."""
@@ -167,7 +168,7 @@ def _extent(f):  # pragma: no cover - compiled
     return out
 
 
-@numba.njit(**_PARALLEL)
+@kernel(parallel=True)
 def _embed(f, scale, rem0, rank, bary, low, high):  # pragma: no cover - compiled
     """Enclosing simplex (rem0, rank) and barycentric weights of every row of ``f``, with the
     float operations of ``lattice_torch.embed`` in the same order (so both find the same simplex);
@@ -178,7 +179,7 @@ def _embed(f, scale, rem0, rank, bary, low, high):  # pragma: no cover - compile
         _embed_chunk(f[lo:hi], scale, rem0[lo:hi], rank[lo:hi], bary[lo:hi], low[c], high[c])
 
 
-@numba.njit(**_SERIAL)
+@kernel()
 def _embed_chunk(f, scale, rem0, rank, bary, low, high):  # pragma: no cover - compiled
     """``_embed`` on some points, by blocks laid out coordinate-major so that every step
     vectorises over the block (measured 3.7x faster than point by point, where the rank's
@@ -249,7 +250,7 @@ def _embed_chunk(f, scale, rem0, rank, bary, low, high):  # pragma: no cover - c
     low[:], high[:] = lowest, highest
 
 
-@numba.njit(**_SERIAL)
+@kernel()
 def _find(keys, code):  # pragma: no cover - compiled
     """The slot of ``code`` in an open-addressing table (linear probing, 2^n slots, -1 empty),
     or the empty slot where it belongs; Fibonacci hashing of the non-negative code."""
@@ -261,7 +262,7 @@ def _find(keys, code):  # pragma: no cover - compiled
     return h
 
 
-@numba.njit(**_SERIAL)
+@kernel()
 def _table(codes, size):  # pragma: no cover - compiled
     """A table of ``size`` slots (a power of two) holding ``codes``: keys, and slots (M,) the
     index into ``codes`` of each key."""
@@ -273,7 +274,7 @@ def _table(codes, size):  # pragma: no cover - compiled
     return keys, slots
 
 
-@numba.njit(**_PARALLEL)
+@kernel(parallel=True)
 def _hash_vertices(rem0, rank, group, lo, strides, cells, vertex, chunks):  # pragma: no cover
     """Number the lattice vertices of every point's simplex into ``vertex`` (P, d+1); return
     the vertex codes (M,) and their table (keys, slots).
@@ -311,7 +312,7 @@ def _hash_vertices(rem0, rank, group, lo, strides, cells, vertex, chunks):  # pr
     return codes[:m].copy(), keys, slots
 
 
-@numba.njit(**_SERIAL)
+@kernel()
 def _number_chunk(rem0, rank, group, lo, strides, cells, vertex, found):  # pragma: no cover
     """Number the vertices of these points' simplices in order of first use into ``vertex``,
     writing their codes to ``found``; returns how many.
@@ -353,7 +354,7 @@ def _number_chunk(rem0, rank, group, lo, strides, cells, vertex, found):  # prag
     return m
 
 
-@numba.njit(**_PARALLEL)
+@kernel(parallel=True)
 def _neighbours(codes, keys, slots, steps, out):  # pragma: no cover - compiled
     """``out[v, j]``: the vertices at ``code_v + steps_j`` and ``code_v - steps_j`` (M if none)."""
     m = codes.shape[0]
@@ -364,7 +365,7 @@ def _neighbours(codes, keys, slots, steps, out):  # pragma: no cover - compiled
                 out[v, j, side] = m if keys[h] == -1 else slots[h]
 
 
-@numba.njit(**_SERIAL)
+@kernel()
 def _is_corner(row, rem0, rank, r, group):  # pragma: no cover - compiled
     """Whether ``row`` (d+1,) is vertex r of the simplex ``rem0``, ``rank`` in image ``group``."""
     d = row.shape[0] - 1
@@ -374,7 +375,7 @@ def _is_corner(row, rem0, rank, r, group):  # pragma: no cover - compiled
     return j == d and row[d] == group
 
 
-@numba.njit(**_SERIAL)
+@kernel()
 def _is_step(row, origin, axis, sign):  # pragma: no cover - compiled
     """Whether ``row`` is ``origin`` + ``sign`` ((d+1) e_axis - 1), the image column kept."""
     d = row.shape[0] - 1
@@ -384,14 +385,14 @@ def _is_step(row, origin, axis, sign):  # pragma: no cover - compiled
     return j == d and row[d] == origin[d]
 
 
-@numba.njit(**_SERIAL)
+@kernel()
 def _start(slots, code):  # pragma: no cover - compiled
     """The first slot to probe for the uint64 ``code`` (Fibonacci hashing, as ``_find``)."""
     shift = np.uint64(64 - int(np.log2(slots.shape[0])))
     return np.int64((code * np.uint64(0x9E3779B97F4A7C15)) >> shift)
 
 
-@numba.njit(**_SERIAL)
+@kernel()
 def _code_table(codes, size):  # pragma: no cover - compiled
     """A table of ``size`` slots (a power of two) for the vertices with ``codes`` (M,): keys
     (their codes) and slots (vertex indices, -1 empty)."""
@@ -405,7 +406,7 @@ def _code_table(codes, size):  # pragma: no cover - compiled
     return keys, slots
 
 
-@numba.njit(**_SERIAL)
+@kernel()
 def _number_rows(rem0, rank, group, mult, vertex):  # pragma: no cover - compiled
     """``_hash_vertices`` where mixed-radix codes overflow: number the vertices of every
     point's simplex into ``vertex`` (P, d+1); return their coordinate rows (M, d+1) (the last
@@ -464,7 +465,7 @@ def _number_rows(rem0, rank, group, mult, vertex):  # pragma: no cover - compile
     return rows[:m].copy(), codes[:m].copy(), keys, slots
 
 
-@numba.njit(**_PARALLEL)
+@kernel(parallel=True)
 def _neighbour_rows(rows, codes, keys, slots, steps, out):  # pragma: no cover - compiled
     """``_neighbours`` for ``_number_rows``' vertices: ``out[v, j]`` the vertices at
     ``row_v + step_j`` and ``row_v - step_j`` (M if none), step_j = (d+1) e_j - 1 (all -1 for
@@ -483,7 +484,7 @@ def _neighbour_rows(rows, codes, keys, slots, steps, out):  # pragma: no cover -
                 out[v, j, side] = m if slots[s] == -1 else slots[s]
 
 
-@numba.njit(**_PARALLEL)
+@kernel(parallel=True)
 def _splat(vertex, weight, values, parts):  # pragma: no cover - compiled
     """``parts[c]`` = the splat of chunk c of the points (parts (T, M+1, C))."""
     num, d1 = vertex.shape
@@ -499,7 +500,7 @@ def _splat(vertex, weight, values, parts):  # pragma: no cover - compiled
                     row[j] += wt * values[i, j]
 
 
-@numba.njit(**_SERIAL)
+@kernel()
 def _reduce(parts, scale, out):  # pragma: no cover - compiled
     """``out = scale * sum_c parts[c]``, with the missing vertex (last row) kept at zero."""
     chunks, rows, width = parts.shape
@@ -512,7 +513,7 @@ def _reduce(parts, scale, out):  # pragma: no cover - compiled
     out[rows - 1] = 0.0
 
 
-@numba.njit(**_SERIAL)
+@kernel()
 def _blur(values, spare, neighbours):  # pragma: no cover - compiled
     """Convolve (M+1, C) vertex values in place with ``[1/2, 1, 1/2]`` along every lattice
     axis (row M, the missing vertex, stays zero); ``spare`` is scratch of the same shape."""
@@ -530,7 +531,7 @@ def _blur(values, spare, neighbours):  # pragma: no cover - compiled
         values[:] = src
 
 
-@numba.njit(**_PARALLEL)
+@kernel(parallel=True)
 def _slice(vertex, weight, values, out):  # pragma: no cover - compiled
     """``out[i] = sum_r weight[i, r] values[vertex[i, r]]``."""
     num, d1 = vertex.shape
