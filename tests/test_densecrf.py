@@ -1,6 +1,15 @@
 """Dense CRF: lattice vs exact kernels, numba vs torch lattices, the building blocks, input
 handling, and agreement with pydensecrf."""
 
+import logging
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import numba
 import numpy as np
 import pytest
 import torch
@@ -12,6 +21,7 @@ from piecewise_crf.densecrf import (
     bilateral_kernel,
     dense_crf,
     gaussian_kernel,
+    jit,
     lattice_numba,
     lattice_torch,
     mean_field,
@@ -223,6 +233,27 @@ def test_numba_lattice_does_not_depend_on_thread_count():
     np.testing.assert_allclose(out[0][1], out[1][1], atol=1e-6)
 
 
+@pytest.mark.parametrize("backend", ["numba", "torch"])
+def test_row_hashed_vertices_equal_mixed_radix_codes(monkeypatch, backend):
+    """The lattice of many feature dimensions (vertices hashed by coordinate rows, exact)
+    against the mixed-radix one (a code per vertex, used where it fits in int64), forced on
+    features where both work: a batch of two 5-D bilateral images."""
+    images = torch.stack([toy(30, 40, seed=s)[0] for s in range(2)])
+    module = lattice_numba if backend == "numba" else lattice_torch
+    values = torch.rand(2 * 30 * 40, 3, generator=torch.Generator().manual_seed(0))
+    filtered = []
+    for fits in (module.fits, lambda cells, groups: False):
+        monkeypatch.setattr(module, "fits", fits)
+        lat = bilateral_kernel(images, 5.0, 20.0, backend=backend)
+        if backend == "numba":
+            filtered.append((lat.num_vertices, lat.filter(values.numpy())))
+        else:
+            filtered.append((lat.num_vertices, torch_filter(lat, values).numpy()))
+    (m_codes, codes), (m_rows, rows) = filtered
+    assert m_codes == m_rows
+    np.testing.assert_allclose(rows, codes, atol=1e-6, rtol=0)
+
+
 def test_numba_batch_lattice_never_connects_images():
     pairs = [toy(seed=s) for s in range(2)]
     images = torch.stack([i for i, _ in pairs])
@@ -337,3 +368,73 @@ def test_probs_that_are_not_probabilities_are_refused():
         poisoned[0, 1, 1] = bad
         with pytest.raises(ValueError, match="must be probabilities .* pass the softmax"):
             dense_crf(image, poisoned)
+
+
+def test_first_compile_of_a_process_is_logged_once(monkeypatch, caplog):
+    """Real compiles: uncached copies of two kernels (so they must compile) and a foreign
+    function, whose compile is not ours to announce."""
+    monkeypatch.setattr(jit._FirstCompile, "announced", False)
+    ours = [numba.njit(k.py_func) for k in (lattice_numba._extent, lattice_numba._is_step)]
+    foreign = numba.njit(lambda x: x + 1)
+    with caplog.at_level(logging.INFO, logger="piecewise_crf"), jit.compiles_announced():
+        foreign(1)
+        assert caplog.records == []
+        ours[0](np.ones((3, 2), np.float32))
+        ours[1](np.arange(3), np.arange(3), 0, 1)
+    ours[0](np.ones((3, 2)))  # outside: no listener
+    assert [r.getMessage() for r in caplog.records] == [
+        "dense CRF: compiling numba kernels (15-40 s, in every process: no writable cache "
+        "directory; set NUMBA_CACHE_DIR)"
+    ]
+
+
+FIRST_USE = """
+import logging, sys
+import numpy as np
+logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s")
+from piecewise_crf.densecrf import dense_crf
+image, probs = np.load(sys.argv[1]), np.load(sys.argv[2])
+np.save(sys.argv[3], dense_crf(image, probs))
+"""
+
+
+def test_read_only_package_caches_in_the_user_cache(tmp_path):
+    """The densecrf package copied read-only (root ignores mode bits, so a file also stands
+    where ``__pycache__`` would go): numba caches in $XDG_CACHE_HOME/numba instead, the first
+    process announces its compile once, the second loads the cache silently."""
+    package = tmp_path / "site" / "piecewise_crf"
+    shutil.copytree(
+        Path(jit.__file__).parent,
+        package / "densecrf",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    (package / "__init__.py").write_text("")
+    (package / "densecrf" / "__pycache__").write_text("")
+    for path in [package, *package.rglob("*")]:
+        path.chmod(path.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+    env |= {"PYTHONPATH": str(package.parent), "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    image, probs = (x.numpy() for x in toy())
+    np.save(tmp_path / "image.npy", image)
+    np.save(tmp_path / "probs.npy", probs)
+    logs = []
+    for run in range(2):
+        args = [tmp_path / "image.npy", tmp_path / "probs.npy", tmp_path / f"q{run}.npy"]
+        done = subprocess.run(
+            [sys.executable, "-c", FIRST_USE, *map(str, args)],
+            env=env,
+            cwd=tmp_path,  # not the checkout, whose package -c would import first
+            capture_output=True,
+            text=True,
+        )
+        assert done.returncode == 0, done.stderr
+        logs.append(done.stdout.splitlines())
+        np.testing.assert_allclose(np.load(args[2]), dense_crf(image, probs), atol=1e-6)
+    cache = tmp_path / "cache" / "numba"
+    assert [line for line in logs[0] if "compiling" in line] == [
+        f"dense CRF: compiling numba kernels (15-40 s, once for these input types, cached in "
+        f"{next(cache.iterdir())})"
+    ]
+    assert logs[1] == []
+    assert any(cache.rglob("lattice_numba.*.nbi")) and any(cache.rglob("meanfield_numba.*.nbc"))
+    assert not any(package.rglob("*.nbi"))

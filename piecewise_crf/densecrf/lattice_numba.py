@@ -5,14 +5,18 @@ The same lattice as ``lattice_torch.py`` (same embedding arithmetic, vertices, b
 normalisation, so both agree to float rounding) in another layout: the points keep their own
 order and each stores its d+1 vertex indices and weights. The vertices are found by hashing
 one int64 code per point and corner into an open-addressing table, skipped for the corners a
-point shares with the point before it (most, along image rows).
+point shares with the point before it (most, along image rows). A code is the vertex's
+coordinates in mixed radix. Where that overflows int64 (many feature dimensions: 8-channel
+bilateral features, d = 10, already do), a code is a linear hash of the coordinates instead and
+the table also holds the coordinate rows, compared in full on every hit (exact, as pydensecrf's
+table of full keys).
 
 The splat runs in parallel chunks of points, each into its own copy of the vertex values,
 summed before the blur: a 480x360 frame has ~10k bilateral and ~23k Gaussian vertices, so a
 copy per thread is ~1.4 MB at K=11.
 
-Functions compile on first use (~14 s for float32 on this 2-core machine; ``cache=True`` keeps
-the machine code under ``__pycache__`` for later processes). Parallel functions are thin
+Functions compile on first use (~14 s for float32 on this 2-core machine; cached on disk and
+announced as ``jit.py`` says). Parallel functions are thin
 ``prange`` loops over serial chunk functions. They use ``torch.get_num_threads()`` threads, at most
 numba's ``NUMBA_NUM_THREADS``; numba's and torch's OpenMP calls reach one runtime (torch's,
 loaded first), which spins ~7 ms after each parallel region (``OMP_WAIT_POLICY=PASSIVE``,
@@ -31,10 +35,9 @@ import numba
 import numpy as np
 import torch
 
-from piecewise_crf.densecrf.lattice_torch import check_features, check_size, elevation_scale
+from piecewise_crf.densecrf.jit import compiles_announced, kernel
+from piecewise_crf.densecrf.lattice_torch import check_features, elevation_scale, fits
 
-_PARALLEL = dict(parallel=True, cache=True, nogil=True)
-_SERIAL = dict(cache=True, nogil=True)
 P = ParamSpec("P")
 R = TypeVar("R")
 _BLOCK = 64  # points per block: loops over a block vectorise and its scratch stays in L1
@@ -45,17 +48,19 @@ def threads() -> int:
     return max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
 
 
-def _torch_threads_kept(run: Callable[P, R]) -> Callable[P, R]:
-    """Run on `threads()` numba threads and leave torch's setting as it was: numba's OpenMP pool
-    shares torch's runtime, and its first parallel call set torch to every core (measured:
-    torch.set_num_threads(1), one dense_crf, then torch.get_num_threads() == 2)."""
+def _entry_point(run: Callable[P, R]) -> Callable[P, R]:
+    """Run on `threads()` numba threads, a first compile announced (``jit.py``), and leave
+    torch's thread setting as it was: numba's OpenMP pool shares torch's runtime, and its first
+    parallel call set torch to every core (measured: torch.set_num_threads(1), one dense_crf,
+    then torch.get_num_threads() == 2)."""
 
     @functools.wraps(run)
     def kept(*args: P.args, **kwargs: P.kwargs) -> R:
         torch_threads = torch.get_num_threads()
         numba.set_num_threads(threads())
         try:
-            return run(*args, **kwargs)
+            with compiles_announced():
+                return run(*args, **kwargs)
         finally:
             if torch.get_num_threads() != torch_threads:
                 torch.set_num_threads(torch_threads)
@@ -86,7 +91,7 @@ class CpuLattice:
     def num_points(self) -> int:
         return self.vertex.shape[0]
 
-    @_torch_threads_kept
+    @_entry_point
     def filter(self, values: np.ndarray, scale: float = 1.0) -> np.ndarray:
         """``scale * alpha * (slice . blur . splat)(values)`` for (P, C) values."""
         values = np.ascontiguousarray(values, dtype=self.weight.dtype)
@@ -108,7 +113,7 @@ class CpuLattice:
         return replace(self, weight=self.weight * norm.astype(self.weight.dtype))
 
 
-@_torch_threads_kept
+@_entry_point
 def build(f: np.ndarray, group: np.ndarray | None = None, groups: int = 1) -> CpuLattice:
     """The (unnormalised) lattice of features ``f`` (P, d) float32/float64, already divided by
     the stds; ``group`` (P,) int64 is each point's image (None: one image), as
@@ -121,7 +126,7 @@ def build(f: np.ndarray, group: np.ndarray | None = None, groups: int = 1) -> Cp
     check_features(_extent(f).tolist(), float(np.finfo(f.dtype).eps))
     # check_features keeps |rem0| below 2^21 for float32 features: int32 halves the traffic.
     rem0 = np.empty((num, d1), np.int32 if f.dtype == np.float32 else np.int64)
-    rank = np.empty((num, d1), np.int8)
+    rank = np.empty((num, d1), np.int8 if d1 <= 128 else np.int16)
     bary = np.empty((num, d1), f.dtype)
     scale = elevation_scale(d, torch.from_numpy(f[:0]).dtype).numpy()
     chunks = max(1, min(num, 4 * threads()))
@@ -131,18 +136,26 @@ def build(f: np.ndarray, group: np.ndarray | None = None, groups: int = 1) -> Cp
     lo = low[:, :d].min(0) - 2 * d1
     radix = high[:, :d].max(0) + 2 * d1 - lo + 1
     cells = math.prod(radix.tolist())
-    check_size(cells, groups)
-    strides = np.cumprod(np.concatenate([[1], radix[:-1]])).astype(np.int64)
     group = np.zeros(num, np.int64) if group is None else np.asarray(group, np.int64)
     vertex = np.empty((num, d1), np.int32)
-    codes, keys, slots = _hash_vertices(rem0, rank, group, lo, strides, cells, vertex, threads())
-    steps = d1 * np.eye(d1, d, dtype=np.int64) @ strides - strides.sum()
-    neighbours = np.empty((codes.shape[0], d1, 2), np.int32)
-    _neighbours(codes, keys, slots, steps, neighbours)
+    if fits(cells, groups):
+        strides = np.cumprod(np.concatenate([[1], radix[:-1]])).astype(np.int64)
+        codes, keys, slots = _hash_vertices(
+            rem0, rank, group, lo, strides, cells, vertex, threads()
+        )
+        steps = d1 * np.eye(d1, d, dtype=np.int64) @ strides - strides.sum()
+        neighbours = np.empty((codes.shape[0], d1, 2), np.int32)
+        _neighbours(codes, keys, slots, steps, neighbours)
+    else:
+        mult = np.random.default_rng(0).integers(0, 2**64, d1, np.uint64, endpoint=False) | 1
+        rows, codes, keys, slots = _number_rows(rem0, rank, group, mult, vertex)
+        steps = np.uint64(d1) * np.eye(d1, d, dtype=np.uint64) @ mult[:d] - mult[:d].sum()
+        neighbours = np.empty((rows.shape[0], d1, 2), np.int32)
+        _neighbour_rows(rows, codes, keys, slots, steps, neighbours)
     return CpuLattice(vertex, bary, neighbours, 1.0 / (1.0 + 2.0**-d))
 
 
-@numba.njit(**_SERIAL)
+@kernel()
 def _extent(f):  # pragma: no cover - compiled
     """The largest |f| of every column of ``f`` (P, d), as float64 (numpy's measured 20x
     slower); NaN if a column has one."""
@@ -155,7 +168,7 @@ def _extent(f):  # pragma: no cover - compiled
     return out
 
 
-@numba.njit(**_PARALLEL)
+@kernel(parallel=True)
 def _embed(f, scale, rem0, rank, bary, low, high):  # pragma: no cover - compiled
     """Enclosing simplex (rem0, rank) and barycentric weights of every row of ``f``, with the
     float operations of ``lattice_torch.embed`` in the same order (so both find the same simplex);
@@ -166,7 +179,7 @@ def _embed(f, scale, rem0, rank, bary, low, high):  # pragma: no cover - compile
         _embed_chunk(f[lo:hi], scale, rem0[lo:hi], rank[lo:hi], bary[lo:hi], low[c], high[c])
 
 
-@numba.njit(**_SERIAL)
+@kernel()
 def _embed_chunk(f, scale, rem0, rank, bary, low, high):  # pragma: no cover - compiled
     """``_embed`` on some points, by blocks laid out coordinate-major so that every step
     vectorises over the block (measured 3.7x faster than point by point, where the rank's
@@ -237,7 +250,7 @@ def _embed_chunk(f, scale, rem0, rank, bary, low, high):  # pragma: no cover - c
     low[:], high[:] = lowest, highest
 
 
-@numba.njit(**_SERIAL)
+@kernel()
 def _find(keys, code):  # pragma: no cover - compiled
     """The slot of ``code`` in an open-addressing table (linear probing, 2^n slots, -1 empty),
     or the empty slot where it belongs; Fibonacci hashing of the non-negative code."""
@@ -249,7 +262,7 @@ def _find(keys, code):  # pragma: no cover - compiled
     return h
 
 
-@numba.njit(**_SERIAL)
+@kernel()
 def _table(codes, size):  # pragma: no cover - compiled
     """A table of ``size`` slots (a power of two) holding ``codes``: keys, and slots (M,) the
     index into ``codes`` of each key."""
@@ -261,7 +274,7 @@ def _table(codes, size):  # pragma: no cover - compiled
     return keys, slots
 
 
-@numba.njit(**_PARALLEL)
+@kernel(parallel=True)
 def _hash_vertices(rem0, rank, group, lo, strides, cells, vertex, chunks):  # pragma: no cover
     """Number the lattice vertices of every point's simplex into ``vertex`` (P, d+1); return
     the vertex codes (M,) and their table (keys, slots).
@@ -299,7 +312,7 @@ def _hash_vertices(rem0, rank, group, lo, strides, cells, vertex, chunks):  # pr
     return codes[:m].copy(), keys, slots
 
 
-@numba.njit(**_SERIAL)
+@kernel()
 def _number_chunk(rem0, rank, group, lo, strides, cells, vertex, found):  # pragma: no cover
     """Number the vertices of these points' simplices in order of first use into ``vertex``,
     writing their codes to ``found``; returns how many.
@@ -341,7 +354,7 @@ def _number_chunk(rem0, rank, group, lo, strides, cells, vertex, found):  # prag
     return m
 
 
-@numba.njit(**_PARALLEL)
+@kernel(parallel=True)
 def _neighbours(codes, keys, slots, steps, out):  # pragma: no cover - compiled
     """``out[v, j]``: the vertices at ``code_v + steps_j`` and ``code_v - steps_j`` (M if none)."""
     m = codes.shape[0]
@@ -352,7 +365,126 @@ def _neighbours(codes, keys, slots, steps, out):  # pragma: no cover - compiled
                 out[v, j, side] = m if keys[h] == -1 else slots[h]
 
 
-@numba.njit(**_PARALLEL)
+@kernel()
+def _is_corner(row, rem0, rank, r, group):  # pragma: no cover - compiled
+    """Whether ``row`` (d+1,) is vertex r of the simplex ``rem0``, ``rank`` in image ``group``."""
+    d = row.shape[0] - 1
+    j = 0
+    while j < d and row[j] == rem0[j] + r - (d + 1 if rank[j] > d - r else 0):
+        j += 1
+    return j == d and row[d] == group
+
+
+@kernel()
+def _is_step(row, origin, axis, sign):  # pragma: no cover - compiled
+    """Whether ``row`` is ``origin`` + ``sign`` ((d+1) e_axis - 1), the image column kept."""
+    d = row.shape[0] - 1
+    j = 0
+    while j < d and row[j] == origin[j] + sign * ((d + 1 if j == axis else 0) - 1):
+        j += 1
+    return j == d and row[d] == origin[d]
+
+
+@kernel()
+def _start(slots, code):  # pragma: no cover - compiled
+    """The first slot to probe for the uint64 ``code`` (Fibonacci hashing, as ``_find``)."""
+    shift = np.uint64(64 - int(np.log2(slots.shape[0])))
+    return np.int64((code * np.uint64(0x9E3779B97F4A7C15)) >> shift)
+
+
+@kernel()
+def _code_table(codes, size):  # pragma: no cover - compiled
+    """A table of ``size`` slots (a power of two) for the vertices with ``codes`` (M,): keys
+    (their codes) and slots (vertex indices, -1 empty)."""
+    keys = np.zeros(size, np.uint64)
+    slots = np.full(size, -1, np.int32)
+    for v in range(codes.shape[0]):
+        s = _start(slots, codes[v])
+        while slots[s] != -1:
+            s = (s + 1) & (size - 1)
+        keys[s], slots[s] = codes[v], v
+    return keys, slots
+
+
+@kernel()
+def _number_rows(rem0, rank, group, mult, vertex):  # pragma: no cover - compiled
+    """``_hash_vertices`` where mixed-radix codes overflow: number the vertices of every
+    point's simplex into ``vertex`` (P, d+1); return their coordinate rows (M, d+1) (the last
+    column the image), their codes (M,) and the table (keys, slots).
+
+    A code is the linear hash ``mult @ row`` (uint64, wrapping), so blur neighbours' codes
+    are ``code + step`` as in ``_number_chunk``; a table hit also compares the rows in full.
+    Serial: pydensecrf's build is too.
+    """
+    num, d1 = rank.shape
+    d = d1 - 1
+    total = np.uint64(0)
+    for j in range(d):
+        total += mult[j]
+    rows = np.empty((1024, d1), rem0.dtype)
+    codes = np.empty(1024, np.uint64)
+    keys, slots = _code_table(codes[:0], 1 << 12)
+    above = np.zeros(d1 + 1, np.uint64)
+    previous = np.zeros(d1, np.uint64)
+    m = 0
+    for i in range(num):
+        base = mult[d] * np.uint64(group[i])
+        above[:] = 0
+        for j in range(d):
+            base += mult[j] * np.uint64(rem0[i, j])
+            above[d + 1 - rank[i, j]] += mult[j]
+        shift = np.uint64(0)
+        for r in range(d1):
+            shift += above[r]  # sum of mult_j over the j with rank_j > d - r
+            code = base + np.uint64(r) * total - np.uint64(d1) * shift
+            if (
+                i > 0
+                and code == previous[r]
+                and _is_corner(rows[vertex[i - 1, r]], rem0[i], rank[i], r, group[i])
+            ):
+                vertex[i, r] = vertex[i - 1, r]
+                continue
+            previous[r] = code
+            s = _start(slots, code)
+            while slots[s] != -1 and not (
+                keys[s] == code and _is_corner(rows[slots[s]], rem0[i], rank[i], r, group[i])
+            ):
+                s = (s + 1) & (slots.shape[0] - 1)
+            if slots[s] == -1:
+                if m == rows.shape[0]:
+                    rows = np.concatenate((rows, np.empty_like(rows)))
+                    codes = np.concatenate((codes, np.empty_like(codes)))
+                for j in range(d):
+                    rows[m, j] = rem0[i, j] + r - (d1 if rank[i, j] > d - r else 0)
+                rows[m, d] = group[i]
+                codes[m], keys[s], slots[s] = code, code, m
+                m += 1
+            vertex[i, r] = slots[s]
+            if 2 * m > slots.shape[0]:  # keep the table at most half full
+                keys, slots = _code_table(codes[:m], 2 * slots.shape[0])
+    return rows[:m].copy(), codes[:m].copy(), keys, slots
+
+
+@kernel(parallel=True)
+def _neighbour_rows(rows, codes, keys, slots, steps, out):  # pragma: no cover - compiled
+    """``_neighbours`` for ``_number_rows``' vertices: ``out[v, j]`` the vertices at
+    ``row_v + step_j`` and ``row_v - step_j`` (M if none), step_j = (d+1) e_j - 1 (all -1 for
+    j = d), found by code ``codes_v +- steps_j`` and compared in full."""
+    m = rows.shape[0]
+    mask = slots.shape[0] - 1
+    for v in numba.prange(m):
+        for j in range(steps.shape[0]):
+            for side in range(2):
+                code = codes[v] + steps[j] if side == 0 else codes[v] - steps[j]
+                s = _start(slots, code)
+                while slots[s] != -1 and not (
+                    keys[s] == code and _is_step(rows[slots[s]], rows[v], j, 1 - 2 * side)
+                ):
+                    s = (s + 1) & mask
+                out[v, j, side] = m if slots[s] == -1 else slots[s]
+
+
+@kernel(parallel=True)
 def _splat(vertex, weight, values, parts):  # pragma: no cover - compiled
     """``parts[c]`` = the splat of chunk c of the points (parts (T, M+1, C))."""
     num, d1 = vertex.shape
@@ -368,7 +500,7 @@ def _splat(vertex, weight, values, parts):  # pragma: no cover - compiled
                     row[j] += wt * values[i, j]
 
 
-@numba.njit(**_SERIAL)
+@kernel()
 def _reduce(parts, scale, out):  # pragma: no cover - compiled
     """``out = scale * sum_c parts[c]``, with the missing vertex (last row) kept at zero."""
     chunks, rows, width = parts.shape
@@ -381,7 +513,7 @@ def _reduce(parts, scale, out):  # pragma: no cover - compiled
     out[rows - 1] = 0.0
 
 
-@numba.njit(**_SERIAL)
+@kernel()
 def _blur(values, spare, neighbours):  # pragma: no cover - compiled
     """Convolve (M+1, C) vertex values in place with ``[1/2, 1, 1/2]`` along every lattice
     axis (row M, the missing vertex, stays zero); ``spare`` is scratch of the same shape."""
@@ -399,7 +531,7 @@ def _blur(values, spare, neighbours):  # pragma: no cover - compiled
         values[:] = src
 
 
-@numba.njit(**_PARALLEL)
+@kernel(parallel=True)
 def _slice(vertex, weight, values, out):  # pragma: no cover - compiled
     """``out[i] = sum_r weight[i, r] values[vertex[i, r]]``."""
     num, d1 = vertex.shape

@@ -14,14 +14,13 @@ import math
 import numba
 import numpy as np
 
+from piecewise_crf.densecrf.jit import kernel
 from piecewise_crf.densecrf.lattice_numba import (
     _BLOCK,
-    _PARALLEL,
-    _SERIAL,
     CpuLattice,
     _blur,
+    _entry_point,
     _reduce,
-    _torch_threads_kept,
     threads,
 )
 
@@ -29,7 +28,7 @@ from piecewise_crf.densecrf.lattice_numba import (
 _EXP2 = (6.9314718e-01, 2.4022646e-01, 5.5503290e-02, 9.6185198e-03, 1.3399860e-03, 1.5337577e-04)
 
 
-@_torch_threads_kept
+@_entry_point
 def mean_field(
     logp: np.ndarray,
     lattices: list[CpuLattice],
@@ -63,7 +62,7 @@ def mean_field(
     return q
 
 
-@numba.njit(**_SERIAL)
+@kernel()
 def _softmax_block(x, bits, poly):  # pragma: no cover - compiled
     """Softmax of every row of the (n, K) block ``x`` in place, by the polynomial exponential
     when ``poly`` (float32 only); ``bits`` (n K,) int32 scratch."""
@@ -103,7 +102,7 @@ def _softmax_block(x, bits, poly):  # pragma: no cover - compiled
             x[b, j] *= inv
 
 
-@numba.njit(**_PARALLEL)
+@kernel(parallel=True)
 def _point_pass(
     logp, vertex, weight, values, parts, first, last, potts, mu, poly, q
 ):  # pragma: no cover
@@ -117,7 +116,7 @@ def _point_pass(
         _pass_chunk(logp, vertex, weight, values, parts, c, lo, hi, first, last, potts, mu, poly, q)
 
 
-@numba.njit(**_SERIAL)
+@kernel()
 def _pass_chunk(
     logp, vertex, weight, values, parts, c, lo, hi, first, last, potts, mu, poly, q
 ):  # pragma: no cover
