@@ -18,7 +18,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from piecewise_crf.densecrf.lattice_numba import _PARALLEL, _SERIAL, _torch_threads_kept, threads
+from piecewise_crf.densecrf.jit import kernel
+from piecewise_crf.densecrf.lattice_numba import _entry_point, threads
 from piecewise_crf.relations import Offset
 
 
@@ -81,7 +82,7 @@ def grid_mean_field(
 Chunk = tuple[np.ndarray, np.ndarray, np.ndarray]  # packed scores, offset_table, weights
 
 
-@_torch_threads_kept
+@_entry_point
 def mean_field(
     unary: np.ndarray, chunks: list[Chunk], iterations: int, centred: bool
 ) -> np.ndarray:
@@ -105,7 +106,7 @@ def mean_field(
     return q
 
 
-@numba.njit(**_PARALLEL)
+@kernel(parallel=True)
 def _messages(z, table, weights, q, parts):  # pragma: no cover - compiled
     """sum over edges (p, q) of z_pq Q_q into p and z_pq^T Q_p into q; offsets round-robin over
     the threads, each into its own map of `parts`, summed at the end."""
@@ -117,7 +118,7 @@ def _messages(z, table, weights, q, parts):  # pragma: no cover - compiled
     return parts.sum(axis=0)
 
 
-@numba.njit(fastmath={"contract"}, **_SERIAL)
+@kernel(fastmath={"contract"})
 def _offset_messages(z, entry, weight, q, out):  # pragma: no cover - compiled
     """Both messages of one offset's edges, added into `out` (B, K, h, w)."""
     batch, k, h, w = q.shape
@@ -142,7 +143,7 @@ def _offset_messages(z, entry, weight, q, out):  # pragma: no cover - compiled
                         q_out[x] += weight * zrow[x] * p_q[x]
 
 
-@numba.njit(**_SERIAL)
+@kernel()
 def _softmax(scores):  # pragma: no cover - compiled
     """Softmax over axis 1 of (B, K, h, w)."""
     batch, k, h, w = scores.shape

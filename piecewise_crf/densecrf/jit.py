@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import numba
 from numba.core import event
@@ -24,16 +25,17 @@ from numba.core import event
 log = logging.getLogger(__name__)
 
 
-def kernel(*, parallel: bool = False) -> Callable:
-    """``numba.njit`` (nogil) for a dense-CRF kernel, cached on disk where numba can write."""
+def kernel(*, parallel: bool = False, **options: Any) -> Callable:
+    """``numba.njit`` (nogil, and `options` such as fastmath) for a kernel, cached on disk
+    where numba can write."""
 
     def compiled(fn: Callable) -> Callable:
         try:
-            return numba.njit(fn, cache=True, nogil=True, parallel=parallel)
+            return numba.njit(fn, cache=True, nogil=True, parallel=parallel, **options)
         except RuntimeError as err:  # numba's "cannot cache function ...: no locator available"
             if "no locator available" not in str(err):
                 raise
-            return numba.njit(fn, nogil=True, parallel=parallel)
+            return numba.njit(fn, nogil=True, parallel=parallel, **options)
 
     return compiled
 
