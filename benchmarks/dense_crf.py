@@ -26,9 +26,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-import piecewise_crf.densecrf.compat as compat
+import permutocrf.compat as compat
 from benchmarks.common import commit, describe, machine
-from piecewise_crf.densecrf import (
+from permutocrf import (
     bilateral_kernel,
     dense_crf,
     gaussian_kernel,
@@ -43,7 +43,7 @@ LABELS = (2, 5, 11, 21, 40, 60)
 FIRST_CALL = """
 import time, numpy as np
 start = time.perf_counter()
-from piecewise_crf.densecrf import dense_crf
+from permutocrf import dense_crf
 imported = time.perf_counter()
 image = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
 dense_crf(image, np.full((3, 48, 64), 1 / 3, np.float32))
@@ -102,7 +102,7 @@ def pydensecrf_run(image: np.ndarray, probs: np.ndarray, iterations: int) -> np.
 
 def api_run(dcrf, image: np.ndarray, probs: np.ndarray, iterations: int) -> np.ndarray:
     """pydensecrf's API as its users write it, the CRF's construction included, on ``dcrf``:
-    ``pydensecrf.densecrf`` or its drop-in ``piecewise_crf.densecrf.compat``."""
+    ``pydensecrf.densecrf`` or its drop-in ``permutocrf``."""
     k, h, w = probs.shape
     crf = dcrf.DenseCRF2D(w, h, k)
     crf.setUnaryEnergy(np.ascontiguousarray(-np.log(np.maximum(probs, 1e-5)).reshape(k, -1)))
@@ -133,7 +133,7 @@ def slope(xs: list[float], ys: list[float]) -> float:
 def first_call_seconds() -> dict:
     """In a new process: seconds to the first result of a small float32 ``dense_crf`` with an
     empty numba cache (compiling), then with the cache that run wrote; and the second run's
-    import of ``piecewise_crf.densecrf`` (torch, numba)."""
+    import of ``permutocrf`` (numba)."""
     out = {}
     with tempfile.TemporaryDirectory() as cache:
         env = os.environ | {"NUMBA_CACHE_DIR": cache}

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import piecewise_crf.densecrf.compat as compat
+import permutocrf.compat as compat
 from benchmarks.common import describe, machine
 from benchmarks.dense_crf import load_frames, median_times
 

@@ -15,7 +15,7 @@ _PUBLIC = {
     "Predictor": "piecewise_crf.inference",
     "build_model": "piecewise_crf.model",
     "load_config": "piecewise_crf.config",
-    "dense_crf": "piecewise_crf.densecrf",
+    "dense_crf": "permutocrf",
     "ConfusionMatrix": "piecewise_crf.metrics",
 }
 __all__ = ["__version__", *_PUBLIC]

@@ -4,7 +4,7 @@ The graph is `CRFStage(predictor.model, predictor.crf)` of `Predictor.from_check
 the Unary- and Pairwise-Nets, mean-field with the checkpoint's crf setting and the upsampling, so
 it computes what the Predictor's "crf" stage computes (one scale, no flip). The image size is
 fixed (the relations' offsets are constants of the node grid it gives), the batch is dynamic.
-The dense CRF is not in the graph: it stays post-processing (`piecewise_crf.densecrf.dense_crf`),
+The dense CRF is not in the graph: it stays post-processing (`permutocrf.dense_crf`),
 with the checkpoint's settings in the graph's metadata beside the class names and crf setting.
 
 Exporter: torch's TorchScript one (`torch.onnx.export(dynamo=False)` with `dynamic_axes`), which

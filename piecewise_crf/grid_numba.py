@@ -18,8 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from piecewise_crf.densecrf.jit import kernel
-from piecewise_crf.densecrf.lattice_numba import _entry_point, threads
+from permutocrf.jit import entry_point, kernel, threads
 from piecewise_crf.relations import Offset
 
 
@@ -82,7 +81,7 @@ def grid_mean_field(
 Chunk = tuple[np.ndarray, np.ndarray, np.ndarray]  # packed scores, offset_table, weights
 
 
-@_entry_point
+@entry_point
 def mean_field(
     unary: np.ndarray, chunks: list[Chunk], iterations: int, centred: bool
 ) -> np.ndarray:

@@ -26,12 +26,12 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
+from permutocrf import dense_crf
 from piecewise_crf.checkpoint import Checkpoint, load_checkpoint
 from piecewise_crf.config import STAGES, CRFConfig, DenseCRFConfig, replace_settings
 from piecewise_crf.crf import ring_weight
 from piecewise_crf.data.base import bit_palette
 from piecewise_crf.data.io import open_rgb, viewed_rgb
-from piecewise_crf.densecrf import dense_crf
 from piecewise_crf.devices import amp_dtype, resolve_device
 from piecewise_crf.errors import ArgumentError
 from piecewise_crf.model import DeepStructuredModel, GridPotentials, GridScores

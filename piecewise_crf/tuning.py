@@ -6,7 +6,7 @@ resolution) are computed once; the dense CRF then runs for every parameter combi
 each combination (plus the no-dense baseline, the "crf" stage) accumulates its own confusion
 matrix. Lattices are shared: the bilateral lattice is built once per image and (xy, rgb) std,
 the Gaussian one once per image size and xy std, so weights and iterations come almost free.
-The dense CRF itself is `piecewise_crf.densecrf` run exactly as the "crf+dense" stage of
+The dense CRF itself is `permutocrf` run exactly as the "crf+dense" stage of
 `evaluate` runs it (on the CPU the numbers are identical).
 """
 
@@ -22,8 +22,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from permutocrf import bilateral_kernel, gaussian_kernel, mean_field, unary_scores
 from piecewise_crf.config import DENSE_GRID, DenseCRFConfig
-from piecewise_crf.densecrf import bilateral_kernel, gaussian_kernel, mean_field, unary_scores
 from piecewise_crf.errors import ArgumentError
 from piecewise_crf.evaluation import Progress, summarise
 from piecewise_crf.inference import Predictor

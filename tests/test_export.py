@@ -12,11 +12,11 @@ import pytest
 import torch
 from cli_checks import fails
 
+from permutocrf import dense_crf
 from piecewise_crf import __version__
 from piecewise_crf.commands.cli import main
 from piecewise_crf.config import CRFConfig
 from piecewise_crf.data.synthetic import SyntheticContext
-from piecewise_crf.densecrf import dense_crf
 from piecewise_crf.export import export_onnx
 from piecewise_crf.inference import Predictor
 

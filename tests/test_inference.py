@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
+from permutocrf import dense_crf
 from piecewise_crf.checkpoint import load_checkpoint
 from piecewise_crf.commands.cli import main
 from piecewise_crf.config import CRFConfig, DenseCRFConfig
 from piecewise_crf.crf import centre_interactions, grid_mean_field
 from piecewise_crf.data.synthetic import SyntheticContext
-from piecewise_crf.densecrf import dense_crf
 from piecewise_crf.inference import Predictor, crf_marginals, grid_marginals, mean_field_weights
 from piecewise_crf.metrics import ConfusionMatrix
 

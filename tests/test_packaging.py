@@ -67,3 +67,49 @@ def test_the_wheel_holds_the_configs_the_splits_and_the_licence(tmp_path):
     assert any(n.startswith("piecewise_crf/data/splits/") and n.endswith(".txt") for n in names)
     assert any(n.endswith(".dist-info/licenses/LICENSE") or n.endswith("/LICENSE") for n in names)
     assert not any(n.startswith(("tests/", "benchmarks/", "experiments/")) for n in names)
+    assert not any(n.startswith("permutocrf/") for n in names)  # its own distribution
+    assert "Requires-Dist: permutocrf>=0.1" in wheel_metadata(wheel)
+
+
+def wheel_metadata(wheel: Path) -> str:
+    archive = zipfile.ZipFile(wheel)
+    (name,) = [n for n in archive.namelist() if n.endswith(".dist-info/METADATA")]
+    return archive.read(name).decode()
+
+
+@pytest.mark.slow
+def test_the_dense_crf_wheel_stands_alone_without_torch(tmp_path):
+    """permutocrf/ builds its own wheel: its package alone, requiring numpy and numba (torch
+    only as the extra), the version from permutocrf.__version__."""
+    import permutocrf
+
+    build = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+             "-w", str(tmp_path), str(ROOT / "permutocrf")]  # fmt: skip
+    subprocess.run(build, check=True, capture_output=True, cwd=tmp_path)
+    (wheel,) = tmp_path.glob("permutocrf-*.whl")
+    assert wheel.name.startswith(f"permutocrf-{permutocrf.__version__}-")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert {"permutocrf/__init__.py", "permutocrf/compat.py", "permutocrf/utils.py"} <= names
+    assert {n.split("/")[0] for n in names if not n.startswith("permutocrf-")} == {"permutocrf"}
+    requires = [
+        line.removeprefix("Requires-Dist: ")
+        for line in wheel_metadata(wheel).splitlines()
+        if line.startswith("Requires-Dist: ")
+    ]
+    assert [r for r in requires if "extra ==" not in r] == ["numpy>=1.23", "numba>=0.61"]
+    assert any(r.startswith("torch") and 'extra == "torch"' in r for r in requires)
+
+
+def test_the_dense_crf_keeps_its_piecewise_crf_names():
+    """``piecewise_crf.densecrf`` (``dense_crf``, the layer) and ``piecewise_crf.densecrf.compat``
+    (the pydensecrf drop-in) are permutocrf's objects under the names DESIGN.md gives them."""
+    import permutocrf
+    import permutocrf.compat
+    import piecewise_crf.densecrf
+    import piecewise_crf.densecrf.compat as dcrf
+
+    for name in piecewise_crf.densecrf.__all__:
+        assert getattr(piecewise_crf.densecrf, name) is getattr(permutocrf, name)
+    assert dcrf.__all__ == permutocrf.compat.__all__
+    for name in dcrf.__all__:
+        assert getattr(dcrf, name) is getattr(permutocrf, name)

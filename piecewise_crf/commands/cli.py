@@ -456,10 +456,11 @@ class _Stdout(logging.Handler):
 
 
 def _show_library_notes() -> None:
-    logger = logging.getLogger("piecewise_crf")
-    if not any(isinstance(h, _Stdout) for h in logger.handlers):
-        logger.addHandler(_Stdout())
-        logger.setLevel(logging.INFO)
+    for name in ("piecewise_crf", "permutocrf"):  # this package's and the dense CRF's
+        logger = logging.getLogger(name)
+        if not any(isinstance(h, _Stdout) for h in logger.handlers):
+            logger.addHandler(_Stdout())
+            logger.setLevel(logging.INFO)
 
 
 def _flag_speller(parser: argparse.ArgumentParser, command: str) -> Callable[[str], str]:

@@ -1,5 +1,5 @@
-"""How the dense CRF's numba kernels compile: cached on disk where numba finds a writable place,
-and a process's first compile announced.
+"""How the dense CRF's numba kernels compile and run: cached on disk where numba finds a
+writable place, a process's first compile announced, and on how many threads.
 
 numba caches a kernel in the package's ``__pycache__``; where that is not writable (a read-only
 site-packages) in its per-user cache (``$XDG_CACHE_HOME/numba``, else ``~/.cache/numba``);
@@ -10,19 +10,29 @@ environment.
 Compiling takes 15-40 s (2 cores, measured) and numba is silent about it, so the first kernel
 compile of a process is logged once, at INFO: numba's ``"numba:compile"`` event is sent on a
 cache miss only, i.e. exactly when a kernel compiles.
+
+Threads: numba's setting (``NUMBA_NUM_THREADS``, ``numba.set_num_threads``); in a process that
+has imported torch, torch's intra-op setting (``torch.set_num_threads``), capped at numba's
+pool. numba's and torch's OpenMP calls then reach one runtime (torch's, loaded first), which
+spins ~7 ms after each parallel region (``OMP_WAIT_POLICY=PASSIVE``, set before Python starts,
+stops that).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
+import sys
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import numba
 from numba.core import event
 
 log = logging.getLogger(__name__)
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 def kernel(*, parallel: bool = False, **options: Any) -> Callable:
@@ -70,3 +80,33 @@ def compiles_announced() -> Iterator[None]:
     """Within: the first kernel compile of the process is logged."""
     with event.install_listener("numba:compile", _LISTENER):
         yield
+
+
+def threads() -> int:
+    """Threads the kernels run on: torch's intra-op setting where torch is imported, capped at
+    numba's pool; else numba's setting."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return numba.get_num_threads()
+    return max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+
+
+def entry_point(run: Callable[P, R]) -> Callable[P, R]:
+    """Run on `threads()` numba threads, a first compile announced, and leave torch's thread
+    setting as it was: numba's OpenMP pool shares torch's runtime, and its first parallel call
+    set torch to every core (measured: torch.set_num_threads(1), one dense_crf, then
+    torch.get_num_threads() == 2)."""
+
+    @functools.wraps(run)
+    def kept(*args: P.args, **kwargs: P.kwargs) -> R:
+        torch = sys.modules.get("torch")
+        torch_threads = None if torch is None else torch.get_num_threads()
+        numba.set_num_threads(threads())
+        try:
+            with compiles_announced():
+                return run(*args, **kwargs)
+        finally:
+            if torch_threads is not None and torch.get_num_threads() != torch_threads:
+                torch.set_num_threads(torch_threads)
+
+    return kept

@@ -4,11 +4,11 @@ tensors that require grad, batching, and a layer that learns."""
 
 import pytest
 import torch
-from dataset_files import noisy_regions as toy
+from frames import noisy_regions_tensors as toy
 from torch.autograd import gradcheck
 from torch.func import functional_call
 
-from piecewise_crf.densecrf import (
+from permutocrf import (
     PROB_FLOOR,
     DenseCRFLayer,
     bilateral_kernel,
@@ -16,8 +16,8 @@ from piecewise_crf.densecrf import (
     gaussian_kernel,
     mean_field,
 )
-from piecewise_crf.densecrf.differentiable import _Filter, adjoint
-from piecewise_crf.densecrf.reference import dense_crf_exact
+from permutocrf.differentiable import _Filter, adjoint
+from permutocrf.reference import dense_crf_exact
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -14,21 +14,14 @@ import math
 import numba
 import numpy as np
 
-from piecewise_crf.densecrf.jit import kernel
-from piecewise_crf.densecrf.lattice_numba import (
-    _BLOCK,
-    CpuLattice,
-    _blur,
-    _entry_point,
-    _reduce,
-    threads,
-)
+from permutocrf.jit import entry_point, kernel, threads
+from permutocrf.lattice_numba import _BLOCK, CpuLattice, _blur, _reduce
 
 # 2^f on [-1/2, 1/2], relative error 1e-7 in float32 (least squares on Chebyshev nodes).
 _EXP2 = (6.9314718e-01, 2.4022646e-01, 5.5503290e-02, 9.6185198e-03, 1.3399860e-03, 1.5337577e-04)
 
 
-@_entry_point
+@entry_point
 def mean_field(
     logp: np.ndarray,
     lattices: list[CpuLattice],

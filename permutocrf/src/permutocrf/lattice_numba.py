@@ -17,55 +17,24 @@ copy per thread is ~1.4 MB at K=11.
 
 Functions compile on first use (~14 s for float32 on this 2-core machine; cached on disk and
 announced as ``jit.py`` says). Parallel functions are thin
-``prange`` loops over serial chunk functions. They use ``torch.get_num_threads()`` threads, at most
-numba's ``NUMBA_NUM_THREADS``; numba's and torch's OpenMP calls reach one runtime (torch's,
-loaded first), which spins ~7 ms after each parallel region (``OMP_WAIT_POLICY=PASSIVE``,
-set before Python starts, stops that).
+``prange`` loops over serial chunk functions, run on ``jit.threads()`` threads.
 """
 
 from __future__ import annotations
 
-import functools
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import ParamSpec, TypeVar
 
 import numba
 import numpy as np
-import torch
 
-from piecewise_crf.densecrf.jit import compiles_announced, kernel
-from piecewise_crf.densecrf.lattice_torch import check_features, elevation_scale, fits
+from permutocrf.arithmetic import check_features, elevation_scale, fits
+from permutocrf.jit import entry_point, kernel, threads
 
 P = ParamSpec("P")
 R = TypeVar("R")
 _BLOCK = 64  # points per block: loops over a block vectorise and its scratch stays in L1
-
-
-def threads() -> int:
-    """Threads the kernels run on: torch's intra-op setting, capped at numba's pool."""
-    return max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
-
-
-def _entry_point(run: Callable[P, R]) -> Callable[P, R]:
-    """Run on `threads()` numba threads, a first compile announced (``jit.py``), and leave
-    torch's thread setting as it was: numba's OpenMP pool shares torch's runtime, and its first
-    parallel call set torch to every core (measured: torch.set_num_threads(1), one dense_crf,
-    then torch.get_num_threads() == 2)."""
-
-    @functools.wraps(run)
-    def kept(*args: P.args, **kwargs: P.kwargs) -> R:
-        torch_threads = torch.get_num_threads()
-        numba.set_num_threads(threads())
-        try:
-            with compiles_announced():
-                return run(*args, **kwargs)
-        finally:
-            if torch.get_num_threads() != torch_threads:
-                torch.set_num_threads(torch_threads)
-
-    return kept
 
 
 @dataclass(frozen=True)
@@ -91,7 +60,7 @@ class CpuLattice:
     def num_points(self) -> int:
         return self.vertex.shape[0]
 
-    @_entry_point
+    @entry_point
     def filter(self, values: np.ndarray, scale: float = 1.0) -> np.ndarray:
         """``scale * alpha * (slice . blur . splat)(values)`` for (P, C) values."""
         values = np.ascontiguousarray(values, dtype=self.weight.dtype)
@@ -113,7 +82,7 @@ class CpuLattice:
         return replace(self, weight=self.weight * norm.astype(self.weight.dtype))
 
 
-@_entry_point
+@entry_point
 def build(f: np.ndarray, group: np.ndarray | None = None, groups: int = 1) -> CpuLattice:
     """The (unnormalised) lattice of features ``f`` (P, d) float32/float64, already divided by
     the stds; ``group`` (P,) int64 is each point's image (None: one image), as
@@ -128,7 +97,7 @@ def build(f: np.ndarray, group: np.ndarray | None = None, groups: int = 1) -> Cp
     rem0 = np.empty((num, d1), np.int32 if f.dtype == np.float32 else np.int64)
     rank = np.empty((num, d1), np.int8 if d1 <= 128 else np.int16)
     bary = np.empty((num, d1), f.dtype)
-    scale = elevation_scale(d, torch.from_numpy(f[:0]).dtype).numpy()
+    scale = elevation_scale(d).astype(f.dtype)
     chunks = max(1, min(num, 4 * threads()))
     low = np.full((chunks, d1), np.iinfo(np.int64).max)
     high = np.full((chunks, d1), np.iinfo(np.int64).min)

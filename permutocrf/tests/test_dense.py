@@ -13,10 +13,10 @@ import numba
 import numpy as np
 import pytest
 import torch
-from dataset_files import camvid_frames
-from dataset_files import noisy_regions as toy
+from frames import camvid_frames
+from frames import noisy_regions_tensors as toy
 
-from piecewise_crf.densecrf import (
+from permutocrf import (
     PROB_FLOOR,
     bilateral_kernel,
     dense_crf,
@@ -28,10 +28,10 @@ from piecewise_crf.densecrf import (
     meanfield_numba,
     unary_scores,
 )
-from piecewise_crf.densecrf.lattice_numba import CpuLattice
-from piecewise_crf.densecrf.lattice_torch import Lattice, stack
-from piecewise_crf.densecrf.meanfield import softmax_rows
-from piecewise_crf.densecrf.reference import dense_crf_exact
+from permutocrf.lattice_numba import CpuLattice
+from permutocrf.lattice_torch import Lattice, stack
+from permutocrf.meanfield_torch import softmax_rows
+from permutocrf.reference import dense_crf_exact
 
 DEEPLAB = dict(pos_xy_std=1.0, pos_weight=3.0, bi_xy_std=67.0, bi_rgb_std=3.0, bi_weight=4.0)
 
@@ -376,7 +376,7 @@ def test_first_compile_of_a_process_is_logged_once(monkeypatch, caplog):
     monkeypatch.setattr(jit._FirstCompile, "announced", False)
     ours = [numba.njit(k.py_func) for k in (lattice_numba._extent, lattice_numba._is_step)]
     foreign = numba.njit(lambda x: x + 1)
-    with caplog.at_level(logging.INFO, logger="piecewise_crf"), jit.compiles_announced():
+    with caplog.at_level(logging.INFO, logger="permutocrf"), jit.compiles_announced():
         foreign(1)
         assert caplog.records == []
         ours[0](np.ones((3, 2), np.float32))
@@ -392,7 +392,7 @@ FIRST_USE = """
 import logging, sys
 import numpy as np
 logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s")
-from piecewise_crf.densecrf import dense_crf
+from permutocrf import dense_crf
 image, probs = np.load(sys.argv[1]), np.load(sys.argv[2])
 np.save(sys.argv[3], dense_crf(image, probs))
 """
@@ -402,14 +402,11 @@ def test_read_only_package_caches_in_the_user_cache(tmp_path):
     """The densecrf package copied read-only (root ignores mode bits, so a file also stands
     where ``__pycache__`` would go): numba caches in $XDG_CACHE_HOME/numba instead, the first
     process announces its compile once, the second loads the cache silently."""
-    package = tmp_path / "site" / "piecewise_crf"
+    package = tmp_path / "site" / "permutocrf"
     shutil.copytree(
-        Path(jit.__file__).parent,
-        package / "densecrf",
-        ignore=shutil.ignore_patterns("__pycache__"),
+        Path(jit.__file__).parent, package, ignore=shutil.ignore_patterns("__pycache__")
     )
-    (package / "__init__.py").write_text("")
-    (package / "densecrf" / "__pycache__").write_text("")
+    (package / "__pycache__").write_text("")
     for path in [package, *package.rglob("*")]:
         path.chmod(path.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}

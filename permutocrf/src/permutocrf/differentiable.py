@@ -21,7 +21,7 @@ from dataclasses import replace
 
 import torch
 
-from piecewise_crf.densecrf.lattice_torch import Lattice, inverse_permutation
+from permutocrf.lattice_torch import Lattice, inverse_permutation
 
 
 class _Filter(torch.autograd.Function):

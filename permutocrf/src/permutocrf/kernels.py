@@ -11,53 +11,54 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
-import torch
 
-from piecewise_crf.densecrf import lattice_numba, lattice_torch
-from piecewise_crf.densecrf.lattice_numba import CpuLattice
-from piecewise_crf.densecrf.lattice_torch import Lattice
+from permutocrf import lattice_numba, torch_support
+from permutocrf.lattice_numba import CpuLattice
+
+if TYPE_CHECKING:
+    from permutocrf.lattice_torch import Lattice
 
 BACKENDS = ("auto", "numba", "torch")
 """Kernel implementations: ``numba`` (``lattice_numba.py``, CPU only), ``torch``
 (``lattice_torch.py``, any device); ``auto`` picks numba for CPU tensors and arrays, torch
 otherwise."""
 
-Kernel = CpuLattice | Lattice
+Kernel: TypeAlias = "CpuLattice | Lattice"
 """A normalised dense-CRF kernel: a numba lattice or a torch one."""
 
 
-def resolve_backend(backend: str, device: torch.device) -> str:
-    """The lattice implementation for `backend` ("auto", "numba", "torch") on `device`:
-    auto is numba on CPU, torch elsewhere."""
+def resolve_backend(backend: str, device: Any) -> str:
+    """The lattice implementation for `backend` ("auto", "numba", "torch") on `device` (None,
+    a string or a torch.device): auto is numba on CPU, torch elsewhere."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    kind = torch_support.device_type(device)
     if backend == "auto":
-        return "numba" if device.type == "cpu" else "torch"
-    if backend == "numba" and device.type != "cpu":
+        return "numba" if kind == "cpu" else "torch"
+    if backend == "numba" and kind != "cpu":
         raise ValueError(f"the numba backend runs on CPU only, got a tensor on {device}")
     return backend
 
 
-def backend_of(kernels: Sequence[Kernel], device: torch.device) -> str:
+def backend_of(kernels: Sequence[Kernel], device: Any) -> str:
     """The backend that built ``kernels`` (all one), checked against the values' ``device``."""
     if all(isinstance(kernel, CpuLattice) for kernel in kernels):
-        if device.type != "cpu":
+        if torch_support.device_type(device) != "cpu":
             raise ValueError("numba kernels need CPU scores; build torch kernels on their device")
         return "numba"
-    if all(isinstance(kernel, Lattice) for kernel in kernels):
+    if not any(isinstance(kernel, CpuLattice) for kernel in kernels):
         return "torch"
     raise ValueError("kernels must all come from one backend (numba or torch)")
 
 
-def positions(
-    h: int, w: int, sx: float, sy: float, dtype: torch.dtype, images: int = 1
-) -> np.ndarray:
+def positions(h: int, w: int, sx: float, sy: float, dtype: Any, images: int = 1) -> np.ndarray:
     """pydensecrf's position features (x / sx, y / sy) of pixel y * w + x, (images h w, 2):
-    pixel indices in ``dtype`` divided by the stds (a Python float std divides in ``dtype``,
+    pixel indices in ``dtype`` (numpy's or torch's) divided by the stds (a Python float std divides in ``dtype``,
     float32 as pydensecrf's C++)."""
-    dt = _numpy_dtype(dtype)
+    dt = numpy_dtype(dtype)
     x = np.arange(w, dtype=dt) / sx
     y = np.arange(h, dtype=dt) / sy
     xy = np.stack(np.broadcast_arrays(x[None, :], y[:, None]), -1).reshape(-1, 2)
@@ -65,13 +66,13 @@ def positions(
 
 
 def bilateral_features(
-    image: np.ndarray, sx: float, sy: float, srgb: float | np.ndarray, dtype: torch.dtype
+    image: np.ndarray, sx: float, sy: float, srgb: float | np.ndarray, dtype: Any
 ) -> np.ndarray:
     """pydensecrf's bilateral features (x / sx, y / sy, r / sr, g / sg, b / sb), (B H W, 5), of
     (B, H, W, 3) uint8 images, computed in ``dtype``; ``srgb`` one std or (3,) (a number
     divides faster: measured 1-2 ms less for a CamVid frame)."""
     b, h, w, _ = image.shape
-    dt = _numpy_dtype(dtype)
+    dt = numpy_dtype(dtype)
     # Written in place: measured 1.6 ms for a CamVid frame, 4.4 ms by astype and concatenate.
     feats = np.empty((b, h * w, 5), dt)
     feats[..., :2] = positions(h, w, sx, sy, dtype)
@@ -79,47 +80,61 @@ def bilateral_features(
     return feats.reshape(-1, 5)
 
 
-def lattice(
-    feats, images: int, engine: str, device: torch.device | None = None, normalised: bool = True
-) -> Kernel:
+def lattice(feats, images: int, engine: str, device: Any = None, normalised: bool = True) -> Kernel:
     """The lattice of features (P, d) of ``images`` same-size images in turn (it never links
     two), with pydensecrf's symmetric normalisation if ``normalised``: numba's for the numba
     engine, else torch's on ``device``. ``feats`` is a numpy array, or for torch a tensor (then
     on its device)."""
     if isinstance(feats, np.ndarray):
-        # Writable: both builds wrap the features in a tensor, which warns for read-only ones.
+        # Writable: torch warns when it wraps read-only memory, numba compiles read-only again.
         feats = np.require(feats, requirements=("C", "W"))
-        if engine == "torch":
-            feats = torch.from_numpy(feats).to(device)
     per_image = feats.shape[0] // images
     if engine == "numba":
         group = None if images == 1 else np.repeat(np.arange(images), per_image)
         built = lattice_numba.build(feats, group, images)
-    else:
-        group = None
-        if images > 1:
-            group = torch.arange(images, device=feats.device).repeat_interleave(per_image)
-        built = lattice_torch.build(feats, group, images)
+        return built.normalised() if normalised else built
+    torch = torch_support.require("the torch backend (a device other than the CPU)")
+    from permutocrf import lattice_torch
+
+    if isinstance(feats, np.ndarray):
+        feats = torch.from_numpy(feats).to(device)
+    group = None
+    if images > 1:
+        group = torch.arange(images, device=feats.device).repeat_interleave(per_image)
+    built = lattice_torch.build(feats, group, images)
     return built.normalised() if normalised else built
 
 
-@functools.lru_cache(maxsize=8)
 def gaussian_lattice(
     h: int,
     w: int,
     sx: float,
     sy: float,
     images: int,
-    dtype: torch.dtype,
-    device: torch.device,
+    dtype: Any,
+    device: Any,
     engine: str,
     normalised: bool,
 ) -> Kernel:
     """pydensecrf's position kernel (features x / sx, y / sy) over ``images`` images of h x w
-    pixels. It depends on the size alone, so it is built once per size, for both front ends
-    (measured for a CamVid frame: torch's 20-35 ms of ~150 ms in all, numba's 8 of 56)."""
+    pixels, ``dtype`` numpy's or torch's, on ``device`` (ignored by numba). It depends on the
+    size alone, so it is built once per size, for both front ends (measured for a CamVid frame:
+    torch's 20-35 ms of ~150 ms in all, numba's 8 of 56)."""
+    if engine == "numba":
+        device = None
+    else:
+        device = torch_support.require("the torch backend").device(device or "cpu")
+    return _gaussian_lattice(h, w, sx, sy, images, numpy_dtype(dtype), device, engine, normalised)
+
+
+@functools.lru_cache(maxsize=8)
+def _gaussian_lattice(h, w, sx, sy, images, dtype, device, engine, normalised) -> Kernel:
+    """``gaussian_lattice``, its arguments in one spelling each (the cache's key)."""
     return lattice(positions(h, w, sx, sy, dtype, images), images, engine, device, normalised)
 
 
-def _numpy_dtype(dtype: torch.dtype) -> np.dtype:
-    return torch.empty(0, dtype=dtype).numpy().dtype
+def numpy_dtype(dtype: Any) -> np.dtype:
+    """A numpy dtype, or torch's float32 / float64, as a numpy dtype."""
+    if type(dtype).__module__ == "torch":
+        return np.dtype(str(dtype).removeprefix("torch."))
+    return np.dtype(dtype)

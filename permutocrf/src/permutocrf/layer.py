@@ -6,7 +6,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from piecewise_crf.densecrf.dense import _check_params, _compat, _image, refine
+from permutocrf.dense import check_params, image_layout
+from permutocrf.dense_torch import as_tensor, compat_matrix, refine
 
 
 class DenseCRFLayer(nn.Module):
@@ -38,7 +39,7 @@ class DenseCRFLayer(nn.Module):
         bi_weight: float = 10.0,
     ) -> None:
         super().__init__()
-        _check_params(iterations, pos_xy_std, bi_xy_std, bi_rgb_std, pos_weight, bi_weight)
+        check_params(iterations, pos_xy_std, bi_xy_std, bi_rgb_std, pos_weight, bi_weight)
         if not (pos_weight > 0 and bi_weight > 0):
             raise ValueError(f"weights must be positive, got {pos_weight!r}, {bi_weight!r}")
         self.num_classes = num_classes
@@ -53,10 +54,11 @@ class DenseCRFLayer(nn.Module):
                 f"scores must be (B, {self.num_classes}, H, W), got {tuple(scores.shape)}"
             )
         b, k, h, w = scores.shape
-        img = _image(images, b, h, w, True, floats=True).to(scores.device)
+        img = image_layout(as_tensor(images, "images"), (b, k, h, w), True, floats=True)
+        img = img.to(scores.device)
         if img.is_floating_point():
             img = img.detach() * 255
-        mu = _compat(self.compat, k, scores)
+        mu = compat_matrix(self.compat, k, scores)
         # refine overwrites its scores where nothing needs gradients (numba, on CPU).
         logp = scores.clone(memory_format=torch.contiguous_format)
         return refine(img, logp, self.log_weights.exp().unbind(), mu, self.iterations, self.stds)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from piecewise_crf.densecrf.dense import PROB_FLOOR
+from permutocrf.dense import PROB_FLOOR
 
 
 def dense_crf_exact(
@@ -18,7 +18,7 @@ def dense_crf_exact(
     bi_weight: float = 10.0,
     compat: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Mean-field of :func:`~piecewise_crf.densecrf.dense_crf` with exact kernels: Potts, or
+    """Mean-field of :func:`~permutocrf.dense_crf` with exact kernels: Potts, or
     the symmetric (K, K) energy ``compat``. Differentiable in ``probs``, the weights and
     ``compat`` (tensors).
 

@@ -29,8 +29,10 @@ import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
-import numpy as np
 import torch
+
+from permutocrf import arithmetic
+from permutocrf.arithmetic import check_features, fits
 
 
 @dataclass(frozen=True)
@@ -46,14 +48,8 @@ class Embedding:
 
 
 def elevation_scale(d: int, dtype: torch.dtype, device=None) -> torch.Tensor:
-    """Per-feature scale (d,) of the elevation onto the hyperplane sum = 0, chosen so that the
-    blur has std 1 in feature space (pydensecrf's ``scale_factor``)."""
-    # pydensecrf keeps sqrt(2/3) (d + 1) in a C float and multiplies in double: computed any
-    # other way, the scale is 1 ulp off for d = 3 and 5, and points on a simplex boundary land
-    # in the neighbouring simplex (3 of 36 random 3-D volume cases lost a voxel's label).
-    inv_std = float(np.float32(math.sqrt(2.0 / 3.0) * (d + 1)))
-    scale = [1.0 / math.sqrt((i + 2) * (i + 1)) * inv_std for i in range(d)]  # its order
-    return torch.tensor(scale, dtype=torch.float64, device=device).to(dtype)
+    """``arithmetic.elevation_scale`` as a (d,) tensor of ``dtype``."""
+    return torch.from_numpy(arithmetic.elevation_scale(d)).to(device=device, dtype=dtype)
 
 
 def embed(f: torch.Tensor) -> Embedding:
@@ -102,29 +98,6 @@ def embed(f: torch.Tensor) -> Embedding:
     torch.sub(y[1:], y[:-1], out=bary[1:])
     torch.sub(y[0], y[d], out=bary[0]).add_(1.0)
     return Embedding(rem0, rank, bary)
-
-
-TOO_LARGE = (
-    "dense CRF lattice too large to hash: a standard deviation is tiny compared with the image "
-    "size or colour range; use larger stds or split the batch"
-)
-
-
-def check_features(extent: list[float], eps: float) -> None:
-    """Refuse features whose lattice float arithmetic (machine epsilon ``eps``) cannot resolve:
-    non-finite ones, or ones whose elevated coordinates, at most (d+1) sum_k extent_k scale_k
-    for ``extent`` (d,) the largest |f_k|, leave under 4 ulps for the lattice's unit spacing."""
-    scale = elevation_scale(len(extent), torch.float64).tolist()
-    bound = (len(extent) + 1) * sum(e * s for e, s in zip(extent, scale, strict=True))
-    if not math.isfinite(bound):
-        raise ValueError("dense CRF features must be finite")
-    if bound >= 0.25 / eps:
-        raise ValueError(TOO_LARGE)
-
-
-def fits(cells: int, groups: int) -> bool:
-    """Whether mixed-radix vertex codes (``cells`` per image, ``groups`` images) fit in int64."""
-    return cells * groups < 2**62
 
 
 def _rank(x: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """pydensecrf.utils: unary energies from labels or softmax outputs, and pairwise features.
 
-Re-exported by ``piecewise_crf.densecrf.compat`` (which holds pydensecrf.densecrf), so that
-``import piecewise_crf.densecrf.compat as dcrf`` has every public name of both. Energies are
+Re-exported by ``permutocrf.compat`` (which holds pydensecrf.densecrf), so that
+``import permutocrf.compat as dcrf`` has every public name of both. Energies are
 pydensecrf's: ``-log`` probabilities, lower = more likely.
 """
 

@@ -1,4 +1,4 @@
-"""piecewise_crf.densecrf.compat against pydensecrf (pydensecrf2): results on CamVid and on N-d
+"""permutocrf.compat against pydensecrf (pydensecrf2): results on CamVid and on N-d
 cases, step-by-step inference, utils, input checks, and pydensecrf's own tests and examples run
 through an import alias (``import pydensecrf.densecrf`` giving the compat module)."""
 
@@ -9,26 +9,15 @@ import types
 
 import numpy as np
 import pytest
-import torch
-from dataset_files import camvid_frames, noisy_regions
+from environment import BACKENDS, needs_cuda, needs_torch
+from frames import camvid_frames, noisy_regions
 
-import piecewise_crf.densecrf.compat as compat
-from piecewise_crf.densecrf import gaussian_kernel
-from piecewise_crf.densecrf.kernels import bilateral_features, positions
+import permutocrf.compat as compat
+from permutocrf import gaussian_kernel
+from permutocrf.kernels import bilateral_features, positions
 
 README = dict(gauss=dict(sxy=3, compat=3), bilateral=dict(sxy=80, srgb=13, compat=10))
 DEEPLAB = dict(gauss=dict(sxy=1, compat=3), bilateral=dict(sxy=67, srgb=3, compat=4))
-
-
-@pytest.fixture
-def ref():
-    """pydensecrf.densecrf; the test is skipped without pydensecrf2."""
-    return pytest.importorskip("pydensecrf.densecrf", reason="pydensecrf2 is not installed")
-
-
-@pytest.fixture
-def ref_utils(ref):
-    return pytest.importorskip("pydensecrf.utils")
 
 
 def labels_equal(q_ref, q_ours) -> float:
@@ -123,6 +112,7 @@ def test_agrees_on_volumes_for_every_compat_normalisation_and_kernel(ref, compat
     assert np.mean(equal) >= 0.999
 
 
+@needs_torch
 def test_backends_agree_on_tied_volume_features():
     """Grid features put points exactly on simplex boundaries: the torch lattice must make the
     same float32 suffix sums as pydensecrf and lattice_numba.py (a float32 cumsum, which
@@ -141,6 +131,7 @@ def test_backends_agree_on_tied_volume_features():
 
 @pytest.mark.parametrize("norm", list(compat.NormalizationType), ids=lambda n: n.name)
 @pytest.mark.parametrize("compat_kind", COMPATS)
+@needs_torch
 def test_numba_and_torch_backends_agree(compat_kind, norm):
     """The numba lattice (CPU's default) against the torch one on random 3-d and 5-d features:
     the same compat on both kernels (fused into cpu.mean_field where the normalisation allows),
@@ -186,7 +177,7 @@ def test_every_feature_dimension_agrees_with_pydensecrf(ref, d):
     probs = rng.dirichlet(np.ones(k), n).T.astype(np.float32, order="C")
     unary, feats = compat.unary_from_softmax(probs), clustered_features(rng, d, n)
     results = []
-    for module, backend in ((ref, None), (compat, "numba"), (compat, "torch")):
+    for module, backend in ((ref, None), *((compat, b) for b in BACKENDS)):
         crf = module.DenseCRF(n, k) if backend is None else module.DenseCRF(n, k, backend=backend)
         crf.setUnaryEnergy(unary)
         crf.addPairwiseEnergy(feats, compat=10.0)
@@ -210,7 +201,7 @@ def test_eight_channel_bilateral_agrees_with_pydensecrf(ref, ref_utils):
     feats = ref_utils.create_pairwise_bilateral((10, 10), (20,) * 8, image, chdim=2)
     assert feats.shape == (10, h * w)
     results = []
-    for module, backend in ((ref, None), (compat, "numba"), (compat, "torch")):
+    for module, backend in ((ref, None), *((compat, b) for b in BACKENDS)):
         crf = (
             module.DenseCRF2D(w, h, k)
             if backend is None
@@ -374,8 +365,7 @@ def test_utils_range_checks(ref_utils):
 
 def toy(h=20, w=24, k=4, seed=0):
     """`noisy_regions` as numpy arrays, pydensecrf's inputs."""
-    img, probs = noisy_regions(h, w, k, seed)
-    return img.numpy(), probs.numpy()
+    return noisy_regions(h, w, k, seed)
 
 
 U = np.ones((2, 12), np.float32)
@@ -534,9 +524,9 @@ def test_engine_features_are_pydensecrf_utils_features():
     features to the bit ((y, x) there, (x, y) here)."""
     image, _ = toy()
     h, w, _ = image.shape
-    xy = positions(h, w, 2.0, 3.0, torch.float32)
+    xy = positions(h, w, 2.0, 3.0, np.float32)
     np.testing.assert_array_equal(xy, compat.create_pairwise_gaussian((3.0, 2.0), (h, w))[::-1].T)
-    feats = bilateral_features(image[None], 2.0, 3.0, (13.0, 10.0, 15.0), torch.float32)
+    feats = bilateral_features(image[None], 2.0, 3.0, (13.0, 10.0, 15.0), np.float32)
     utils = compat.create_pairwise_bilateral((3.0, 2.0), (13.0, 10.0, 15.0), image, chdim=2)
     np.testing.assert_array_equal(feats, utils[[1, 0, 2, 3, 4]].T)
 
@@ -549,7 +539,7 @@ def test_front_ends_share_the_cached_gaussian_lattice():
     assert crf._terms[1].lattice is not crf._terms[0].lattice  # unnormalised: its own entry
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@needs_cuda
 def test_cuda_matches_cpu():
     image, probs = toy()
     k, h, w = probs.shape
