@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -125,16 +126,8 @@ def main() -> None:
     held_out = open_split(ckpt.config, ckpt.classes, args.split, root=args.camvid)
     train_data = open_split(ckpt.config, ckpt.classes, args.train_split, root=args.camvid)
     ignore = getattr(held_out, "ignore_index", predictor.model.ignore_index)
-    d = predictor.dense
-    layer = DenseCRFLayer(
-        predictor.model.num_classes,
-        iterations=d.iterations,
-        pos_xy_std=d.pos_xy_std,
-        pos_weight=d.pos_weight,
-        bi_xy_std=d.bi_xy_std,
-        bi_rgb_std=d.bi_rgb_std,
-        bi_weight=d.bi_weight,
-    )
+    dense = {k: v for k, v in asdict(predictor.dense).items() if k != "enabled"}
+    layer = DenseCRFLayer(predictor.model.num_classes, **dense)
     torch.manual_seed(args.seed)
     for p in predictor.model.parameters():  # frozen for the weights-only phase
         p.requires_grad_(False)
@@ -167,14 +160,7 @@ def main() -> None:
             "frames": len(held_out),
             "crop": list(args.crop),
             "lr": {"layer": LR_LAYER, "nets": LR_NETS},
-            "dense_crf": {
-                "iterations": d.iterations,
-                "pos_xy_std": d.pos_xy_std,
-                "pos_weight": d.pos_weight,
-                "bi_xy_std": d.bi_xy_std,
-                "bi_rgb_std": d.bi_rgb_std,
-                "bi_weight": d.bi_weight,
-            },
+            "dense_crf": dense,
             "rows": rows,
             "machine": info,
             "commit": commit(),

@@ -7,7 +7,6 @@ from pathlib import Path
 import h5py
 import numpy as np
 import scipy.io
-import torch
 from PIL import Image
 
 from piecewise_crf.data.base import bit_palette
@@ -178,37 +177,3 @@ def make_siftflow(root: Path) -> Path:
     lines = [f"{SIFT_DIR}\\{n}.jpg" for n in SIFT_NAMES[:2]]
     (root / "TestSet1.txt").write_bytes(("\r\n".join(lines) + "\r\n").encode())
     return root
-
-
-CAMVID = Path(__file__).resolve().parents[2] / "shared" / "data" / "camvid"
-
-
-def camvid_frames(count: int, k: int = 11):
-    """(image (H, W, 3) uint8, label (H, W), probs (K, H, W) float32) for the first `count`
-    CamVid val frames: probs is the softmax of a smoothed one-hot label plus noise (seeded).
-    Skips the test when ../shared/data/camvid is missing."""
-    import pytest
-
-    if not (CAMVID / "val.txt").exists():
-        pytest.skip(f"CamVid not found at {CAMVID}")
-    rng = np.random.default_rng(0)
-    for line in (CAMVID / "val.txt").read_text().split("\n")[:count]:
-        image_path, label_path = line.split()
-        image = np.array(Image.open(CAMVID / image_path).convert("RGB"))
-        annotation = np.array(Image.open(CAMVID / label_path))
-        label = torch.from_numpy(np.minimum(annotation, k - 1))
-        onehot = torch.nn.functional.one_hot(label.long(), k).permute(2, 0, 1)[None].float()
-        smooth = torch.nn.functional.avg_pool2d(3.0 * onehot, 9, 1, 4)[0]
-        logits = smooth + torch.from_numpy(rng.normal(0, 1.5, smooth.shape)).float()
-        yield image, annotation, torch.softmax(logits, 0).numpy()
-
-
-def noisy_regions(h: int = 20, w: int = 24, k: int = 4, seed: int = 0):
-    """A three-region noisy RGB image (H, W, 3) uint8 and random marginals (K, H, W), tensors."""
-    g = torch.Generator().manual_seed(seed)
-    img = torch.zeros(h, w, 3)
-    img[:, : w // 2] = torch.tensor([200.0, 40, 40])
-    img[:, w // 2 :] = torch.tensor([30.0, 60, 220])
-    img[h // 2 :, w // 4 : 3 * w // 4] = torch.tensor([40.0, 200, 60])
-    img = (img + 8 * torch.randn(h, w, 3, generator=g)).clamp(0, 255).to(torch.uint8)
-    return img, torch.softmax(1.5 * torch.randn(k, h, w, generator=g), 0)
