@@ -110,3 +110,20 @@ def test_what_needs_torch_says_so_in_one_line_naming_the_install():
     ]
     for line in lines:
         assert "needs PyTorch, which is not installed: pip install torch" in line
+
+
+def test_numpy_float_stds_give_the_python_float_result():
+    """A std read from a numpy array (np.float64) must not turn float32 features into float64
+    ones: the same marginals and kernel as with Python floats."""
+    image, probs = noisy_regions(h=30, w=40, k=3)
+    stds = dict(pos_xy_std=3.0, bi_xy_std=20.0, bi_rgb_std=13.0)
+    as_numpy = {k: np.float64(v) for k, v in stds.items()}
+    expected = permutocrf.dense_crf(image, probs, **stds)
+    got = permutocrf.dense_crf(image, probs, **as_numpy)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, expected)
+    kernel = permutocrf.bilateral_kernel(image, np.float64(20.0), np.float64(13.0))
+    assert kernel.weight.dtype == np.float32
+    np.testing.assert_array_equal(
+        kernel.weight, permutocrf.bilateral_kernel(image, 20.0, 13.0).weight
+    )

@@ -80,7 +80,9 @@ def dense_crf(
     stds are not differentiable. ``DenseCRFLayer`` is the same with learnable parameters.
     """
     check_params(iterations, pos_xy_std, bi_xy_std, bi_rgb_std, pos_weight, bi_weight)
-    weights, stds = (pos_weight, bi_weight), (pos_xy_std, bi_xy_std, bi_rgb_std)
+    weights = (pos_weight, bi_weight)
+    # Python floats: a numpy float64 std would turn float32 features into float64 ones.
+    stds = (float(pos_xy_std), float(bi_xy_std), float(bi_rgb_std))
     if _torch_call(backend, image, probs, compat, *weights):
         return _torch_front("dense_crf on tensors or backend='torch'").dense_crf(
             image, probs, iterations, weights, stds, compat, backend
@@ -168,6 +170,7 @@ def bilateral_kernel(
     device; a batch gets one kernel whose lattice never connects two images."""
     if not (xy_std > 0 and rgb_std > 0):
         raise ValueError(f"xy_std and rgb_std must be positive, got {xy_std!r}, {rgb_std!r}")
+    xy_std, rgb_std = float(xy_std), float(rgb_std)  # as dense_crf's stds
     if _torch_call(backend, image):
         return _torch_front("a torch bilateral kernel").bilateral_kernel(
             image, xy_std, rgb_std, dtype, backend
@@ -179,7 +182,7 @@ def bilateral_kernel(
             f"{tuple(img.shape)}"
         )
     img = img if img.ndim == 4 else img[None]
-    feats = bilateral_features(img, float(xy_std), float(xy_std), float(rgb_std), dtype)
+    feats = bilateral_features(img, xy_std, xy_std, rgb_std, dtype)
     return lattice(feats, img.shape[0], "numba")
 
 
