@@ -4,9 +4,9 @@ The torch loop multiplies every offset's scores z (B, K, K, h', w') by the partn
 and sums, two broadcast products per offset and iteration, each writing a temporary as large as
 z. Here one pass over z per iteration makes both messages of every edge (to p and to q) and
 adds them into per-thread maps, so each iteration reads the scores once and writes nothing of
-their size. Scores come packed in span order (`PairwiseNet.span_scores`): (B, K * K, S) with
-every offset's run of p (`relations.offset_span`) side by side, its non-edges scored 0, so an
-offset's messages for one label pair are one loop over its run, q a fixed shift from p
+their size. Scores come packed in span order (`PairwiseNet.span_scores`): (B, K * K * S), a
+(K * K, n) block for every offset's run of p (`relations.offset_span`), its non-edges scored 0,
+so an offset's messages for one label pair are one loop over its run, q a fixed shift from p
 (measured on CamVid's 34x45 grid, 337 offsets: 3x faster than row by row over the p region,
 whose rows of 30-45 nodes left most of the time to loop overhead and scalar remainders).
 """
@@ -28,7 +28,7 @@ from piecewise_crf.relations import Offset, offset_span
 
 def offset_table(offsets: list[Offset], h: int, w: int) -> np.ndarray:
     """Rows (first, shift, start, length) of the offsets in span order: the `offset_span` run
-    of p and where its scores start in the packed columns."""
+    of p and where its run starts in the packed runs (its block starts at K * K * start)."""
     table = np.zeros((len(offsets), 4), np.int64)
     start = 0
     for row, (dy, dx) in enumerate(offsets):
@@ -38,7 +38,7 @@ def offset_table(offsets: list[Offset], h: int, w: int) -> np.ndarray:
     return table
 
 
-Block = tuple[tuple[Offset, ...], Tensor]  # offsets and their scores (B, K * K, S)
+Block = tuple[tuple[Offset, ...], Tensor]  # offsets and their scores (B, K * K * S)
 
 
 def applies(
@@ -92,7 +92,7 @@ def mean_field(
     unary: np.ndarray, chunks: list[Chunk], iterations: int, centred: bool
 ) -> np.ndarray:
     """Marginals (B, K, h, w) float32 from unary scores (B, K, h, w) and chunks of pairwise
-    scores: packed (B, K * K, S) (both C-contiguous float32), their `offset_table` and one
+    scores: packed in span order (B, K * K * S) (both C-contiguous float32), their `offset_table` and one
     weight per offset (float32)."""
     parts = np.zeros((threads(), *unary.shape), np.float32)
 
@@ -133,7 +133,8 @@ def _offset_messages(z, entry, weight, q, out):  # pragma: no cover - compiled
         for i in range(k):
             p_q, p_out = marginals[b, i, first : first + length], messages[b, i, first:]
             for j in range(k):
-                scores = z[b, i * k + j, start : start + length]
+                column = (k * k * start) + (i * k + j) * length
+                scores = z[b, column : column + length]
                 q_q = marginals[b, j, first + shift : first + shift + length]
                 q_out = messages[b, j, first + shift :]
                 for x in range(length):  # two loops: each vectorises

@@ -45,8 +45,8 @@ class RelationScores:
         return offset_chunks(self.offsets if offsets is None else offsets, h, w, self.max_edges)
 
     def blocks(self, spans: bool = False) -> Iterator[tuple[list[Offset], Tensor]]:
-        """(offsets, scores (B, K*K, S)) per chunk, as `PairwiseNet.flat_scores` makes them, or
-        `PairwiseNet.span_scores` if `spans` (no autograd)."""
+        """(offsets, scores) per chunk: (B, K*K, S) as `PairwiseNet.flat_scores` makes them,
+        or (B, K*K*S) in span order by `PairwiseNet.span_scores` if `spans` (no autograd)."""
         scores = self.net.span_scores if spans else self.net.flat_scores
         for chunk in self.chunks():
             yield chunk, scores(self.maps, chunk)
@@ -72,8 +72,8 @@ class GridScores:
     unary: Tensor
     pairwise: list[tuple[str, Offset, Tensor]]
     # The same scores as the Pairwise-Nets made them, when they did: (offsets, (B, K*K, S)) per
-    # chunk, the entries' z views of them in order; in span order (`PairwiseNet.span_scores`)
-    # if `spans`, which the compiled mean-field reads.
+    # chunk, the entries' z views of them in order; (B, K*K*S) in span order
+    # (`PairwiseNet.span_scores`) if `spans`, which the compiled mean-field reads.
     blocks: tuple[tuple[tuple[Offset, ...], Tensor], ...] = ()
     spans: bool = False
 
