@@ -4,8 +4,11 @@ The torch loop multiplies every offset's scores z (B, K, K, h', w') by the partn
 and sums, two broadcast products per offset and iteration, each writing a temporary as large as
 z. Here one pass over z per iteration makes both messages of every edge (to p and to q) and
 adds them into per-thread maps, so each iteration reads the scores once and writes nothing of
-their size. Scores come packed: (B, K * K, S) with every offset's edges side by side, offset
-by offset, row-major over the p region (`PairwiseNet.flat_scores` order).
+their size. Scores come packed in span order (`PairwiseNet.span_scores`): (B, K * K * S), a
+(K * K, n) block for every offset's run of p (`relations.offset_span`), its non-edges scored 0,
+so an offset's messages for one label pair are one loop over its run, q a fixed shift from p
+(measured on CamVid's 34x45 grid, 337 offsets: 3x faster than row by row over the p region,
+whose rows of 30-45 nodes left most of the time to loop overhead and scalar remainders).
 """
 
 from __future__ import annotations
@@ -19,27 +22,29 @@ import torch
 from torch import Tensor
 
 from permutocrf.jit import entry_point, kernel, threads
-from piecewise_crf.relations import Offset
+from piecewise_crf.relations import Offset, offset_span
 
 
 def offset_table(offsets: list[Offset], h: int, w: int) -> np.ndarray:
-    """Rows (dy, dx, start) of the offsets in packed order: `start` is the first edge's column."""
-    table = np.zeros((len(offsets), 3), np.int64)
+    """Rows (first, shift, start, length) of the offsets in span order: the `offset_span` run
+    of p and where its run starts in the packed runs (its block starts at K * K * start)."""
+    table = np.zeros((len(offsets), 4), np.int64)
     start = 0
     for row, (dy, dx) in enumerate(offsets):
-        table[row] = dy, dx, start
-        start += max(0, h - abs(dy)) * max(0, w - abs(dx))
+        first, shift, length = offset_span(h, w, dy, dx)
+        table[row] = first, shift, start, length
+        start += length
     return table
 
 
-Block = tuple[tuple[Offset, ...], Tensor]  # offsets and their scores (B, K * K, S)
+Block = tuple[tuple[Offset, ...], Tensor]  # offsets and their scores (B, K * K * S)
 
 
 def applies(
     unary: Tensor, blocks: Sequence[Block], weights: Sequence[float | Tensor] | None
 ) -> bool:
-    """Whether `grid_mean_field` can run these scores: float32 on CPU, packed in blocks, with
-    nothing to differentiate and no tracer recording."""
+    """Whether `grid_mean_field` can run these scores: float32 on CPU, packed in blocks (in
+    span order: `GridScores.spans`), with nothing to differentiate and no tracer recording."""
     tensors = [unary, *(flat for _, flat in blocks)]
     tensors += [w for w in weights or () if isinstance(w, Tensor)]
     return (
@@ -86,7 +91,7 @@ def mean_field(
     unary: np.ndarray, chunks: list[Chunk], iterations: int, centred: bool
 ) -> np.ndarray:
     """Marginals (B, K, h, w) float32 from unary scores (B, K, h, w) and chunks of pairwise
-    scores: packed (B, K * K, S) (both C-contiguous float32), their `offset_table` and one
+    scores: packed in span order (B, K * K * S) (both C-contiguous float32), their `offset_table` and one
     weight per offset (float32)."""
     parts = np.zeros((threads(), *unary.shape), np.float32)
 
@@ -121,25 +126,20 @@ def _messages(z, table, weights, q, parts):  # pragma: no cover - compiled
 def _offset_messages(z, entry, weight, q, out):  # pragma: no cover - compiled
     """Both messages of one offset's edges, added into `out` (B, K, h, w)."""
     batch, k, h, w = q.shape
-    dy, dx, start = entry[0], entry[1], entry[2]
-    r0, r1 = max(0, -dy), h - max(0, dy)
-    c0, c1 = max(0, -dx), w - max(0, dx)
-    width = c1 - c0
+    first, shift, start, length = entry[0], entry[1], entry[2], entry[3]
+    marginals, messages = q.reshape(batch, k, h * w), out.reshape(batch, k, h * w)
     for b in range(batch):
         for i in range(k):
+            p_q, p_out = marginals[b, i, first : first + length], messages[b, i, first:]
             for j in range(k):
-                scores = z[b, i * k + j]
-                for y in range(r0, r1):
-                    zrow = scores[start + (y - r0) * width : start + (y - r0 + 1) * width]
-                    p_out, p_q = out[b, i, y, c0:c1], q[b, i, y, c0:c1]
-                    q_out, q_q = (
-                        out[b, j, y + dy, c0 + dx : c1 + dx],
-                        q[b, j, y + dy, c0 + dx : c1 + dx],
-                    )
-                    for x in range(width):  # two loops: each vectorises
-                        p_out[x] += weight * zrow[x] * q_q[x]
-                    for x in range(width):
-                        q_out[x] += weight * zrow[x] * p_q[x]
+                column = (k * k * start) + (i * k + j) * length
+                scores = z[b, column : column + length]
+                q_q = marginals[b, j, first + shift : first + shift + length]
+                q_out = messages[b, j, first + shift :]
+                for x in range(length):  # two loops: each vectorises
+                    p_out[x] += weight * scores[x] * q_q[x]
+                for x in range(length):
+                    q_out[x] += weight * scores[x] * p_q[x]
 
 
 @kernel()

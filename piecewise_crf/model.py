@@ -44,15 +44,20 @@ class RelationScores:
         h, w = map(int, self.maps[0].shape[-2:])  # ints under the ONNX tracer too
         return offset_chunks(self.offsets if offsets is None else offsets, h, w, self.max_edges)
 
-    def blocks(self) -> Iterator[tuple[list[Offset], Tensor]]:
-        """(offsets, scores (B, K*K, S)) per chunk, as `PairwiseNet.flat_scores` makes them."""
+    def blocks(self, spans: bool = False) -> Iterator[tuple[list[Offset], Tensor]]:
+        """(offsets, scores) per chunk: (B, K*K, S) as `PairwiseNet.flat_scores` makes them,
+        or (B, K*K*S) in span order by `PairwiseNet.span_scores` if `spans` (no autograd)."""
+        scores = self.net.span_scores if spans else self.net.flat_scores
         for chunk in self.chunks():
-            yield chunk, self.net.flat_scores(self.maps, chunk)
+            yield chunk, scores(self.maps, chunk)
 
-    def views(self, offsets: Sequence[Offset], flat: Tensor) -> Iterator[GridPairwise]:
-        """((dy, dx), z) for one block, z a view of `flat`."""
+    def views(
+        self, offsets: Sequence[Offset], flat: Tensor, spans: bool = False
+    ) -> Iterator[GridPairwise]:
+        """((dy, dx), z) for one block (in span order if `spans`), z a view of `flat`."""
         h, w = map(int, self.maps[0].shape[-2:])  # ints under the ONNX tracer too
-        return zip(offsets, self.net.offset_views(flat, offsets, h, w), strict=True)
+        views = self.net.span_views if spans else self.net.offset_views
+        return zip(offsets, views(flat, offsets, h, w), strict=True)
 
     def __iter__(self) -> Iterator[GridPairwise]:
         for chunk, flat in self.blocks():
@@ -67,8 +72,10 @@ class GridScores:
     unary: Tensor
     pairwise: list[tuple[str, Offset, Tensor]]
     # The same scores as the Pairwise-Nets made them, when they did: (offsets, (B, K*K, S)) per
-    # chunk, the entries' z views of them in order; the compiled mean-field reads these.
+    # chunk, the entries' z views of them in order; (B, K*K*S) in span order
+    # (`PairwiseNet.span_scores`) if `spans`, which the compiled mean-field reads.
     blocks: tuple[tuple[tuple[Offset, ...], Tensor], ...] = ()
+    spans: bool = False
 
     def offsets(self) -> list[tuple[str, Offset]]:
         """(relation, offset) of every pairwise entry, in order."""
@@ -88,7 +95,7 @@ class GridScores:
         if iterations == 0 or not self.pairwise:
             return unary.softmax(1)
         check_weights(weights, len(self.pairwise))
-        if grid_numba.applies(unary, self.blocks, weights):
+        if self.spans and grid_numba.applies(unary, self.blocks, weights):
             return grid_numba.grid_mean_field(unary, self.blocks, iterations, weights, centred)
         pairwise = [(o, _full_precision(z)) for _, o, z in self.pairwise]
         return grid_mean_field(unary, pairwise, iterations, weights, centred=centred)
@@ -105,13 +112,20 @@ class GridPotentials:
     @cached_property
     def scores(self) -> GridScores:
         """Every score on the grid. The Pairwise-Nets run here, once per forward pass: mean-field
-        with several settings on one image (a validation sweep) costs no more net evaluations."""
+        with several settings on one image (a validation sweep) costs no more net evaluations.
+        On CPU without autograd or a tracer they come in span order, for the compiled
+        mean-field (`grid_numba`)."""
+        spans = (
+            self.unary.device.type == "cpu"
+            and not torch.is_grad_enabled()
+            and not torch.jit.is_tracing()
+        )
         pairwise, blocks = [], []
         for name, relation in self.pairwise.items():
-            for offsets, flat in relation.blocks():
+            for offsets, flat in relation.blocks(spans):
                 blocks.append((tuple(offsets), flat))
-                pairwise.extend((name, o, z) for o, z in relation.views(offsets, flat))
-        return GridScores(self.unary, pairwise, tuple(blocks))
+                pairwise.extend((name, o, z) for o, z in relation.views(offsets, flat, spans))
+        return GridScores(self.unary, pairwise, tuple(blocks), spans)
 
 
 @dataclass

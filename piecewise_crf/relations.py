@@ -139,6 +139,18 @@ def offset_slices(grid_h: int, grid_w: int, dy: int, dx: int) -> tuple[tuple[sli
     return (p_rows, p_cols), (q_rows, q_cols)
 
 
+def offset_span(grid_h: int, grid_w: int, dy: int, dx: int) -> tuple[int, int, int]:
+    """The p region of `offset_slices` as one run of row-major node indices: (first, shift,
+    length). The run `first .. first + length` starts at the region's first node and ends at
+    its last; q = p + shift (shift = dy * grid_w + dx). Between two region rows it passes
+    |dx| nodes outside the region (their q wraps to another row): edges that do not exist."""
+    (pr, pc), _ = offset_slices(grid_h, grid_w, dy, dx)
+    rows, width = pr.stop - pr.start, pc.stop - pc.start
+    if rows <= 0 or width <= 0:
+        return pr.start * grid_w + pc.start, dy * grid_w + dx, 0
+    return pr.start * grid_w + pc.start, dy * grid_w + dx, (rows - 1) * grid_w + width
+
+
 def offset_edges(grid_h: int, grid_w: int, offsets: list[Offset]) -> torch.Tensor:
     """Edge list (E, 2) of flat node indices (p, q) = (y * grid_w + x), offset-major then row-major.
 

