@@ -913,13 +913,40 @@ def results() -> str:
     return markdown(["what", "number", "details or command", "machine"], rows)
 
 
+def dense_crf_learning() -> str:
+    """The dense CRF learnt in the loop against the fixed one, on a held-out drive."""
+    d = load("dense_crf_learning.json")
+    fixed = d["rows"][0]
+    rows = []
+    for r in d["rows"]:
+        w = r.get("weights")
+        rows.append(
+            (
+                r["row"],
+                r.get("steps", 0),
+                f"{r['seconds']:.0f}" if "seconds" in r else "",
+                f"{r['loss_first_tenth']:.3f} -> {r['loss_last_tenth']:.3f}"
+                if "steps" in r
+                else "",
+                pct(r["crf"]),
+                pct(r["crf+dense"]),
+                gain(fixed["crf+dense"], r["crf+dense"]),
+                " / ".join(f"{v:.2f}" for v in w)
+                if w
+                else f"{d['dense_crf']['pos_weight']:g} / {d['dense_crf']['bi_weight']:g}",
+            )
+        )
+    header = ["row", "steps", "s", "training loss", "crf", "crf+dense", "vs fixed", "w_pos / w_bi"]
+    return markdown(header, rows) + "\n\n" + machine(d["machine"])
+
+
 GENERATORS: dict[str, Callable[[], str]] = {
     f.__name__: f
     for f in (
         camvid_val, camvid_val_classes, val_stages, crf_weight, held_out_stages, held_out_classes,
         crf_attempts, recipe_options, held_out_curves, dense_crf_tuning, choice_sweeps,
         prediction_box, train_step, joint_vs_piecewise, ablation, ablation_jitter,
-        ablation_effects, dense_crf_speed, dense_crf_scaling, export, predict, results,
+        ablation_effects, dense_crf_speed, dense_crf_scaling, dense_crf_learning, export, predict, results,
     )
 }  # fmt: skip
 

@@ -150,8 +150,8 @@ def main() -> None:
     print(f"{'row':<11} {'steps':>5} {'s':>6} {'crf':>6} {'+dense':>6}")
     for row in rows:
         steps, seconds = row.get("steps", 0), row.get("seconds", 0.0)
-        crf, dense = 100 * row["crf"], 100 * row["crf+dense"]
-        print(f"{row['row']:<11} {steps:5d} {seconds:6.0f} {crf:6.2f} {dense:6.2f}")
+        crf, refined = 100 * row["crf"], 100 * row["crf+dense"]
+        print(f"{row['row']:<11} {steps:5d} {seconds:6.0f} {crf:6.2f} {refined:6.2f}")
     if args.json is not None:
         record = {
             "checkpoint": str(args.checkpoint),
