@@ -171,7 +171,7 @@ def camvid_rows(frames, it: int, repeats: int) -> dict:
                     scores, [g, b], weights, it
                 ),
                 f"ours{suffix}_gaussian_uncached_s": lambda: (
-                    kernels.gaussian_lattice.cache_clear(),
+                    kernels._gaussian_lattice.cache_clear(),
                     gaussian_kernel(h, w, PARAMS["pos_xy_std"]),
                 ),
             },
