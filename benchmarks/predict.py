@@ -8,9 +8,13 @@ Rows, each the median of interleaved repeats in one run:
   unary       the unary stage (forward, softmax, upsampling)
   crf         forward + pairwise potentials + mean-field + upsampling
   crf+dense   all of that and the dense CRF
+  crf+dense, every iteration   the same with crf.tolerance=0 (no early stop of mean-field)
+  plain       the reference a user without this project runs: the unary stage, then pydensecrf
+              with the same dense-CRF settings (`plain` in ../shared/tools/latency.py)
 for one frame and for a batch of --batch frames (time per frame), then scoring --images val
-frames through `evaluation.score` one frame at a time against batches of --batch. Timing does
-not depend on the weights, so without --checkpoint the model of --config is built untrained.
+frames through `evaluation.score` one frame at a time against batches of --batch. The early
+stop depends on the weights (a trained CRF takes more iterations than an untrained one, whose
+pairwise scores are near zero): time a trained --checkpoint for figures worth quoting.
 """
 
 from __future__ import annotations
@@ -18,8 +22,11 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
+import pydensecrf.densecrf as dcrf
 import torch
 
 from benchmarks.common import commit, describe, machine
@@ -29,6 +36,7 @@ from piecewise_crf.evaluation import score
 from piecewise_crf.files import write_json
 from piecewise_crf.inference import Predictor
 from piecewise_crf.model import build_model
+from piecewise_crf.settings import DenseCRFConfig
 
 STAGES = ("unary", "crf", "crf+dense")
 
@@ -41,6 +49,21 @@ def median_seconds(run, repeats: int) -> float:
         run()
         times.append(time.perf_counter() - tic)
     return statistics.median(times)
+
+
+def pydensecrf_refine(images: torch.Tensor, probs: torch.Tensor, d: DenseCRFConfig) -> list:
+    """pydensecrf on each image's marginals (K, H, W), the dense settings of `d`."""
+    out = []
+    for image, p in zip(images, probs, strict=True):
+        rgb = np.ascontiguousarray((image.permute(1, 2, 0) * 255).round().byte().numpy())
+        k, h, w = p.shape
+        crf = dcrf.DenseCRF2D(w, h, k)
+        energy = -np.log(np.clip(p.numpy(), 1e-8, 1)).reshape(k, -1)
+        crf.setUnaryEnergy(np.ascontiguousarray(energy, np.float32))
+        crf.addPairwiseGaussian(sxy=d.pos_xy_std, compat=d.pos_weight)
+        crf.addPairwiseBilateral(sxy=d.bi_xy_std, srgb=d.bi_rgb_std, rgbim=rgb, compat=d.bi_weight)
+        out.append(np.array(crf.inference(d.iterations)))
+    return out
 
 
 def main() -> None:
@@ -65,6 +88,9 @@ def main() -> None:
     val = CamVid(args.camvid, "val")
     frames = torch.stack([val[i][0] for i in range(args.batch)])
     model = predictor.model
+    every = Predictor(
+        model, crf=replace(predictor.crf, tolerance=0.0), dense=predictor.dense, device="cpu"
+    )
 
     def forward(images: torch.Tensor):
         with torch.no_grad():
@@ -76,6 +102,10 @@ def main() -> None:
         timers = {"forward": lambda x=images: forward(x)}
         for stage in STAGES:
             timers[stage] = lambda x=images, s=stage: predictor(x, (s,))
+        timers["crf+dense, every iteration"] = lambda x=images: every(x, ("crf+dense",))
+        timers["plain"] = lambda x=images: pydensecrf_refine(
+            x, predictor(x, ("unary",))["unary"], predictor.dense
+        )
         for name, run in timers.items():
             seconds = median_seconds(run, args.repeats) / count
             rows.append({"batch": count, "row": name, "seconds_per_frame": round(seconds, 4)})
@@ -91,16 +121,13 @@ def main() -> None:
     info = machine()
     print(f"Predictor stages on CamVid 480x360 frames: {describe(info)}")
     forward_1 = rows[0]["seconds_per_frame"]  # batch 1, forward
-    print(f"{'batch':>5}  {'row':<10} {'ms/frame':>9} {'x forward':>9}")
+    print(f"{'batch':>5}  {'row':<28} {'ms/frame':>9} {'x forward':>9} {'x plain':>8}")
     for r in rows:
-        base = next(
-            x["seconds_per_frame"]
-            for x in rows
-            if x["batch"] == r["batch"] and x["row"] == "forward"
-        )
+        same = {x["row"]: x["seconds_per_frame"] for x in rows if x["batch"] == r["batch"]}
+        r["over_plain"] = round(r["seconds_per_frame"] / same["plain"], 3)
         print(
-            f"{r['batch']:>5}  {r['row']:<10} {1000 * r['seconds_per_frame']:>9.1f} "
-            f"{r['seconds_per_frame'] / base:>9.2f}"
+            f"{r['batch']:>5}  {r['row']:<28} {1000 * r['seconds_per_frame']:>9.1f} "
+            f"{r['seconds_per_frame'] / same['forward']:>9.2f} {r['over_plain']:>8.2f}"
         )
     ratio = split[args.batch] / split[1]
     print(
@@ -111,8 +138,12 @@ def main() -> None:
     record = {
         "commit": commit(),
         "machine": info,
-        "model": str(args.checkpoint or args.config),
-        "crf": {k: getattr(predictor.crf, k) for k in ("pairwise_mode", "pairwise_scale")},
+        "model": str(args.checkpoint or f"configs/{args.config}.yaml (untrained weights)"),
+        "crf": {
+            k: getattr(predictor.crf, k)
+            for k in ("pairwise_mode", "pairwise_scale", "iterations", "tolerance")
+        },
+        "dense_iterations": predictor.dense.iterations,
         "rows": rows,
         "score_seconds_per_frame": {str(b): round(t, 4) for b, t in split.items()},
         "batched_over_single": round(ratio, 3),

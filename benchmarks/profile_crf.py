@@ -140,6 +140,7 @@ def main() -> None:
         "frame": args.frame.name,
         "size": [rgb.shape[1], rgb.shape[0]],
         "crf_iterations": config.crf.iterations,
+        "crf_tolerance": config.crf.tolerance,
         "dense_iterations": config.dense_crf.iterations,
         "seconds": {name: round(s, 4) for name, s in seconds.items()},
         "operators": ops,

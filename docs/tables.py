@@ -289,6 +289,17 @@ def held_out_stages() -> str:
     return markdown(header, rows)
 
 
+def mean_field_stop() -> str:
+    """The held-out drive scored with and without the early stop of mean-field."""
+
+    def row(tolerance: str) -> list[str]:
+        scores = load(f"tolerance/choice12_0001TP_tolerance{tolerance}.json")
+        return [f"`crf.tolerance={tolerance}`", *(f"{100 * miou(scores[s]):.3f}" for s in STAGES)]
+
+    header = ["12-epoch choice model, 0001TP", *(f"{s} mIoU" for s in STAGES)]
+    return markdown(header, [row("0"), row("0.001")])
+
+
 def held_out_classes() -> str:
     sweep = json.loads((ROTATION / "epochs60_0001TP_sweep.json").read_text())
     error = json.loads((ROTATION / "epochs60_0001TP_calibrated_error.json").read_text())
@@ -754,17 +765,55 @@ def predict() -> str:
     by_batch: dict[int, dict[str, float]] = {}
     for r in d["rows"]:
         by_batch.setdefault(r["batch"], {})[r["row"]] = r["seconds_per_frame"]
-    names = ["forward", *STAGES]
+    every, plain = "crf+dense, every iteration", "plain"
+    names = ["forward", *STAGES, every, plain]
     rows = [[f"batch {b}", *(f"{t[n] * 1000:.0f}" for n in names)] for b, t in by_batch.items()]
+    rows += [
+        [f"ratio to plain, batch {b}", *(f"{t[n] / t[plain]:.2f}" for n in names)]
+        for b, t in by_batch.items()
+    ]
     score = d["score_seconds_per_frame"]
-    rows += [[f"scoring val, batch {b}", "", "", "", f"{t * 1000:.0f}"] for b, t in score.items()]
+    blank = [""] * (len(names) - 4)  # the columns after crf+dense
+    rows += [
+        [f"scoring val, batch {b}", "", "", "", f"{t * 1000:.0f}", *blank] for b, t in score.items()
+    ]
     crf = d["crf"]
     note = (
-        f"{d['model']} (untrained weights), CRF {crf['pairwise_mode']} x{crf['pairwise_scale']:g}; "
-        f"scoring batched over one at a time: {d['batched_over_single']:.2f}. Commit {d['commit']}. "
+        f"{d['model']}, CRF {crf['pairwise_mode']} x{crf['pairwise_scale']:g}, at most "
+        f"{crf['iterations']} mean-field iterations, tolerance {crf['tolerance']:g}; dense CRF "
+        f"{d['dense_iterations']} iterations; scoring batched over one at a time: "
+        f"{d['batched_over_single']:.2f}. Commit {d['commit']}. "
     )
-    header = ["ms per frame", "FeatMap-Net + Unary-Net", *STAGES]
+    header = [
+        "ms per frame",
+        "FeatMap-Net + Unary-Net",
+        *STAGES,
+        "crf+dense, tolerance 0",
+        "plain: unary + pydensecrf",
+    ]
     return markdown(header, rows) + "\n\n" + note + machine(d["machine"])
+
+
+def profile_crf() -> str:
+    d = load("profile_crf.json")
+    seconds = d["seconds"]
+    stage = seconds["stage"]
+    parts = [[name, f"{s * 1000:.1f}", f"{100 * s / stage:.0f}%"] for name, s in seconds.items()]
+    ops = [[f"`{o['op']}`", o["calls"], f"{o['self_ms']:.1f}"] for o in d["operators"]]
+    w, h = d["size"]
+    note = (
+        f"One {w}x{h} frame ({d['frame']}), {d['model']}, {d['crf_iterations']} mean-field "
+        f"iterations at most (tolerance {d['crf_tolerance']:g}), {d['dense_iterations']} dense. "
+        f"Commit {d['commit']}. "
+    )
+    return (
+        markdown(["part", "ms", "of the stage"], parts)
+        + "\n\n"
+        + markdown(["operator (torch.profiler, self time)", "calls", "ms"], ops)
+        + "\n\n"
+        + note
+        + machine(d["machine"])
+    )
 
 
 # --- results.md: one short row per measurement ------------------------------------------------------
@@ -882,8 +931,9 @@ def results() -> str:
     d = load("predict.json")
     one = {r["row"]: r["seconds_per_frame"] for r in d["rows"] if r["batch"] == 1}
     add(
-        "Predictor stages, one 480x360 frame: unary / crf / crf+dense",
-        " / ".join(f"{one[s]:.2f} s" for s in STAGES),
+        "Predictor stages, one 480x360 frame: unary / crf / crf+dense (over unary + pydensecrf)",
+        " / ".join(f"{one[s]:.2f} s" for s in STAGES)
+        + f" ({one['crf+dense'] / one['plain']:.2f}x)",
         "`python -m benchmarks.predict --images 16 --batch 4 --repeats 5`",
         d["machine"],
     )
@@ -944,9 +994,10 @@ GENERATORS: dict[str, Callable[[], str]] = {
     f.__name__: f
     for f in (
         camvid_val, camvid_val_classes, val_stages, crf_weight, held_out_stages, held_out_classes,
-        crf_attempts, recipe_options, held_out_curves, dense_crf_tuning, choice_sweeps,
+        crf_attempts, mean_field_stop, recipe_options, held_out_curves, dense_crf_tuning, choice_sweeps,
         prediction_box, train_step, joint_vs_piecewise, ablation, ablation_jitter,
-        ablation_effects, dense_crf_speed, dense_crf_scaling, dense_crf_learning, export, predict, results,
+        ablation_effects, dense_crf_speed, dense_crf_scaling, dense_crf_learning, export, predict, profile_crf,
+        results,
     )
 }  # fmt: skip
 

@@ -153,6 +153,7 @@ def grid_mean_field(
     weights: Sequence[float | Tensor] | None = None,
     *,
     centred: bool = False,
+    tolerance: float = 0.0,
 ) -> Tensor:
     """`mean_field` on a grid: unary (B, K, h, w) scores, pairwise as compact per-offset maps.
 
@@ -165,6 +166,9 @@ def grid_mean_field(
     on that of q); the rest is the same for every label of the receiving node, which the
     softmax ignores. So the means enter once, subtracted from the unary scores the updates add
     their messages to, and the loop runs on the raw scores.
+
+    `tolerance` > 0 stops before `iterations` once an update moves no marginal by more than it
+    (`converged`); 0 runs them all, as does a tracer or autograd.
 
     Returns marginals (B, K, h, w). Same update as `mean_field`, with messages gathered by slicing
     the grid per offset; memory is that of the scores plus a few (B, K, h, w) buffers. The
@@ -198,8 +202,19 @@ def grid_mean_field(
                 to_p_sum, to_q_sum = to_p_sum * weight, to_q_sum * weight
             messages = messages + F.pad(to_p_sum, to_p)
             messages = messages + F.pad(to_q_sum, to_q)
-        marginals = (start + messages).softmax(1)
+        marginals, previous = (start + messages).softmax(1), marginals
+        if converged(marginals, previous, tolerance):
+            break
     return marginals
+
+
+def converged(marginals: Tensor, previous: Tensor, tolerance: float) -> bool:
+    """Whether a mean-field update moved no marginal by more than `tolerance` (> 0), outside a
+    tracer or autograd: those run every iteration (a graph of fixed length, a fixed-length
+    gradient). On CUDA the test costs a host sync per iteration."""
+    if tolerance <= 0 or torch.jit.is_tracing() or marginals.requires_grad:
+        return False
+    return bool((marginals - previous).abs().max() <= tolerance)
 
 
 def check_weights(weights: Sequence[float | Tensor] | None, offsets: int) -> None:

@@ -63,9 +63,10 @@ def grid_mean_field(
     iterations: int,
     weights: Sequence[float | Tensor] | None,
     centred: bool,
+    tolerance: float = 0.0,
 ) -> Tensor:
     """`crf.grid_mean_field` of unary scores (B, K, h, w) and the pairwise `blocks`, `weights`
-    one per offset (None: 1), compiled; where `applies`."""
+    one per offset (None: 1), compiled; where `applies`. `tolerance` as there."""
     h, w = unary.shape[-2:]
     count = sum(len(offsets) for offsets, _ in blocks)
     factors = (
@@ -79,7 +80,7 @@ def grid_mean_field(
         last = first + len(offsets)
         chunks.append((flat.contiguous().numpy(), table, factors[first:last]))
         first = last
-    q = mean_field(unary.contiguous().numpy(), chunks, iterations, centred)
+    q = mean_field(unary.contiguous().numpy(), chunks, iterations, centred, tolerance)
     return torch.from_numpy(q)
 
 
@@ -88,11 +89,12 @@ Chunk = tuple[np.ndarray, np.ndarray, np.ndarray]  # packed scores, offset_table
 
 @entry_point
 def mean_field(
-    unary: np.ndarray, chunks: list[Chunk], iterations: int, centred: bool
+    unary: np.ndarray, chunks: list[Chunk], iterations: int, centred: bool, tolerance: float
 ) -> np.ndarray:
     """Marginals (B, K, h, w) float32 from unary scores (B, K, h, w) and chunks of pairwise
     scores: packed in span order (B, K * K * S) (both C-contiguous float32), their `offset_table` and one
-    weight per offset (float32)."""
+    weight per offset (float32); stops early once an update moves no marginal by more than
+    `tolerance` (> 0)."""
     parts = np.zeros((threads(), *unary.shape), np.float32)
 
     def messages(q: np.ndarray) -> np.ndarray:
@@ -106,7 +108,9 @@ def mean_field(
         start = unary - messages(np.full_like(unary, 1.0 / unary.shape[1]))
     q = _softmax(unary)
     for _ in range(iterations):
-        q = _softmax(start + messages(q))
+        q, previous = _softmax(start + messages(q)), q
+        if tolerance > 0 and np.abs(q - previous).max() <= tolerance:
+            break
     return q
 
 

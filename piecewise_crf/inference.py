@@ -60,11 +60,11 @@ def grid_marginals(
     crf: CRFConfig,
     ring_weights: Mapping[str, Sequence[float | Tensor]] | None = None,
 ) -> Tensor:
-    """Mean-field marginals (B, K, h, w) on the node grid with `crf`'s iterations, mode and
-    weights (`ring_weights` in place of crf's, e.g. tensors being fitted)."""
+    """Mean-field marginals (B, K, h, w) on the node grid with `crf`'s iterations, tolerance,
+    mode and weights (`ring_weights` in place of crf's, e.g. tensors being fitted)."""
     weights = mean_field_weights(crf, scores.offsets(), ring_weights)
     centred = crf.pairwise_mode == "interaction"
-    return scores.mean_field(crf.iterations, weights, centred=centred)
+    return scores.mean_field(crf.iterations, weights, centred=centred, tolerance=crf.tolerance)
 
 
 def crf_marginals(

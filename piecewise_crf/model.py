@@ -87,18 +87,24 @@ class GridScores:
         weights: Sequence[float | Tensor] | None = None,
         *,
         centred: bool = False,
+        tolerance: float = 0.0,
     ) -> Tensor:
         """Mean-field marginals (B, K, h, w) on the node grid (`crf.grid_mean_field`), in full
-        precision; `weights` one per pairwise entry; iterations=0 gives softmax(unary). On CPU
+        precision; `weights` one per pairwise entry; at most `iterations`, fewer once an update
+        moves no marginal by more than `tolerance` (> 0); iterations=0 gives softmax(unary). On CPU
         without autograd the compiled loop (`grid_numba`) runs it, the same to float rounding."""
         unary = _full_precision(self.unary)
         if iterations == 0 or not self.pairwise:
             return unary.softmax(1)
         check_weights(weights, len(self.pairwise))
         if self.spans and grid_numba.applies(unary, self.blocks, weights):
-            return grid_numba.grid_mean_field(unary, self.blocks, iterations, weights, centred)
+            return grid_numba.grid_mean_field(
+                unary, self.blocks, iterations, weights, centred, tolerance
+            )
         pairwise = [(o, _full_precision(z)) for _, o, z in self.pairwise]
-        return grid_mean_field(unary, pairwise, iterations, weights, centred=centred)
+        return grid_mean_field(
+            unary, pairwise, iterations, weights, centred=centred, tolerance=tolerance
+        )
 
 
 @dataclass(frozen=True)

@@ -159,7 +159,8 @@ def _check_custom_relations(relations: Any) -> None:
 
 @dataclass
 class CRFConfig:
-    iterations: int = 3  # mean-field iterations at prediction
+    iterations: int = 3  # mean-field iterations at prediction, at most
+    tolerance: float = 1e-3  # stop once an update moves no marginal by more; 0 = every iteration
     pairwise_mode: str = "raw"  # "raw" (the paper's scores) or "interaction" (double-centred)
     pairwise_scale: float = 1.0  # multiplies pairwise scores in mean-field; choose on held-out data
     box_fraction: float | None = None  # range box at prediction; None = model.box_fraction
@@ -169,6 +170,7 @@ class CRFConfig:
 
     def validate(self) -> None:
         _int("crf.iterations", self.iterations, 0)
+        _number("crf.tolerance", self.tolerance, 0, high=1)
         _choice("crf.pairwise_mode", self.pairwise_mode, PAIRWISE_MODES)
         _number("crf.pairwise_scale", self.pairwise_scale, 0)
         if self.box_fraction is not None:

@@ -171,6 +171,45 @@ def test_compiled_grid_marginals_equal_the_torch_loop(centred):
         scores.mean_field(3, weights[:-1])
 
 
+@pytest.mark.parametrize("compiled", [True, False])
+def test_tolerance_stops_at_the_first_small_update(compiled):
+    """The stop, found independently: run 1, 2, ... fixed iterations and take the first whose
+    update moved no marginal by more than the tolerance."""
+    model = tiny_model(max_edges=300).eval()
+    images, _ = batch(h=77, w=61)
+    with torch.no_grad():
+        scores = model(images).scores
+        weights = [4.0] * len(scores.pairwise)  # strong enough to take several iterations
+
+        def run(iterations, tolerance=0.0):
+            if compiled:
+                return scores.mean_field(iterations, weights, centred=True, tolerance=tolerance)
+            pairwise = grid_pairwise_of(scores)
+            return grid_mean_field(
+                scores.unary, pairwise, iterations, weights, centred=True, tolerance=tolerance
+            )
+
+        fixed = [run(t) for t in range(13)]
+    moves = [float((fixed[t] - fixed[t - 1]).abs().max()) for t in range(1, 13)]
+    assert moves[0] > moves[4] > moves[8] > 0  # it converges, and not at once
+    for tolerance in (moves[2] * 1.001, (moves[5] + moves[6]) / 2, moves[9] * 1.001):
+        stop = next(t for t, move in enumerate(moves, 1) if move <= tolerance)
+        assert 2 < stop < 12
+        torch.testing.assert_close(run(12, tolerance), fixed[stop], rtol=0, atol=1e-6)
+    torch.testing.assert_close(run(12, 1.0), fixed[1], rtol=0, atol=1e-6)  # >= 1 update
+
+
+def test_tolerance_is_ignored_under_autograd():
+    model = tiny_model()
+    images, _ = batch()
+    scores = model(images).scores
+    with torch.no_grad():
+        fixed = scores.mean_field(3)
+    stopped = scores.mean_field(3, tolerance=1.0)  # would stop after one update without grad
+    assert stopped.requires_grad
+    torch.testing.assert_close(stopped, fixed, rtol=0, atol=1e-6)
+
+
 def test_compiled_grid_marginals_only_without_autograd():
     model = tiny_model()
     images, _ = batch()
