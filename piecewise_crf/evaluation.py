@@ -209,12 +209,14 @@ def plot_confusion(
 
 
 def describe(crf: CRFConfig) -> str:
-    """'raw x0.01, 3 iterations' (plus any ring weights): a mean-field setting in a few words."""
+    """'raw x0.01, 3 iterations' (plus any ring weights, and ' at most, stop at 0.001' with a
+    tolerance): a mean-field setting in a few words."""
     rings = "".join(
         f", {name} rings x{'/'.join(f'{w:.3g}' for w in weights)}"
         for name, weights in crf.ring_weights.items()
     )
-    return f"{crf.pairwise_mode} x{crf.pairwise_scale:g}{rings}, {crf.iterations} iterations"
+    stop = f" at most, stop at {crf.tolerance:g}" if crf.tolerance > 0 else ""
+    return f"{crf.pairwise_mode} x{crf.pairwise_scale:g}{rings}, {crf.iterations} iterations{stop}"
 
 
 def subset_indices(n: int, limit: int | None) -> list[int]:

@@ -168,6 +168,10 @@ def test_int_fields_take_only_ints(value):
          "interaction, got 'interation'; did you mean 'interaction'?"),
         ("crf", "pairwise_scale", -0.5, "crf.pairwise_scale must be a finite number >= 0, got -0.5"),
         ("crf", "box_fraction", 0, "crf.box_fraction must be in (0, 1], got 0.0"),
+        ("crf", "tolerance", -1e-3, "crf.tolerance must be a finite number >= 0 and <= 1, "
+         "got -0.001"),
+        ("crf", "tolerance", math.nan, "crf.tolerance must be a finite number >= 0 and <= 1, "
+         "got nan"),
         ("crf", "ring_weights", {"surround": [1]}, "crf.ring_weights must be keyed by the "
          "model's relations (surrounding, above_below), got 'surround'; did you mean 'surrounding'?"),
         ("crf", "ring_weights", {"surrounding": []}, "crf.ring_weights.surrounding must be a "

@@ -9,6 +9,7 @@ from piecewise_crf.config import CRFConfig, DenseCRFConfig, load_config
 from piecewise_crf.data.synthetic import SyntheticContext
 from piecewise_crf.errors import ArgumentError
 from piecewise_crf.evaluation import (
+    describe,
     format_table,
     open_dataset,
     open_split,
@@ -81,3 +82,11 @@ def test_class_names_and_palette_come_from_the_config(tmp_path):
         )
     with pytest.raises(ValueError, match=r"data.palette must be \[r, g, b\] triples"):
         load_config(None, ["data.dataset=folder", "data.palette=[[1, 2, 300]]"])
+
+
+def test_describe_names_the_setting_and_its_stop():
+    crf = CRFConfig(iterations=10, pairwise_mode="interaction", pairwise_scale=0.003, tolerance=0)
+    assert describe(crf) == "interaction x0.003, 10 iterations"
+    crf.tolerance, crf.ring_weights = 0.001, {"surrounding": [1.5, 0.25]}
+    want = "interaction x0.003, surrounding rings x1.5/0.25, 10 iterations at most, stop at 0.001"
+    assert describe(crf) == want
