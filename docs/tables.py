@@ -816,6 +816,45 @@ def profile_crf() -> str:
     )
 
 
+def profile_train() -> str:
+    d = load("profile_train.json")
+    seconds = d["seconds"]
+    step = seconds["step"]
+    parts = [[name, f"{s * 1000:.1f}", f"{100 * s / step:.0f}%"] for name, s in seconds.items()]
+    ops = [[f"`{o['op']}`", o["calls"], f"{o['self_ms']:.1f}"] for o in d["operators"]]
+    h, w = d["crop"]
+    note = (
+        f"configs/{d['config']}.yaml's step: batch {d['batch']} of {h}x{w} crops "
+        f"(a {d['grid'][0]}x{d['grid'][1]} node grid), `train.freeze_layers: "
+        f"{d['freeze_layers']}`, random backbone weights. Commit {d['commit']}. "
+    )
+    return (
+        markdown(["part", "ms", "of the step"], parts)
+        + "\n\n"
+        + markdown(["operator (torch.profiler, self time)", "calls", "ms"], ops)
+        + "\n\n"
+        + note
+        + machine(d["machine"])
+    )
+
+
+def layout() -> str:
+    d = load("layout.json")
+    rows = [[r["row"], r["channels_last_ms"], r["nchw_ms"], f"{r['ratio']:.2f}"] for r in d["rows"]]
+    w, h = d["size"]
+    ch, cw = d["crop"]
+    diff = d["largest_difference"]
+    note = (
+        f"One {w}x{h} frame ({d['frame']}) and a training step of batch {d['batch']} of {ch}x{cw} "
+        f"crops, configs/{d['config']}.yaml (untrained), medians of {d['repeats']} interleaved "
+        f"repeats. Largest difference between the two: node features "
+        f"{diff['features']:.1e}, crf+dense marginals {diff['crf+dense marginals']:.1e}. "
+        f"Commit {d['commit']}. "
+    )
+    header = ["ms", "channels_last (default)", "(B, C, H, W)", "ratio"]
+    return markdown(header, rows) + "\n\n" + note + machine(d["machine"])
+
+
 # --- results.md: one short row per measurement ------------------------------------------------------
 
 
@@ -997,7 +1036,7 @@ GENERATORS: dict[str, Callable[[], str]] = {
         crf_attempts, mean_field_stop, recipe_options, held_out_curves, dense_crf_tuning, choice_sweeps,
         prediction_box, train_step, joint_vs_piecewise, ablation, ablation_jitter,
         ablation_effects, dense_crf_speed, dense_crf_scaling, dense_crf_learning, export, predict, profile_crf,
-        results,
+        profile_train, layout, results,
     )
 }  # fmt: skip
 

@@ -65,7 +65,8 @@ class FeatMapNet(nn.Module):
 
     (h, w) = `grid_size(H, W, scales, backbone.stride)`. The backbone (`backbones.Backbone`) must
     expose `normalize`, `out_channels`, `stride` and return a map of size
-    ceil(H'/stride) x ceil(W'/stride).
+    ceil(H'/stride) x ceil(W'/stride). `channels_last`: on CPU the backbone and block 6 run in
+    that memory format (the output is (B, C, h, w) contiguous either way).
     """
 
     def __init__(
@@ -76,6 +77,7 @@ class FeatMapNet(nn.Module):
         block6_channels: int = 512,
         pool_windows: Sequence[int] = (5, 9),
         pool_order: str = "pool_then_concat",
+        channels_last: bool = True,
     ) -> None:
         super().__init__()
         if not scales or any(s <= 0 for s in scales):
@@ -86,6 +88,7 @@ class FeatMapNet(nn.Module):
         self.stride = int(backbone.stride)
         self.scales = tuple(float(s) for s in scales)
         self.pool_order = pool_order
+        self.channels_last = channels_last
         self.block6 = nn.ModuleList(
             block6(backbone.out_channels, block6_channels) for _ in self.scales
         )
@@ -99,6 +102,10 @@ class FeatMapNet(nn.Module):
         height, width = map(int, images.shape[-2:])
         target = grid_size(height, width, self.scales, self.stride)
         x = self.backbone.normalize(images)
+        if self.channels_last and x.device.type == "cpu" and not torch.jit.is_tracing():
+            # oneDNN's CPU convolutions run channels_last without reordering every layer's input
+            # (benchmarks/layout.py times both; docs/deployment.md). Not measured on CUDA: kept.
+            x = x.contiguous(memory_format=torch.channels_last)
         maps = []
         for scale, head in zip(self.scales, self.block6, strict=True):
             size = (scaled_size(height, scale), scaled_size(width, scale))
@@ -116,4 +123,4 @@ class FeatMapNet(nn.Module):
         features = torch.cat(maps, dim=1)
         if self.pool_order == "concat_then_pool":
             features = self.pyramid(features)
-        return features
+        return features.contiguous()  # the heads and the grid mean-field read (B, C, h, w)

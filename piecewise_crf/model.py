@@ -388,12 +388,17 @@ def _chunk_nll(
 
 
 def build_model(
-    config: ModelConfig, *, load_weights: bool = True, max_edges: int = 32768
+    config: ModelConfig,
+    *,
+    load_weights: bool = True,
+    max_edges: int = 32768,
+    channels_last: bool = True,
 ) -> DeepStructuredModel:
     """The model a `ModelConfig` describes.
 
     load_weights=False skips reading the pretrained backbone file (use it when a checkpoint will
     overwrite every weight) but keeps the input normalisation those weights imply.
+    channels_last=False keeps FeatMap-Net's CPU convolutions in (B, C, H, W) (`FeatMapNet`).
     """
     if config.num_classes is None:
         raise ValueError("model.num_classes is not set: set it (training sets it from the dataset)")
@@ -408,6 +413,7 @@ def build_model(
         block6_channels=config.block6_channels,
         pool_windows=config.pool_windows,
         pool_order=config.pool_order,
+        channels_last=channels_last,
     )
     relations = build_relations(
         config.relations,

@@ -64,3 +64,31 @@ def test_the_grid_follows_the_backbones_stride():
     model = build_model(config)
     model.featmap = net  # the upsampling maps each node back over its 8x8 pixels
     assert model.grid_size(64, 96) == (8, 12) and model._cell() == 8.0
+
+
+@pytest.mark.parametrize("order", ["pool_then_concat", "concat_then_pool"])
+def test_channels_last_computes_what_nchw_does_and_returns_nchw(order):
+    """The memory format changes the layout the convolutions run in, not what they compute:
+    features and every weight's gradient agree with the (B, C, H, W) net to float rounding, and
+    the features come back (B, C, h, w) contiguous."""
+    torch.manual_seed(0)
+    nets = [
+        FeatMapNet(
+            TinyBackbone(8),
+            scales=(1.0, 0.5),
+            block6_channels=6,
+            pool_order=order,
+            channels_last=flag,
+        )  # fmt: skip
+        for flag in (True, False)
+    ]
+    nets[1].load_state_dict(nets[0].state_dict())
+    images = torch.rand(2, 3, 45, 61)
+    outs = [net(images) for net in nets]
+    assert outs[0].is_contiguous() and not outs[0].is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-6)
+    for out in outs:
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+    for (name, a), b in zip(nets[0].named_parameters(), nets[1].parameters(), strict=True):
+        scale = b.grad.abs().max().item()  # sums over ~1e4 pixels: rounding scales with them
+        torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=1e-5 * scale, msg=name)
