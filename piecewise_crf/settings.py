@@ -186,6 +186,8 @@ class CRFConfig:
 
 @dataclass
 class DenseCRFConfig:
+    # The kernels' defaults are permutocrf.dense.PARAMS, written out: importing permutocrf here
+    # would load numba (~1 s) in every command; tests/test_config.py checks they agree.
     enabled: bool = True  # run the "crf+dense" boundary-refinement stage at evaluation
     iterations: int = 5  # 0 = the CRF's output, unrefined
     pos_xy_std: float = 3.0  # Gaussian (position) kernel: pydensecrf's sxy

@@ -1,3 +1,4 @@
+import dataclasses
 import math
 import re
 
@@ -15,6 +16,7 @@ from piecewise_crf.config import (
     shipped_configs,
 )
 from piecewise_crf.devices import resolve_device
+from piecewise_crf.settings import DenseCRFConfig
 
 
 def test_shipped_configs_hold_the_papers_settings():
@@ -316,3 +318,12 @@ def test_resolve_device_rejects_a_gpu_that_is_not_there(monkeypatch):
         resolve_device("cuda:2")
     with pytest.raises(ValueError, match="^device 'cuda' asked for, but 2 GPU"):
         resolve_device("cuda", local_rank=2)
+
+
+def test_dense_crf_defaults_are_permutocrfs():
+    """DenseCRFConfig writes permutocrf's kernel defaults out (settings must not import numba);
+    they must not drift apart."""
+    from permutocrf.dense import PARAMS
+
+    defaults = {f.name: f.default for f in dataclasses.fields(DenseCRFConfig)}
+    assert {k: defaults[k] for k in PARAMS} == PARAMS

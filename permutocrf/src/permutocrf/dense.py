@@ -41,17 +41,27 @@ from permutocrf.torch_support import is_tensor
 PROB_FLOOR = 1e-5
 """Probabilities are clamped to this before the log, as pydensecrf's ``unary_from_softmax``."""
 
+PARAMS = {
+    "pos_xy_std": 3.0,
+    "pos_weight": 3.0,
+    "bi_xy_std": 80.0,
+    "bi_rgb_std": 13.0,
+    "bi_weight": 10.0,
+}
+"""The kernels' default parameters, pydensecrf's README example (``dense_crf``'s and
+``DenseCRFLayer``'s defaults)."""
+
 
 def dense_crf(
     image,
     probs,
     *,
     iterations: int = 5,
-    pos_xy_std: float = 3.0,
-    pos_weight: float = 3.0,
-    bi_xy_std: float = 80.0,
-    bi_rgb_std: float = 13.0,
-    bi_weight: float = 10.0,
+    pos_xy_std: float = PARAMS["pos_xy_std"],
+    pos_weight: float = PARAMS["pos_weight"],
+    bi_xy_std: float = PARAMS["bi_xy_std"],
+    bi_rgb_std: float = PARAMS["bi_rgb_std"],
+    bi_weight: float = PARAMS["bi_weight"],
     compat=None,
     backend: str = "auto",
 ):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from permutocrf.dense import check_params, image_layout
+from permutocrf.dense import PARAMS, check_params, image_layout
 from permutocrf.dense_torch import as_tensor, compat_matrix, refine
 
 
@@ -32,11 +32,11 @@ class DenseCRFLayer(nn.Module):
         self,
         num_classes: int,
         iterations: int = 5,
-        pos_xy_std: float = 3.0,
-        pos_weight: float = 3.0,
-        bi_xy_std: float = 80.0,
-        bi_rgb_std: float = 13.0,
-        bi_weight: float = 10.0,
+        pos_xy_std: float = PARAMS["pos_xy_std"],
+        pos_weight: float = PARAMS["pos_weight"],
+        bi_xy_std: float = PARAMS["bi_xy_std"],
+        bi_rgb_std: float = PARAMS["bi_rgb_std"],
+        bi_weight: float = PARAMS["bi_weight"],
     ) -> None:
         super().__init__()
         check_params(iterations, pos_xy_std, bi_xy_std, bi_rgb_std, pos_weight, bi_weight)
