@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -28,6 +27,7 @@ from torch.profiler import ProfilerActivity, profile
 from torch.utils.data import default_collate
 
 from benchmarks.common import commit, describe, machine
+from benchmarks.profile_crf import timed
 from piecewise_crf.config import load_config
 from piecewise_crf.files import write_json
 from piecewise_crf.model import build_model
@@ -36,19 +36,6 @@ from piecewise_crf.training.losses import piecewise_loss
 from piecewise_crf.training.optim import freeze_layers, sgd
 
 ROOT = Path("../shared/data/camvid")
-
-
-def timed(parts: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Median seconds of each part, repeats interleaved, after one warm-up run each."""
-    for run in parts.values():
-        run()
-    times: dict[str, list[float]] = {name: [] for name in parts}
-    for _ in range(repeats):
-        for name, run in parts.items():
-            tic = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - tic)
-    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def main() -> None:
