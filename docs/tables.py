@@ -706,6 +706,54 @@ def dense_crf_speed() -> str:
     return markdown(header, rows) + "\n\n" + agreement + machine(full["machine"], quick["machine"])
 
 
+def dense_crf_params() -> str:
+    d = load("dense_crf_params.json")
+    rows = []
+    for r in d["parameter_sets"]:
+        p = r["params"]
+        kernels = f"{p['pos_xy_std']:g}; {p['bi_xy_std']:g} / {p['bi_rgb_std']:g}"
+        threads = f"{r['threads']} thread{'s' if r['threads'] > 1 else ''}"
+        rows.append(
+            [
+                r["set"],
+                f"{kernels}; {r['iterations']}",
+                r["bilateral_vertices"],
+                threads,
+                f"{r['ours_s']:.3f}",
+                f"{r['compat_s']:.3f}",
+                f"{r['pydensecrf_s']:.3f}",
+                f"{r['ratio']:.2f}",
+                f"{r['ratio_compat']:.2f}",
+            ]
+        )
+    header = ["set", "Gaussian; bilateral xy / rgb; iterations", "bilateral vertices", "ours on",
+              "`dense_crf` s", "`compat` s", "pydensecrf s", "ratio", "`compat` ratio"]  # fmt: skip
+    widths = [
+        [
+            f"{r['bi_xy_std']:g} / {r['bi_rgb_std']:g}",
+            r["bilateral_vertices"],
+            f"{r['ours_s']:.3f}",
+            f"{r['pydensecrf_s']:.3f}",
+            f"{r['ratio']:.2f}",
+        ]
+        for r in d["kernel_widths"]
+    ]
+    w, h = d["size"]
+    note = (
+        f"{w}x{h}, K={d['labels']}; labels equal to pydensecrf's: "
+        f"{100 * min(r['label_agreement'] for r in d['parameter_sets']):.1f} % at least. "
+    )
+    width_header = ["bilateral xy / rgb", "vertices", "ours s", "pydensecrf s", "ratio"]
+    return (
+        markdown(header, rows)
+        + "\n\n"
+        + markdown(width_header, widths)
+        + "\n\n"
+        + note
+        + machine(d["machine"])
+    )
+
+
 def dense_crf_scaling() -> str:
     d = load("dense_crf.json")
     rows = [
@@ -1035,7 +1083,7 @@ GENERATORS: dict[str, Callable[[], str]] = {
         camvid_val, camvid_val_classes, val_stages, crf_weight, held_out_stages, held_out_classes,
         crf_attempts, mean_field_stop, recipe_options, held_out_curves, dense_crf_tuning, choice_sweeps,
         prediction_box, train_step, joint_vs_piecewise, ablation, ablation_jitter,
-        ablation_effects, dense_crf_speed, dense_crf_scaling, dense_crf_learning, export, predict, profile_crf,
+        ablation_effects, dense_crf_speed, dense_crf_params, dense_crf_scaling, dense_crf_learning, export, predict, profile_crf,
         profile_train, layout, results,
     )
 }  # fmt: skip
