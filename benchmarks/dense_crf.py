@@ -100,15 +100,15 @@ def pydensecrf_run(image: np.ndarray, probs: np.ndarray, iterations: int) -> np.
     return api_run(dcrf, image, probs, iterations)
 
 
-def api_run(dcrf, image: np.ndarray, probs: np.ndarray, iterations: int) -> np.ndarray:
+def api_run(dcrf, image: np.ndarray, probs: np.ndarray, iterations: int, params=PARAMS):
     """pydensecrf's API as its users write it, the CRF's construction included, on ``dcrf``:
-    ``pydensecrf.densecrf`` or its drop-in ``permutocrf``."""
+    ``pydensecrf.densecrf`` or its drop-in ``permutocrf``; kernel ``params`` as ``PARAMS``."""
     k, h, w = probs.shape
     crf = dcrf.DenseCRF2D(w, h, k)
     crf.setUnaryEnergy(np.ascontiguousarray(-np.log(np.maximum(probs, 1e-5)).reshape(k, -1)))
-    crf.addPairwiseGaussian(sxy=PARAMS["pos_xy_std"], compat=PARAMS["pos_weight"])
+    crf.addPairwiseGaussian(sxy=params["pos_xy_std"], compat=params["pos_weight"])
     crf.addPairwiseBilateral(
-        sxy=PARAMS["bi_xy_std"], srgb=PARAMS["bi_rgb_std"], rgbim=image, compat=PARAMS["bi_weight"]
+        sxy=params["bi_xy_std"], srgb=params["bi_rgb_std"], rgbim=image, compat=params["bi_weight"]
     )
     return np.asarray(crf.inference(iterations)).reshape(k, h, w)
 

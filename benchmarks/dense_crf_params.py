@@ -23,7 +23,7 @@ import torch
 
 import permutocrf.compat as compat
 from benchmarks.common import commit, describe, machine
-from benchmarks.dense_crf import load_frames, median_times
+from benchmarks.dense_crf import api_run, load_frames, median_times
 from permutocrf import bilateral_kernel, dense_crf
 from piecewise_crf.config import load_config
 
@@ -47,18 +47,6 @@ def parameter_sets() -> dict[str, tuple[Params, int]]:
     }
 
 
-def api_run(dcrf, image: np.ndarray, probs: np.ndarray, params: Params, it: int) -> np.ndarray:
-    """pydensecrf's API as its users write it, on `dcrf`: pydensecrf.densecrf or `compat`."""
-    k, h, w = probs.shape
-    crf = dcrf.DenseCRF2D(w, h, k)
-    crf.setUnaryEnergy(np.ascontiguousarray(-np.log(np.maximum(probs, 1e-5)).reshape(k, -1)))
-    crf.addPairwiseGaussian(sxy=params["pos_xy_std"], compat=params["pos_weight"])
-    crf.addPairwiseBilateral(
-        sxy=params["bi_xy_std"], srgb=params["bi_rgb_std"], rgbim=image, compat=params["bi_weight"]
-    )
-    return np.asarray(crf.inference(it)).reshape(k, h, w)
-
-
 def side_by_side(image: np.ndarray, probs: np.ndarray, params: Params, it: int, repeats: int):
     """Median seconds of ours, the drop-in and pydensecrf, their ratios and agreement."""
     import pydensecrf.densecrf as pydensecrf
@@ -66,12 +54,12 @@ def side_by_side(image: np.ndarray, probs: np.ndarray, params: Params, it: int, 
     t = median_times(
         {
             "ours_s": lambda: dense_crf(image, probs, iterations=it, **params),
-            "compat_s": lambda: api_run(compat, image, probs, params, it),
-            "pydensecrf_s": lambda: api_run(pydensecrf, image, probs, params, it),
+            "compat_s": lambda: api_run(compat, image, probs, it, params),
+            "pydensecrf_s": lambda: api_run(pydensecrf, image, probs, it, params),
         },
         repeats,
     )
-    ref = api_run(pydensecrf, image, probs, params, it)
+    ref = api_run(pydensecrf, image, probs, it, params)
     ours = dense_crf(image, probs, iterations=it, **params)
     return t | {
         "ratio": t["ours_s"] / t["pydensecrf_s"],
