@@ -23,7 +23,7 @@ import torch
 
 import permutocrf.compat as compat
 from benchmarks.common import commit, describe, machine
-from benchmarks.dense_crf import api_run, load_frames, median_times
+from benchmarks.dense_crf import PARAMS, api_run, load_frames, median_times
 from permutocrf import bilateral_kernel, dense_crf
 from piecewise_crf.config import load_config
 
@@ -35,10 +35,7 @@ def parameter_sets() -> dict[str, tuple[Params, int]]:
     recipe = load_config("camvid").dense_crf
     keys = ("pos_xy_std", "pos_weight", "bi_xy_std", "bi_rgb_std", "bi_weight")
     return {
-        "pydensecrf README": (
-            dict(pos_xy_std=3, pos_weight=3, bi_xy_std=80, bi_rgb_std=13, bi_weight=10),
-            5,
-        ),
+        "pydensecrf README": (PARAMS, 5),
         "DeepLab VOC": (
             dict(pos_xy_std=3, pos_weight=3, bi_xy_std=121, bi_rgb_std=5, bi_weight=4),
             10,
