@@ -739,9 +739,16 @@ def dense_crf_params() -> str:
         for r in d["kernel_widths"]
     ]
     w, h = d["size"]
+    sets = d["parameter_sets"]
+    by_threads = {n: [r["ratio"] for r in sets if r["threads"] == n] for n in (2, 1)}
+    ours = {(r["set"], r["threads"]): r["ours_s"] for r in sets}
+    gains = [ours[name, 1] / ours[name, 2] for name, n in ours if n == 2]
     note = (
         f"{w}x{h}, K={d['labels']}; labels equal to pydensecrf's: "
-        f"{100 * min(r['label_agreement'] for r in d['parameter_sets']):.1f} % at least. "
+        f"{100 * min(r['label_agreement'] for r in sets):.1f} % at least. Ratios "
+        f"{min(by_threads[2]):.2f}-{max(by_threads[2]):.2f} on 2 threads, "
+        f"{min(by_threads[1]):.2f}-{max(by_threads[1]):.2f} on 1; two threads "
+        f"{min(gains):.1f}-{max(gains):.1f}x faster than one. "
     )
     width_header = ["bilateral xy / rgb", "vertices", "ours s", "pydensecrf s", "ratio"]
     return (
