@@ -64,7 +64,8 @@ def main() -> None:
     for index in picked:
         image = dataset[index][0][None]
         with torch.no_grad():
-            scores = predictor.model(image, box_fraction=crf.box_fraction).scores
+            potentials = predictor.model(image, box_fraction=crf.box_fraction)
+            scores = potentials.scores_for(crf.pairwise_mode)
             steps = [
                 grid_marginals(scores, replace(crf, iterations=n, tolerance=0.0))
                 for n in range(crf.iterations + 1)

@@ -1,21 +1,24 @@
 """Where the Predictor's "crf+dense" stage spends its time on one 480x360 CamVid frame.
 
-Usage: python -m benchmarks.profile_crf [--config camvid] [--frame PNG] [--threads 2]
-       [--repeats 5] [--json benchmarks/results/profile_crf.json]
+Usage: python -m benchmarks.profile_crf [--checkpoint CKPT | --config camvid] [--frame PNG]
+       [--threads 2] [--repeats 5] [--json benchmarks/results/profile_crf.json]
 
 Each part runs on its own, on the inputs the stage hands it, repeats interleaved (load from
 other jobs hits every part alike), medians:
   featmap         FeatMap-Net (backbone at both scales, block 6, pyramid pooling)
   unary_net       Unary-Net on the node features
   pairwise_maps   the Pairwise-Nets' first layer, once per image (W_a F + b, W_b F)
-  pairwise_scores the K*K scores of every edge (`PairwiseNet.span_scores`)
+  pairwise_scores the K*K scores of every edge (`PairwiseNet.span_scores`; their (K-1)^2
+                  interaction rows in "interaction" mode)
   mean_field      the crf's mean-field iterations on the node grid (`grid_numba`)
   upsample        grid marginals to image size
   dense_inputs    the dense CRF's inputs: uint8 RGB, the clamped log of the marginals
   dense_lattice   the bilateral lattice of the frame (features, build, normalisation)
   dense_iterations the dense mean-field on the cached Gaussian and that bilateral lattice
-then the whole stage, and torch.profiler's operators of one run of it (self time). The model is
-built untrained from --config: every part does the same work whatever the weights.
+then the whole stage, and torch.profiler's operators of one run of it (self time). Every part
+but mean_field does the same work whatever the weights; mean_field stops on the tolerance,
+after few updates when the model is untrained (near-zero pairwise scores) and after most of them
+when it is trained: profile a trained --checkpoint for the stage as users run it.
 """
 
 from __future__ import annotations
@@ -60,7 +63,8 @@ def stage_parts(predictor: Predictor, images: torch.Tensor) -> dict[str, Callabl
     features = model.featmap(images)
     potentials = model(images, box_fraction=crf.box_fraction)
     relations = list(potentials.pairwise.values())
-    scores = potentials.scores
+    interaction = crf.pairwise_mode == "interaction"
+    scores = potentials.scores_for(crf.pairwise_mode)
     grid = grid_marginals(scores, crf)
     size = tuple(images.shape[-2:])
     probs = model.upsample(grid, size)
@@ -83,7 +87,7 @@ def stage_parts(predictor: Predictor, images: torch.Tensor) -> dict[str, Callabl
         "unary_net": lambda: model.unary_net(features),
         "pairwise_maps": lambda: [r.net.first_layer_maps(features) for r in relations],
         "pairwise_scores": lambda: [
-            r.net.span_scores(r.maps, chunk) for r in relations for chunk in r.chunks()
+            r.net.span_scores(r.maps, chunk, interaction) for r in relations for chunk in r.chunks()
         ],
         "mean_field": lambda: grid_marginals(scores, crf),
         "upsample": lambda: model.upsample(grid, size),
@@ -109,16 +113,20 @@ def operators(predictor: Predictor, images: torch.Tensor, top: int = 12) -> list
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config", default="camvid")
+    parser.add_argument("--checkpoint", type=Path, help="a trained model (default: untrained)")
+    parser.add_argument("--config", default="camvid", help="when no --checkpoint")
     parser.add_argument("--frame", type=Path, default=FRAME)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", type=Path, default=Path("benchmarks/results/profile_crf.json"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    config = load_config(args.config)
-    model = build_model(config.model, load_weights=False)
-    predictor = Predictor(model, crf=config.crf, dense=config.dense_crf, device="cpu")
+    if args.checkpoint:
+        predictor = Predictor.from_checkpoint(args.checkpoint, device="cpu")
+    else:
+        config = load_config(args.config)
+        model = build_model(config.model, load_weights=False)
+        predictor = Predictor(model, crf=config.crf, dense=config.dense_crf, device="cpu")
     rgb = np.asarray(open_rgb(args.frame))
     images = torch.from_numpy(rgb).permute(2, 0, 1)[None].float().div(255).contiguous()
     with torch.no_grad():
@@ -136,12 +144,12 @@ def main() -> None:
     record = {
         "commit": commit(),
         "machine": info,
-        "model": f"configs/{args.config}.yaml (untrained weights)",
+        "model": str(args.checkpoint or f"configs/{args.config}.yaml (untrained weights)"),
         "frame": args.frame.name,
         "size": [rgb.shape[1], rgb.shape[0]],
-        "crf_iterations": config.crf.iterations,
-        "crf_tolerance": config.crf.tolerance,
-        "dense_iterations": config.dense_crf.iterations,
+        "crf_iterations": predictor.crf.iterations,
+        "crf_tolerance": predictor.crf.tolerance,
+        "dense_iterations": predictor.dense.iterations,
         "seconds": {name: round(s, 4) for name, s in seconds.items()},
         "operators": ops,
     }

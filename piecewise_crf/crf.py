@@ -146,6 +146,15 @@ def centre_interactions(scores: Tensor, dims: tuple[int, int] = (1, 2)) -> Tenso
     )
 
 
+def full_interactions(kept: Tensor, dims: tuple[int, int] = (1, 2)) -> Tensor:
+    """Double-centred scores (`centre_interactions`) with K labels on the axes `dims` from
+    their first K - 1 rows and columns `kept`: every row and every column of a centred (K, K)
+    matrix sums to 0, so the last row and column are minus the sums of the others."""
+    i, j = dims
+    rows = torch.cat([kept, -kept.sum(j, keepdim=True)], j)
+    return torch.cat([rows, -rows.sum(i, keepdim=True)], i)
+
+
 def grid_mean_field(
     unary: Tensor,
     pairwise: Sequence[GridPairwise],

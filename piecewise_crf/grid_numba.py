@@ -64,9 +64,12 @@ def grid_mean_field(
     weights: Sequence[float | Tensor] | None,
     centred: bool,
     tolerance: float = 0.0,
+    interaction: bool = False,
 ) -> Tensor:
     """`crf.grid_mean_field` of unary scores (B, K, h, w) and the pairwise `blocks`, `weights`
-    one per offset (None: 1), compiled; where `applies`. `tolerance` as there."""
+    one per offset (None: 1), compiled; where `applies`. `tolerance` as there. `interaction`:
+    the blocks hold (K - 1)^2 rows per edge, the scores' interaction part
+    (`GridScores.interaction`), and mean-field runs centred."""
     h, w = unary.shape[-2:]
     count = sum(len(offsets) for offsets, _ in blocks)
     factors = (
@@ -80,7 +83,7 @@ def grid_mean_field(
         last = first + len(offsets)
         chunks.append((flat.contiguous().numpy(), table, factors[first:last]))
         first = last
-    q = mean_field(unary.contiguous().numpy(), chunks, iterations, centred, tolerance)
+    q = mean_field(unary.contiguous().numpy(), chunks, iterations, centred, tolerance, interaction)
     return torch.from_numpy(q)
 
 
@@ -89,23 +92,37 @@ Chunk = tuple[np.ndarray, np.ndarray, np.ndarray]  # packed scores, offset_table
 
 @entry_point
 def mean_field(
-    unary: np.ndarray, chunks: list[Chunk], iterations: int, centred: bool, tolerance: float
+    unary: np.ndarray,
+    chunks: list[Chunk],
+    iterations: int,
+    centred: bool,
+    tolerance: float,
+    interaction: bool = False,
 ) -> np.ndarray:
     """Marginals (B, K, h, w) float32 from unary scores (B, K, h, w) and chunks of pairwise
-    scores: packed in span order (B, K * K * S) (both C-contiguous float32), their `offset_table` and one
-    weight per offset (float32); stops early once an update moves no marginal by more than
-    `tolerance` (> 0)."""
-    parts = np.zeros((threads(), *unary.shape), np.float32)
+    scores: packed in span order (B, R * S) (both C-contiguous float32), their `offset_table`
+    and one weight per offset (float32); stops early once an update moves no marginal by more
+    than `tolerance` (> 0). R = K * K, or (K - 1)^2 if `interaction`: z_c[i, j] for i, j < K - 1
+    of centred scores, whose rows and columns sum to 0, so the message to p is
+    sum_(j < K-1) z_c[i, j] (Q_q(j) - Q_q(K-1)) for i < K - 1 and minus their sum for K - 1
+    (to q alike): the same products as K * K scores, on K - 1 marginal differences."""
+    batch, k, h, w = unary.shape
+    rows = k - 1 if interaction else k
+    parts = np.zeros((threads(), batch, rows, h, w), np.float32)
 
     def messages(q: np.ndarray) -> np.ndarray:
-        total = np.zeros_like(unary)
+        if interaction:
+            q = np.ascontiguousarray(q[:, :-1] - q[:, -1:])
+        total = np.zeros((batch, rows, h, w), np.float32)
         for packed, table, weights in chunks:
             total += _messages(packed, table, weights, q, parts)
+        if interaction:
+            total = np.concatenate([total, -total.sum(1, keepdims=True)], axis=1)
         return total
 
     start = unary
-    if centred:  # the row and column means are the messages of uniform marginals
-        start = unary - messages(np.full_like(unary, 1.0 / unary.shape[1]))
+    if centred and not interaction:  # the row and column means: messages of uniform marginals
+        start = unary - messages(np.full_like(unary, 1.0 / k))
     q = _softmax(unary)
     for _ in range(iterations):
         q, previous = _softmax(start + messages(q)), q

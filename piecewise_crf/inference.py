@@ -79,7 +79,7 @@ def crf_marginals(
     """
     if potentials is None:
         potentials = model(images, box_fraction=crf.box_fraction)
-    grid = grid_marginals(potentials.scores, crf)
+    grid = grid_marginals(potentials.scores_for(crf.pairwise_mode), crf)
     return model.upsample(grid, tuple(map(int, images.shape[-2:])))  # ints when traced too
 
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from piecewise_crf.crf import GridPairwise
+from piecewise_crf.crf import GridPairwise, centre_interactions
 from piecewise_crf.relations import Offset, offset_slices, offset_span
 
 
@@ -91,13 +91,29 @@ class PairwiseNet(nn.Module):
             (pr, pc), (qr, qc) = offset_slices(h, w, dy, dx)
             parts.append(F.relu(a[:, :, pr, pc] + b[:, :, qr, qc]).flatten(2))
         flat = torch.cat(parts, dim=2)
-        kk = self.fc2.out_channels
-        return torch.matmul(self.fc2.weight.view(kk, hidden), flat) + self.fc2.bias.view(-1, 1)
+        weight, bias = self.second_layer()
+        return torch.matmul(weight, flat) + bias
 
-    def span_scores(self, maps: tuple[Tensor, Tensor], offsets: Sequence[Offset]) -> Tensor:
-        """Scores (B, K*K*S) of `offsets` in span order: for each offset in turn a (K*K, n)
-        block over its `offset_span` run of p (n nodes), the run's non-edges (q wrapped to
-        another row) scored 0; the layout the compiled mean-field reads (`grid_numba`). No
+    def second_layer(self, interaction: bool = False) -> tuple[Tensor, Tensor]:
+        """The K*K layer as (weight (R, hidden), bias (R, 1)): R = K*K rows, z[i, j] in row
+        i * K + j; or, if `interaction`, the rows of the double-centred scores
+        `crf.centre_interactions(z)` for i, j < K - 1, R = (K - 1)^2. Centring is linear, so it
+        is applied to the layer (in float64) and the scores come out centred; the rows left out
+        follow from the kept ones (`full_interactions`)."""
+        k, hidden = self.num_classes, self.fc2.in_channels
+        weight, bias = self.fc2.weight.view(k, k, hidden), self.fc2.bias.view(k, k, 1)
+        if not interaction:
+            return weight.reshape(k * k, hidden), bias.reshape(k * k, 1)
+        parts = [centre_interactions(x.double(), (0, 1))[:-1, :-1] for x in (weight, bias)]
+        return tuple(x.reshape((k - 1) ** 2, -1).to(weight.dtype).contiguous() for x in parts)
+
+    def span_scores(
+        self, maps: tuple[Tensor, Tensor], offsets: Sequence[Offset], interaction: bool = False
+    ) -> Tensor:
+        """Scores (B, R*S) of `offsets` in span order: for each offset in turn an (R, n) block
+        over its `offset_span` run of p (n nodes), the run's non-edges (q wrapped to another
+        row) scored 0; R = K*K, or (K - 1)^2 interaction rows if `interaction`
+        (`second_layer`). The layout the compiled mean-field reads (`grid_numba`). No
         autograd: one offset's hidden activations at a time go through a scratch buffer that
         stays in cache, and the K*K layer writes straight into its contiguous block (into a
         strided slice, addmm computed a temporary and copied it: 68 of 830 ms of the CamVid
@@ -105,10 +121,10 @@ class PairwiseNet(nn.Module):
         a, b = (m.flatten(2) for m in maps)
         hidden, h, w = map(int, maps[0].shape[1:])
         spans = [offset_span(h, w, dy, dx) for dy, dx in offsets]
-        kk = self.fc2.out_channels
+        weight, bias = self.second_layer(interaction)
+        kk = weight.shape[0]
         out = a.new_empty(a.shape[0], kk * sum(n for _, _, n in spans))
         scratch = a.new_empty(a.shape[0], hidden, max(n for _, _, n in spans))
-        weight, bias = self.fc2.weight.view(kk, hidden), self.fc2.bias.view(kk, 1)
         start = 0
         for (_, dx), (first, shift, n) in zip(offsets, spans, strict=True):
             act = scratch[:, :, :n]
@@ -128,10 +144,12 @@ class PairwiseNet(nn.Module):
             start += kk * n
         return out
 
-    def span_views(self, flat: Tensor, offsets: Sequence[Offset], h: int, w: int) -> list[Tensor]:
-        """`span_scores`' output on an (h, w) grid as a view (B, K, K, h', w') per offset, as
-        `offset_views` gives of `flat_scores`' output."""
-        k = self.num_classes
+    def span_views(
+        self, flat: Tensor, offsets: Sequence[Offset], h: int, w: int, interaction: bool = False
+    ) -> list[Tensor]:
+        """`span_scores`' output on an (h, w) grid as a view (B, k, k, h', w') per offset, as
+        `offset_views` gives of `flat_scores`' output; k = K, or K - 1 if `interaction`."""
+        k = self.num_classes - 1 if interaction else self.num_classes
         views, start = [], flat.storage_offset()
         for dy, dx in offsets:
             (pr, pc), _ = offset_slices(h, w, dy, dx)

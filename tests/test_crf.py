@@ -8,6 +8,7 @@ import torch
 
 from piecewise_crf.crf import (
     centre_interactions,
+    full_interactions,
     grid_mean_field,
     grid_to_edge_list,
     marginal_loss,
@@ -174,6 +175,15 @@ def test_grid_fast_path_equals_general_form():
     general = mean_field(unary.flatten(2).transpose(1, 2), edges, scores, iterations=3)
     fast = grid_mean_field(unary, pairwise, iterations=3)
     torch.testing.assert_close(fast.flatten(2).transpose(1, 2), general)
+
+
+def test_full_interactions_by_hand():
+    kept = torch.tensor([[1.0, 2.0], [3.0, 4.0]])[None]  # (B=1, K-1, K-1), K = 3
+    expected = torch.tensor([[1.0, 2.0, -3.0], [3.0, 4.0, -7.0], [-4.0, -6.0, 10.0]])[None]
+    torch.testing.assert_close(full_interactions(kept), expected, rtol=0, atol=0)
+    z = torch.randn(2, 5, 5, 3, 4, dtype=torch.float64)
+    centred = centre_interactions(z)
+    torch.testing.assert_close(full_interactions(centred[:, :-1, :-1]), centred)
 
 
 def test_centre_interactions_removes_row_and_column_means():

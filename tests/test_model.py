@@ -7,7 +7,7 @@ from piecewise_crf import grid_numba
 from piecewise_crf.backbones.tiny import TinyBackbone
 from piecewise_crf.crf import grid_mean_field, grid_to_edge_list, mean_field, piecewise_nll
 from piecewise_crf.featmap import FeatMapNet
-from piecewise_crf.model import DeepStructuredModel
+from piecewise_crf.model import DeepStructuredModel, GridScores
 from piecewise_crf.relations import build_relations
 
 
@@ -169,6 +169,48 @@ def test_compiled_grid_marginals_equal_the_torch_loop(centred):
     torch.testing.assert_close(compiled, loop, rtol=0, atol=1e-5)
     with pytest.raises(ValueError, match="one entry per offset"):
         scores.mean_field(3, weights[:-1])
+
+
+def test_interaction_scores_give_the_centred_marginals():
+    """Mean-field on the (K - 1)^2 interaction scores equals centred mean-field on the full
+    scores (the torch loop), compiled and through the torch fallback, with a stop."""
+    model = tiny_model(k=5, max_edges=300).eval()
+    images, _ = batch(h=77, w=61)
+    with torch.no_grad():
+        potentials = model(images)
+        full, interactions = potentials.scores, potentials.scores_for("interaction")
+        assert interactions.interaction and not full.interaction
+        assert potentials.scores_for("raw") is full
+        assert potentials.scores_for("interaction") is interactions  # computed once
+        assert interactions.offsets() == full.offsets() and len(interactions.blocks) > 1
+        assert grid_numba.applies(interactions.unary, interactions.blocks, None)
+        weights = [0.5 + 0.3 * (i % 4) for i in range(len(full.pairwise))]
+        weights[1] = torch.tensor(2.0)
+        for iterations, tolerance in ((1, 0.0), (4, 0.0), (30, 1e-4)):
+            loop = grid_mean_field(
+                full.unary, grid_pairwise_of(full), iterations, weights, centred=True,
+                tolerance=tolerance,
+            )  # fmt: skip
+            compiled = interactions.mean_field(
+                iterations, weights, centred=True, tolerance=tolerance
+            )
+            torch.testing.assert_close(compiled, loop, rtol=0, atol=1e-5)
+        fallback = GridScores(
+            interactions.unary.double(), interactions.pairwise, interaction=True
+        ).mean_field(4, weights, centred=True)  # float64 unary: the torch loop
+        expected = grid_mean_field(
+            full.unary.double(), grid_pairwise_of(full), 4, weights, centred=True
+        )
+        torch.testing.assert_close(fallback, expected, rtol=0, atol=1e-5)
+        with pytest.raises(ValueError, match="scores_for"):
+            interactions.mean_field(3, weights)
+
+
+def test_interaction_scores_need_the_compiled_path():
+    model = tiny_model()
+    images, _ = batch()
+    potentials = model(images)  # autograd on: the full scores, differentiable
+    assert potentials.scores_for("interaction") is potentials.scores
 
 
 @pytest.mark.parametrize("compiled", [True, False])

@@ -2,6 +2,7 @@
 
 import torch
 
+from piecewise_crf.crf import centre_interactions
 from piecewise_crf.potentials import PairwiseNet, UnaryNet, offset_chunks
 from piecewise_crf.relations import AboveBelow, Surrounding, offset_slices, offset_span
 
@@ -61,3 +62,28 @@ def test_span_scores_are_the_flat_scores_with_non_edges_zero():
         assert (block[:, :, ~edge] == 0).all()
         column += n
     assert 9 * column == spans.shape[-1]
+
+
+def test_interaction_span_scores_are_the_centred_scores_first_labels():
+    """The interaction layer's scores are `centre_interactions` of the K*K scores (computed on
+    them, not on the layer), for i, j < K - 1, non-edges 0 as in the full layout."""
+    torch.manual_seed(1)
+    k, h, w = 4, 6, 8
+    net = PairwiseNet(in_channels=5, num_classes=k, hidden=12)
+    offsets = [(0, 1), (1, -2), (2, 3), (5, 0)]
+    with torch.no_grad():
+        maps = net.first_layer_maps(torch.randn(2, 5, h, w))
+        spans = net.span_scores(maps, offsets, interaction=True)
+        raw = net.offset_views(net.flat_scores(maps, offsets), offsets, h, w)
+    assert spans.shape[-1] == (k - 1) ** 2 * sum(offset_span(h, w, *o)[2] for o in offsets)
+    views = net.span_views(spans, offsets, h, w, interaction=True)
+    for view, z in zip(views, raw, strict=True):
+        torch.testing.assert_close(view, centre_interactions(z)[:, :-1, :-1], rtol=0, atol=1e-5)
+    column = 0
+    for dy, dx in offsets:
+        first, _, n = offset_span(h, w, dy, dx)
+        width = w - abs(dx)
+        edge = (torch.arange(n) % w) < width
+        block = spans[:, 9 * column : 9 * (column + n)].view(2, 9, n)
+        assert (block[:, :, ~edge] == 0).all() and (block[:, :, edge] != 0).all()
+        column += n

@@ -76,6 +76,6 @@ def mean_field_loss(
     """
     potentials = model(images)
     nodes = model.node_labels(labels, potentials.unary.shape[-2:])
-    q = grid_marginals(potentials.scores, crf)
+    q = grid_marginals(potentials.scores_for(crf.pairwise_mode), crf)
     weights = None if weights is None else weights.to(q.device, q.dtype)
     return marginal_loss(q, nodes, class_weights=weights, ignore_index=model.ignore_index)
