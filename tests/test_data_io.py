@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from piecewise_crf.data.io import open_rgb, read_label_png
+from piecewise_crf.data.io import load_mat, open_rgb, read_label_png, read_lines
 
 
 def saved(tmp_path, image: Image.Image, name: str, **kwargs) -> object:
@@ -94,3 +94,16 @@ def test_labels_are_class_ids_and_refused_when_they_are_colours_or_alpha(tmp_pat
     fractions = Image.fromarray(np.array([[0.5, 1.0]], np.float32))
     with pytest.raises(ValueError, match="values that are not whole numbers"):
         read_label_png(saved(tmp_path, fractions, "f.tif"))
+
+
+def test_readers_take_str_paths_and_name_a_missing_file(tmp_path):
+    """Every reader takes str as well as Path (a str once failed with AttributeError)."""
+    Image.new("RGB", (3, 2), (10, 20, 30)).save(tmp_path / "a.png")
+    Image.new("L", (3, 2), 4).save(tmp_path / "b.png")
+    (tmp_path / "list.txt").write_text("x\n\n y \n")
+    assert np.asarray(open_rgb(str(tmp_path / "a.png")))[0, 0].tolist() == [10, 20, 30]
+    assert read_label_png(str(tmp_path / "b.png")).tolist() == [[4] * 3] * 2
+    assert read_lines(str(tmp_path / "list.txt")) == ["x", "y"]
+    for reader in (open_rgb, read_label_png, read_lines, load_mat):
+        with pytest.raises(FileNotFoundError, match="nope"):
+            reader(str(tmp_path / "nope"))

@@ -5,6 +5,7 @@ Every error names the file and what to do about it.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,8 +18,10 @@ from piecewise_crf.errors import ArgumentError
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff")
 
 
-def require(path: Path, what: str, hint: str = "") -> Path:
-    """`path` if it exists, else FileNotFoundError naming it (and how to get it)."""
+def require(path: str | os.PathLike, what: str, hint: str = "") -> Path:
+    """`path` as a Path if it exists, else FileNotFoundError naming it (and how to get it).
+    Every reader here takes its path through it, so a str works wherever a Path does."""
+    path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{what} not found: {path}" + (f". {hint}" if hint else ""))
     return path
@@ -42,9 +45,9 @@ def dataset_root(root: str | Path | None, what: str, hint: str = "") -> Path:
     return Path(root)
 
 
-def read_lines(path: Path) -> list[str]:
+def read_lines(path: str | os.PathLike) -> list[str]:
     """Non-empty, stripped lines of a text file."""
-    require(path, "list file")
+    path = require(path, "list file")
     return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 
@@ -83,10 +86,10 @@ def check_files_exist(paths: Sequence[Path], what: str) -> None:
         )
 
 
-def decode(path: Path, what: str) -> Image.Image:
+def decode(path: str | os.PathLike, what: str) -> Image.Image:
     """The image in a file, turned as its EXIF orientation says a viewer shows it; ValueError
     naming the file when it cannot be decoded."""
-    require(path, what)
+    path = require(path, what)
     try:
         with Image.open(path) as image:
             image.load()
@@ -131,7 +134,7 @@ def to_rgb(image: Image.Image, source: object = "image") -> Image.Image:
     raise _refuse("image", source, f"has mode {mode}, which is not read", "convert it to RGB")
 
 
-def open_rgb(path: Path) -> Image.Image:
+def open_rgb(path: str | os.PathLike) -> Image.Image:
     """The image in a file as 8-bit RGB, as a viewer shows it (`decode`, `to_rgb`)."""
     return to_rgb(decode(path, "image"), path)
 
@@ -141,7 +144,7 @@ def viewed_rgb(image: Image.Image, source: object = "image") -> Image.Image:
     return to_rgb(ImageOps.exif_transpose(image), source)
 
 
-def read_label_png(path: Path) -> np.ndarray:
+def read_label_png(path: str | os.PathLike) -> np.ndarray:
     """Class indices of a label image, (H, W): palette ("P") images are read as indices, not
     colours; 16-bit and integer images as their values; colours and alpha are refused."""
     image = decode(path, "label image")
@@ -161,7 +164,7 @@ def read_label_png(path: Path) -> np.ndarray:
     raise _refuse("label image", path, f"has mode {mode}, which is not read", fix)
 
 
-def load_mat(path: Path, **kwargs: object) -> dict:
+def load_mat(path: str | os.PathLike, **kwargs: object) -> dict:
     """Variables of a MATLAB v5 .mat file, with the path in any error."""
     require(path, "MATLAB file")
     try:
