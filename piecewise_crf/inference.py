@@ -258,13 +258,16 @@ class Predictor:
             for name, crf in settings.items()
             if name in wanted or (name == "crf" and "crf+dense" in wanted)
         }
-        probs = self._marginals(images, needed)
+        probs = self._marginals(images, needed, unary="unary" in wanted)
         if "crf+dense" in wanted:
             probs["crf+dense"] = refine(images, probs["crf"], self.dense)
         return {name: probs[name] for name in wanted}
 
-    def _marginals(self, images: Tensor, settings: dict[str, CRFConfig]) -> dict[str, Tensor]:
-        """Unary and mean-field marginals at image size, averaged over the test variants."""
+    def _marginals(
+        self, images: Tensor, settings: dict[str, CRFConfig], unary: bool = True
+    ) -> dict[str, Tensor]:
+        """Mean-field marginals of each of `settings` and, if `unary`, the unary marginals, at
+        image size, averaged over the test variants."""
         size = tuple(images.shape[-2:])
         variants = [(s, f) for s in self.scales for f in ((False, True) if self.flip else (False,))]
         sums: dict[str, Tensor] = {}
@@ -276,8 +279,10 @@ class Predictor:
             if flipped:
                 x = x.flip(-1)
             potentials = self.potentials(x)
-            grid = potentials.unary.float().softmax(1)
-            maps = {"unary": self.model.upsample(grid, tuple(x.shape[-2:]))}
+            maps: dict[str, Tensor] = {}
+            if unary:
+                grid = potentials.unary.float().softmax(1)
+                maps["unary"] = self.model.upsample(grid, tuple(x.shape[-2:]))
             for name, crf in settings.items():
                 maps[name] = crf_marginals(self.model, x, crf, potentials)
             for name, probs in maps.items():
