@@ -26,6 +26,8 @@ if str(ROOT) not in sys.path:  # run as `python docs/tables.py`: the repo root i
 
 from experiments.ablation import seed_records  # noqa: E402
 from experiments.ablation import table as ablation_table  # noqa: E402
+from piecewise_crf.config import load_config  # noqa: E402
+from piecewise_crf.relations import box_side, build_relations  # noqa: E402
 
 DOCS = ROOT / "docs"
 RESULTS = ROOT / "benchmarks" / "results"
@@ -298,6 +300,30 @@ def mean_field_stop() -> str:
 
     header = ["12-epoch choice model, 0001TP", *(f"{s} mIoU" for s in STAGES)]
     return markdown(header, [row("0"), row("0.001")])
+
+
+def held_out_box() -> str:
+    """The held-out drive scored with smaller prediction boxes, the recipe's weight kept."""
+    grid = (34, 45)  # CamVid's 480x360 frames at the recipe's scales
+
+    def row(fraction: str) -> list[str]:
+        scores = load(f"box/choice12_0001TP_box{fraction}.json")
+        side = box_side(*grid, float(fraction))
+        offsets = sum(
+            len(r.offsets(*grid))
+            for r in build_relations(
+                load_config("camvid").model.relations, fraction=float(fraction)
+            )
+        )
+        return [f"`--box-fraction {fraction}`", f"{side}x{side}", str(offsets), stages(scores)]
+
+    header = [
+        "12-epoch choice model, 0001TP",
+        "box",
+        "offsets (34x45 grid)",
+        "mIoU unary / CRF / CRF + dense",
+    ]
+    return markdown(header, [row("0.4"), row("0.3"), row("0.25")])
 
 
 def held_out_classes() -> str:
@@ -1025,10 +1051,13 @@ def results() -> str:
     d = load("predict.json")
     one = {r["row"]: r["seconds_per_frame"] for r in d["rows"] if r["batch"] == 1}
     add(
-        "Predictor stages, one 480x360 frame: unary / crf / crf+dense (over unary + pydensecrf)",
+        f"Predictor stages, one 480x360 frame, {d['model']}: unary / crf / crf+dense (over "
+        "unary + pydensecrf)",
         " / ".join(f"{one[s]:.2f} s" for s in STAGES)
         + f" ({one['crf+dense'] / one['plain']:.2f}x)",
-        "`python -m benchmarks.predict --images 16 --batch 4 --repeats 5`",
+        f"`python -m benchmarks.predict --checkpoint {d['model']} --images 16 --batch 4 --repeats 5`"
+        if d["model"].endswith(".pt")
+        else "`python -m benchmarks.predict --images 16 --batch 4 --repeats 5`",
         d["machine"],
     )
     d = load("export.json")
@@ -1088,7 +1117,7 @@ GENERATORS: dict[str, Callable[[], str]] = {
     f.__name__: f
     for f in (
         camvid_val, camvid_val_classes, val_stages, crf_weight, held_out_stages, held_out_classes,
-        crf_attempts, mean_field_stop, recipe_options, held_out_curves, dense_crf_tuning, choice_sweeps,
+        crf_attempts, mean_field_stop, held_out_box, recipe_options, held_out_curves, dense_crf_tuning, choice_sweeps,
         prediction_box, train_step, joint_vs_piecewise, ablation, ablation_jitter,
         ablation_effects, dense_crf_speed, dense_crf_params, dense_crf_scaling, dense_crf_learning, export, predict, profile_crf,
         profile_train, layout, results,
