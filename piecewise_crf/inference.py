@@ -71,15 +71,17 @@ def crf_marginals(
     model: DeepStructuredModel,
     images: Tensor,
     crf: CRFConfig,
-    potentials: GridPotentials | None = None,
+    scores: GridScores | None = None,
 ) -> Tensor:
     """The crf stage without test-time variants: mean-field on the grid, upsampled (B, K, H, W).
 
-    `potentials` reuses a forward pass made with `box_fraction=crf.box_fraction`.
+    `scores` reuses a forward pass made with `box_fraction=crf.box_fraction`
+    (`GridPotentials.scores_for`, e.g. shared by several settings).
     """
-    if potentials is None:
+    if scores is None:
         potentials = model(images, box_fraction=crf.box_fraction)
-    grid = grid_marginals(potentials.scores_for(crf.pairwise_mode), crf)
+        scores = potentials.scores_for(crf.pairwise_mode)
+    grid = grid_marginals(scores, crf)
     return model.upsample(grid, tuple(map(int, images.shape[-2:])))  # ints when traced too
 
 
@@ -283,8 +285,10 @@ class Predictor:
             if unary:
                 grid = potentials.unary.float().softmax(1)
                 maps["unary"] = self.model.upsample(grid, tuple(x.shape[-2:]))
+            modes = [crf.pairwise_mode for crf in settings.values()]
+            scores = potentials.scores_for(*modes) if modes else None  # None: no mean-field
             for name, crf in settings.items():
-                maps[name] = crf_marginals(self.model, x, crf, potentials)
+                maps[name] = crf_marginals(self.model, x, crf, scores)
             for name, probs in maps.items():
                 if tuple(probs.shape[-2:]) != size:
                     probs = F.interpolate(probs, size, mode="bilinear", align_corners=False)

@@ -157,13 +157,16 @@ class GridPotentials:
             return self.scores
         return self._grid_scores(spans=True, interaction=True)
 
-    def scores_for(self, pairwise_mode: str) -> GridScores:
-        """The scores mean-field in `pairwise_mode` (`settings.PAIRWISE_MODES`) reads: in
-        "interaction" mode only the interactions (for K = 11, 100 of the 121 products per edge
-        in the K*K layer and in every update, and no centring pass; a trained CamVid model's
-        pairwise scores and mean-field took 310 ms instead of 383, 2 threads, AMD EPYC);
-        `scores` otherwise. Each is computed once."""
-        return self.interactions if pairwise_mode == "interaction" else self.scores
+    def scores_for(self, *pairwise_modes: str) -> GridScores:
+        """The scores that mean-field in each of `pairwise_modes` (`settings.PAIRWISE_MODES`)
+        can read, so several settings share one evaluation of the Pairwise-Nets: when every mode
+        is "interaction", only the interactions (for K = 11, 100 of the 121 products per edge in
+        the K*K layer and in every update, and no centring pass; a trained CamVid model's
+        pairwise scores and mean-field took 310 ms instead of 383, 2 threads, AMD EPYC), else
+        `scores`, which serve both modes."""
+        if pairwise_modes and all(mode == "interaction" for mode in pairwise_modes):
+            return self.interactions
+        return self.scores
 
     def _compiled(self) -> bool:
         """Whether the compiled mean-field can run on these scores: CPU, no autograd, no tracer."""

@@ -170,6 +170,38 @@ def test_modes_and_scale_reach_mean_field(tuned, images):
     torch.testing.assert_close(centred, by_hand, atol=1e-6, rtol=1e-5)
 
 
+def test_a_sweep_of_both_modes_runs_the_pairwise_nets_once(tuned, images, monkeypatch):
+    """Settings in both modes share one evaluation of the Pairwise-Nets (the full scores serve
+    both), interaction-only settings share the interactions, the unary stage needs none, and
+    every setting gives what it gives alone."""
+    model = load_checkpoint(tuned).build_model()
+    sweep = {
+        "raw": dataclasses.replace(SAVED_CRF, pairwise_mode="raw"),
+        "strong": dataclasses.replace(SAVED_CRF, pairwise_scale=3.0),
+    }
+    predictor = Predictor(model, crf=SAVED_CRF, dense=SAVED_DENSE, sweep=sweep)
+    calls = []
+    span_scores = type(model.pairwise_nets["surrounding"]).span_scores
+
+    def counted(net, maps, offsets, interaction=False):
+        calls.append(interaction)
+        return span_scores(net, maps, offsets, interaction)
+
+    monkeypatch.setattr(type(model.pairwise_nets["surrounding"]), "span_scores", counted)
+    one_pass = predictor(images, ("crf", "raw", "strong"))
+    chunks = len(calls)
+    assert chunks and not any(calls)  # the full scores, once: raw needs them
+    for name, crf in {"crf": SAVED_CRF, **sweep}.items():
+        alone = Predictor(model, crf=crf, dense=SAVED_DENSE)(images, ("crf",))["crf"]
+        torch.testing.assert_close(one_pass[name], alone, atol=1e-6, rtol=1e-5)
+    calls.clear()
+    predictor(images, ("crf", "strong"))
+    assert len(calls) == chunks and all(calls)  # the interaction rows, once
+    calls.clear()
+    predictor(images, ("unary",))
+    assert calls == []
+
+
 def test_inputs_it_cannot_mean_are_refused(tuned, images):
     predictor = Predictor.from_checkpoint(tuned, device="cpu")
     poisoned = images.clone()
