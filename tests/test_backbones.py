@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import logging
 import math
@@ -20,6 +21,7 @@ from piecewise_crf.backbones import (
     load_hed_vgg16,
     load_state_dict_file,
 )
+from piecewise_crf.backbones.mobilenet import InvertedResidual, conv_bn
 
 MOBILENET_FILE = Path(__file__).resolve().parents[2] / "shared/weights/mobilenet_v2_imagenet.pth"
 
@@ -265,3 +267,65 @@ def test_registered_backbones_are_built_by_name_and_checked(registries):
     with pytest.raises(ValueError, match="already registered"):
         register_backbone("test_identity")(nn.Identity)
     assert register_backbone("test_identity")(Incomplete) is Incomplete  # the same one is fine
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_conv_bn_folds_an_eval_batchnorm_into_the_conv(bias):
+    """conv_bn is bn(conv(x)) in eval mode, values and gradients of both modules' parameters;
+    in training mode it is the two modules as they are (batch statistics, running stats)."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(6, 8, 3, stride=2, padding=2, dilation=2, groups=2, bias=bias)
+    bn = nn.BatchNorm2d(8)
+    with torch.no_grad():
+        bn.running_mean.normal_()
+        bn.running_var.uniform_(0.5, 2.0)
+        bn.weight.normal_()
+        bn.bias.normal_()
+    x = torch.randn(2, 6, 9, 11)
+    bn.eval()
+    for folded in (True, False):
+        for p in (*conv.parameters(), *bn.parameters()):
+            p.grad = None
+        y = conv_bn(conv, bn, x) if folded else bn(conv(x))
+        (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+        grads = [p.grad.clone() for p in (*conv.parameters(), *bn.parameters())]
+        if folded:
+            expected_y, expected_grads = y.detach(), grads
+    torch.testing.assert_close(expected_y, bn(conv(x)).detach(), rtol=1e-5, atol=1e-5)
+    for got, want in zip(expected_grads, grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    bn.train()
+    twin = copy.deepcopy(bn)
+    torch.testing.assert_close(conv_bn(conv, bn, x), twin(conv(x)))  # batch statistics
+    torch.testing.assert_close(bn.running_mean, twin.running_mean)  # both updated alike
+
+
+def test_mobilenet_forward_is_its_layers_in_order():
+    """The folded forward equals running every layer as listed (conv, BatchNorm, ReLU6, ...)."""
+    torch.manual_seed(0)
+    net = MobileNetV2().eval()
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            with torch.no_grad():
+                m.running_mean.normal_(0, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+
+    def leaves(module, x):  # every conv, BatchNorm and ReLU6 run as a module of its own
+        if isinstance(module, nn.Sequential):
+            for child in module:
+                x = leaves(child, x)
+            return x
+        return module(x)
+
+    def layered(x):
+        for block in net.features:
+            if isinstance(block, InvertedResidual):
+                y = leaves(block.conv, x)
+                x = x + y if block.use_res_connect else y
+            else:
+                x = leaves(block, x)
+        return x
+
+    x = torch.rand(1, 3, 64, 80)
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), layered(x), rtol=1e-4, atol=1e-4)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .weights import normalize_images
@@ -19,8 +20,25 @@ _SETTINGS = (
 )
 
 
+def conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
+    """bn(conv(x)) as one convolution while `bn` is in eval mode (always, with `freeze_bn`): an
+    eval BatchNorm is a per-channel affine map, folded into the conv's weight and bias on every
+    call, so gradients still reach both modules' parameters and the state dict is unchanged.
+    Saves a pass over every activation: the BatchNorm ops took 43 of 770 ms of CamVid's
+    crf+dense stage (torch.profiler, 2 threads)."""
+    if bn.training:
+        return bn(conv(x))
+    scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+    bias = bn.bias - bn.running_mean * scale
+    if conv.bias is not None:
+        bias = bias + conv.bias * scale
+    weight = conv.weight * scale.view(-1, 1, 1, 1)
+    return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+
 class ConvBNReLU(nn.Sequential):
-    """Conv (no bias) + BatchNorm + ReLU6, keyed like torchvision's Conv2dNormActivation."""
+    """Conv (no bias) + BatchNorm + ReLU6, keyed like torchvision's Conv2dNormActivation; the
+    BatchNorm folded into the conv while it is in eval mode (`conv_bn`)."""
 
     def __init__(
         self,
@@ -40,6 +58,10 @@ class ConvBNReLU(nn.Sequential):
             nn.ReLU6(inplace=True),
         )
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        conv, bn, relu = self
+        return relu(conv_bn(conv, bn, x))
+
 
 class InvertedResidual(nn.Module):
     """torchvision's InvertedResidual: ``conv`` = [expand 1x1,] depthwise 3x3, linear 1x1, BN."""
@@ -57,7 +79,12 @@ class InvertedResidual(nn.Module):
         self.conv = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.conv(x) if self.use_res_connect else self.conv(x)
+        *blocks, project, bn = self.conv
+        y = x
+        for block in blocks:
+            y = block(y)
+        y = conv_bn(project, bn, y)
+        return x + y if self.use_res_connect else y
 
 
 class MobileNetV2(nn.Module):
