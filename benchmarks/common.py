@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 import platform
+import statistics
 import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -51,3 +54,16 @@ def commit() -> str:
 
     head = git("rev-parse", "--short", "HEAD") or "unknown"
     return head + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
+def timed(parts: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median seconds of each part, repeats interleaved, after one warm-up run each."""
+    for run in parts.values():
+        run()
+    times: dict[str, list[float]] = {name: [] for name in parts}
+    for _ in range(repeats):
+        for name, run in parts.items():
+            tic = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - tic)
+    return {name: statistics.median(t) for name, t in times.items()}

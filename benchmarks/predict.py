@@ -20,7 +20,6 @@ pairwise scores are near zero): time a trained --checkpoint for figures worth qu
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -29,7 +28,7 @@ import numpy as np
 import pydensecrf.densecrf as dcrf
 import torch
 
-from benchmarks.common import commit, describe, machine
+from benchmarks.common import commit, describe, machine, timed
 from piecewise_crf.config import load_config
 from piecewise_crf.data import CamVid
 from piecewise_crf.evaluation import score
@@ -39,16 +38,6 @@ from piecewise_crf.model import build_model
 from piecewise_crf.settings import DenseCRFConfig
 
 STAGES = ("unary", "crf", "crf+dense")
-
-
-def median_seconds(run, repeats: int) -> float:
-    run()  # warm-up: lazy initialisation, allocator
-    times = []
-    for _ in range(repeats):
-        tic = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - tic)
-    return statistics.median(times)
 
 
 def pydensecrf_refine(images: torch.Tensor, probs: torch.Tensor, d: DenseCRFConfig) -> list:
@@ -106,9 +95,10 @@ def main() -> None:
         timers["plain"] = lambda x=images: pydensecrf_refine(
             x, predictor(x, ("unary",))["unary"], predictor.dense
         )
-        for name, run in timers.items():
-            seconds = median_seconds(run, args.repeats) / count
-            rows.append({"batch": count, "row": name, "seconds_per_frame": round(seconds, 4)})
+        for name, seconds in timed(timers, args.repeats).items():  # repeats interleaved
+            rows.append(
+                {"batch": count, "row": name, "seconds_per_frame": round(seconds / count, 4)}
+            )
 
     indices = list(range(min(args.images, len(val))))
     split = {}

@@ -24,8 +24,6 @@ when it is trained: profile a trained --checkpoint for the stage as users run it
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -33,7 +31,7 @@ import numpy as np
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from benchmarks.common import commit, describe, machine
+from benchmarks.common import commit, describe, machine, timed
 from permutocrf import bilateral_kernel, gaussian_kernel, mean_field, unary_scores
 from piecewise_crf.config import load_config
 from piecewise_crf.data.io import open_rgb
@@ -42,19 +40,6 @@ from piecewise_crf.inference import Predictor, grid_marginals
 from piecewise_crf.model import build_model
 
 FRAME = Path("../shared/data/camvid/train/0001TP_006690.png")
-
-
-def timed(parts: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Median seconds of each part, repeats interleaved, after one warm-up run each."""
-    for run in parts.values():
-        run()
-    times: dict[str, list[float]] = {name: [] for name in parts}
-    for _ in range(repeats):
-        for name, run in parts.items():
-            tic = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - tic)
-    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def stage_parts(predictor: Predictor, images: torch.Tensor) -> dict[str, Callable[[], object]]:

@@ -26,8 +26,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.data import default_collate
 
-from benchmarks.common import commit, describe, machine
-from benchmarks.profile_crf import timed
+from benchmarks.common import commit, describe, machine, timed
 from piecewise_crf.config import load_config
 from piecewise_crf.files import write_json
 from piecewise_crf.model import build_model
