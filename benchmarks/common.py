@@ -12,6 +12,10 @@ from pathlib import Path
 
 import torch
 
+from piecewise_crf.config import load_config
+from piecewise_crf.inference import Predictor
+from piecewise_crf.model import build_model
+
 
 def machine(device: str | torch.device = "cpu") -> dict:
     """CPU model, cores, torch threads and version, load average, and the GPU when one is used."""
@@ -67,3 +71,18 @@ def timed(parts: dict[str, Callable[[], object]], repeats: int) -> dict[str, flo
             run()
             times[name].append(time.perf_counter() - tic)
     return {name: statistics.median(t) for name, t in times.items()}
+
+
+def build_predictor(checkpoint: Path | None, config: str) -> Predictor:
+    """A trained checkpoint's Predictor on CPU, or without one the `config`'s model untrained
+    (every stage does the same work, but mean-field stops sooner on near-zero pairwise scores)."""
+    if checkpoint:
+        return Predictor.from_checkpoint(checkpoint, device="cpu")
+    cfg = load_config(config)
+    model = build_model(cfg.model, load_weights=False)
+    return Predictor(model, crf=cfg.crf, dense=cfg.dense_crf, device="cpu")
+
+
+def model_name(checkpoint: Path | None, config: str) -> str:
+    """How the result files name the model `build_predictor` built."""
+    return str(checkpoint or f"configs/{config}.yaml (untrained weights)")

@@ -14,11 +14,9 @@ import argparse
 import json
 import math
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numba
@@ -27,7 +25,7 @@ import torch
 from PIL import Image
 
 import permutocrf.compat as compat
-from benchmarks.common import commit, describe, machine
+from benchmarks.common import commit, describe, machine, timed
 from permutocrf import (
     bilateral_kernel,
     dense_crf,
@@ -81,19 +79,6 @@ def resized(image: np.ndarray, probs: np.ndarray, megapixels: float):
     return img, (p[0] / p[0].sum(0)).numpy()
 
 
-def median_times(fns: dict, repeats: int) -> dict:
-    """Median seconds of each function; runs alternate so that load noise hits all of them."""
-    for fn in fns.values():
-        fn()  # warm-up
-    times = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
-
-
 def pydensecrf_run(image: np.ndarray, probs: np.ndarray, iterations: int) -> np.ndarray:
     import pydensecrf.densecrf as dcrf
 
@@ -115,7 +100,7 @@ def api_run(dcrf, image: np.ndarray, probs: np.ndarray, iterations: int, params=
 
 def versus(image: np.ndarray, probs: np.ndarray, it: int, repeats: int) -> dict:
     """Ours and pydensecrf on one input: median seconds and their ratio."""
-    t = median_times(
+    t = timed(
         {
             "ours_s": lambda: dense_crf(image, probs, iterations=it, **PARAMS),
             "pydensecrf_s": lambda: pydensecrf_run(image, probs, it),
@@ -158,7 +143,7 @@ def camvid_rows(frames, it: int, repeats: int) -> dict:
         torch.set_num_threads(n)
         gauss = gaussian_kernel(h, w, PARAMS["pos_xy_std"])
         bilateral = bilateral_kernel(image, PARAMS["bi_xy_std"], PARAMS["bi_rgb_std"])
-        t = median_times(
+        t = timed(
             {
                 f"ours{suffix}_s": lambda: dense_crf(image, probs, iterations=it, **PARAMS),
                 f"pydensecrf{suffix}_s": lambda: pydensecrf_run(image, probs, it),
@@ -185,7 +170,7 @@ def camvid_rows(frames, it: int, repeats: int) -> dict:
     torch.set_num_threads(threads)
     images = np.stack([f[0] for f in frames])
     batch = np.stack([f[1] for f in frames])
-    t = median_times(
+    t = timed(
         {
             "ours_batch_s": lambda: dense_crf(images, batch, iterations=it, **PARAMS),
             "pydensecrf_batch_s": lambda: [pydensecrf_run(i, p, it) for i, p in frames],

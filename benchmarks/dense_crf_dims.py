@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 import permutocrf.compat as compat
-from benchmarks.common import describe, machine
-from benchmarks.dense_crf import load_frames, median_times
+from benchmarks.common import describe, machine, timed
+from benchmarks.dense_crf import load_frames
 
 
 def eight_channels(image: np.ndarray) -> np.ndarray:
@@ -60,7 +60,7 @@ def main() -> None:
         return c
 
     built = {name: crf(name) for name in runs}
-    inference = median_times({n: lambda n=n: built[n].inference(5) for n in runs}, args.repeats)
+    inference = timed({n: lambda n=n: built[n].inference(5) for n in runs}, args.repeats)
     for _ in range(args.repeats - 1):
         for name in runs:
             crf(name)

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 import permutocrf.compat as compat
-from benchmarks.common import commit, describe, machine
-from benchmarks.dense_crf import PARAMS, api_run, load_frames, median_times
+from benchmarks.common import commit, describe, machine, timed
+from benchmarks.dense_crf import PARAMS, api_run, load_frames
 from permutocrf import bilateral_kernel, dense_crf
 from piecewise_crf.config import load_config
 
@@ -48,7 +48,7 @@ def side_by_side(image: np.ndarray, probs: np.ndarray, params: Params, it: int, 
     """Median seconds of ours, the drop-in and pydensecrf, their ratios and agreement."""
     import pydensecrf.densecrf as pydensecrf
 
-    t = median_times(
+    t = timed(
         {
             "ours_s": lambda: dense_crf(image, probs, iterations=it, **params),
             "compat_s": lambda: api_run(compat, image, probs, it, params),

@@ -28,13 +28,11 @@ import numpy as np
 import pydensecrf.densecrf as dcrf
 import torch
 
-from benchmarks.common import commit, describe, machine, timed
-from piecewise_crf.config import load_config
+from benchmarks.common import build_predictor, commit, describe, machine, model_name, timed
 from piecewise_crf.data import CamVid
 from piecewise_crf.evaluation import score
 from piecewise_crf.files import write_json
 from piecewise_crf.inference import Predictor
-from piecewise_crf.model import build_model
 from piecewise_crf.settings import DenseCRFConfig
 
 STAGES = ("unary", "crf", "crf+dense")
@@ -68,12 +66,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    if args.checkpoint:
-        predictor = Predictor.from_checkpoint(args.checkpoint, device="cpu")
-    else:
-        config = load_config(args.config)
-        model = build_model(config.model, load_weights=False)
-        predictor = Predictor(model, crf=config.crf, dense=config.dense_crf, device="cpu")
+    predictor = build_predictor(args.checkpoint, args.config)
     val = CamVid(args.camvid, "val")
     frames = torch.stack([val[i][0] for i in range(args.batch)])
     model = predictor.model
@@ -128,7 +121,7 @@ def main() -> None:
     record = {
         "commit": commit(),
         "machine": info,
-        "model": str(args.checkpoint or f"configs/{args.config}.yaml (untrained weights)"),
+        "model": model_name(args.checkpoint, args.config),
         "crf": {
             k: getattr(predictor.crf, k)
             for k in ("pairwise_mode", "pairwise_scale", "iterations", "tolerance")

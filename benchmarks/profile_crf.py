@@ -31,13 +31,11 @@ import numpy as np
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from benchmarks.common import commit, describe, machine, timed
+from benchmarks.common import build_predictor, commit, describe, machine, model_name, timed
 from permutocrf import bilateral_kernel, gaussian_kernel, mean_field, unary_scores
-from piecewise_crf.config import load_config
 from piecewise_crf.data.io import open_rgb
 from piecewise_crf.files import write_json
 from piecewise_crf.inference import Predictor, grid_marginals
-from piecewise_crf.model import build_model
 
 FRAME = Path("../shared/data/camvid/train/0001TP_006690.png")
 
@@ -106,12 +104,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=Path("benchmarks/results/profile_crf.json"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    if args.checkpoint:
-        predictor = Predictor.from_checkpoint(args.checkpoint, device="cpu")
-    else:
-        config = load_config(args.config)
-        model = build_model(config.model, load_weights=False)
-        predictor = Predictor(model, crf=config.crf, dense=config.dense_crf, device="cpu")
+    predictor = build_predictor(args.checkpoint, args.config)
     rgb = np.asarray(open_rgb(args.frame))
     images = torch.from_numpy(rgb).permute(2, 0, 1)[None].float().div(255).contiguous()
     with torch.no_grad():
@@ -129,7 +122,7 @@ def main() -> None:
     record = {
         "commit": commit(),
         "machine": info,
-        "model": str(args.checkpoint or f"configs/{args.config}.yaml (untrained weights)"),
+        "model": model_name(args.checkpoint, args.config),
         "frame": args.frame.name,
         "size": [rgb.shape[1], rgb.shape[0]],
         "crf_iterations": predictor.crf.iterations,
