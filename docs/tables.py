@@ -897,6 +897,29 @@ def profile_crf() -> str:
     )
 
 
+def prediction_paths() -> str:
+    d = load("prediction_paths.json")
+    what = {
+        "featmap": ("FeatMap-Net", "BatchNorm folded", "conv, BatchNorm, ReLU6 one by one"),
+        "crf scores": (
+            "pairwise scores + mean-field (interaction)",
+            "(K-1)^2 interaction rows",
+            "K*K scores, centred in mean-field",
+        ),
+    }
+    rows = [
+        [*what[r["row"]], f"{r['new_ms']:.1f}", f"{r['reference_ms']:.1f}", f"{r['ratio']:.2f}",
+         f"{r['max_abs_diff']:.1e}"]
+        for r in d["rows"]
+    ]  # fmt: skip
+    header = ["part", "new", "reference", "new ms", "reference ms", "ratio", "max abs diff"]
+    note = (
+        f"One frame ({d['frame']}), {d['model']}, medians of {d['repeats']} interleaved repeats. "
+        f"Commit {d['commit']}. "
+    )
+    return markdown(header, rows) + "\n\n" + note + machine(d["machine"])
+
+
 def profile_train() -> str:
     d = load("profile_train.json")
     seconds = d["seconds"]
@@ -1119,7 +1142,7 @@ GENERATORS: dict[str, Callable[[], str]] = {
         camvid_val, camvid_val_classes, val_stages, crf_weight, held_out_stages, held_out_classes,
         crf_attempts, mean_field_stop, held_out_box, recipe_options, held_out_curves, dense_crf_tuning, choice_sweeps,
         prediction_box, train_step, joint_vs_piecewise, ablation, ablation_jitter,
-        ablation_effects, dense_crf_speed, dense_crf_params, dense_crf_scaling, dense_crf_learning, export, predict, profile_crf,
+        ablation_effects, dense_crf_speed, dense_crf_params, dense_crf_scaling, dense_crf_learning, export, predict, profile_crf, prediction_paths,
         profile_train, layout, results,
     )
 }  # fmt: skip

@@ -162,8 +162,8 @@ class GridPotentials:
         can read, so several settings share one evaluation of the Pairwise-Nets: when every mode
         is "interaction", only the interactions (for K = 11, 100 of the 121 products per edge in
         the K*K layer and in every update, and no centring pass; a trained CamVid model's
-        pairwise scores and mean-field took 310 ms instead of 383, 2 threads, AMD EPYC), else
-        `scores`, which serve both modes."""
+        pairwise scores and mean-field took 313 ms instead of 403, 2 threads,
+        `benchmarks/prediction_paths.py`), else `scores`, which serve both modes."""
         if pairwise_modes and all(mode == "interaction" for mode in pairwise_modes):
             return self.interactions
         return self.scores

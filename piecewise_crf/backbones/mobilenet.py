@@ -25,8 +25,8 @@ def conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tenso
     eval BatchNorm is a per-channel affine map, folded into the conv's weight and bias on every
     call, so gradients still reach both modules' parameters and the state dict is unchanged.
     Saves a pass over every activation: the BatchNorm ops took 43 of 770 ms of CamVid's
-    crf+dense stage (torch.profiler, 2 threads), and FeatMap-Net on a 480x360 frame went from 228
-    to 167 ms (median of 15 interleaved pairs, 2 threads)."""
+    crf+dense stage (torch.profiler, 2 threads), and FeatMap-Net on a 480x360 frame went from 238
+    to 201 ms (2 threads, `benchmarks/prediction_paths.py`)."""
     if bn.training:
         return bn(conv(x))
     scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
