@@ -30,11 +30,12 @@ import numba
 import numpy as np
 
 from permutocrf.arithmetic import check_features, elevation_scale, fits
-from permutocrf.jit import entry_point, kernel, threads
+from permutocrf.jit import entry_point, kernel, prefetch, threads
 
 P = ParamSpec("P")
 R = TypeVar("R")
 _BLOCK = 64  # points per block: loops over a block vectorise and its scratch stays in L1
+_AHEAD = 16  # rows of vertex values prefetched ahead (``jit.prefetch``)
 
 
 @dataclass(frozen=True)
@@ -488,10 +489,16 @@ def _blur(values, spare, neighbours):  # pragma: no cover - compiled
     axis (row M, the missing vertex, stays zero); ``spare`` is scratch of the same shape."""
     m, axes, _ = neighbours.shape
     half = values.dtype.type(0.5)
+    last = values.shape[1] - 1
     src, dst = values, spare
     dst[m] = 0.0
     for axis in range(axes):
         for v in numba.prange(m):  # 2 threads: 38 -> 20 ms a CamVid frame's step, both kernels
+            ahead = min(v + _AHEAD, m - 1)
+            for side in range(2):
+                u = neighbours[ahead, axis, side]
+                prefetch(src, u, 0)
+                prefetch(src, u, last)  # a row may straddle two cache lines
             a, b = neighbours[v, axis, 0], neighbours[v, axis, 1]
             for j in range(values.shape[1]):
                 dst[v, j] = src[v, j] + half * (src[a, j] + src[b, j])
