@@ -897,6 +897,23 @@ def profile_crf() -> str:
     )
 
 
+def dense_crf_paths() -> str:
+    d = load("dense_crf_paths.json")
+    rows = [
+        [r["set"], r["iterations"], r["threads"], r["change"], f"{r['new_ms']:.1f}",
+         f"{r['reference_ms']:.1f}", f"{r['ratio']:.2f}", f"{r['max_abs_diff']:.1e}"]
+        for r in d["rows"]
+    ]  # fmt: skip
+    header = ["set", "iterations", "threads", "change", "new ms", "reference ms", "ratio",
+              "max abs diff"]  # fmt: skip
+    w, h = d["size"]
+    note = (
+        f"Mean-field only, on lattices built once: {w}x{h}, K={d['labels']}, medians of "
+        f"{d['repeats']} interleaved repeats. Commit {d['commit']}. "
+    )
+    return markdown(header, rows) + "\n\n" + note + machine(d["machine"])
+
+
 def prediction_paths() -> str:
     d = load("prediction_paths.json")
     what = {
@@ -1142,7 +1159,7 @@ GENERATORS: dict[str, Callable[[], str]] = {
         camvid_val, camvid_val_classes, val_stages, crf_weight, held_out_stages, held_out_classes,
         crf_attempts, mean_field_stop, held_out_box, recipe_options, held_out_curves, dense_crf_tuning, choice_sweeps,
         prediction_box, train_step, joint_vs_piecewise, ablation, ablation_jitter,
-        ablation_effects, dense_crf_speed, dense_crf_params, dense_crf_scaling, dense_crf_learning, export, predict, profile_crf, prediction_paths,
+        ablation_effects, dense_crf_speed, dense_crf_params, dense_crf_paths, dense_crf_scaling, dense_crf_learning, export, predict, profile_crf, prediction_paths,
         profile_train, layout, results,
     )
 }  # fmt: skip

@@ -1,0 +1,125 @@
+"""The dense CRF's mean-field against what two of its memory-layout choices replaced, side by
+side on a CamVid frame.
+
+Usage: python -m benchmarks.dense_crf_paths [--camvid DIR] [--repeats 15] [--json JSON]
+
+The fused mean-field (`meanfield_numba.mean_field`) on the frame's Gaussian and bilateral
+lattices (built once, outside the timing), at `dense_crf_params`' three parameter sets, on 2
+and 1 threads; each row a pair timed with repeats interleaved, medians:
+  blur prefetch  the blur asking for its neighbours' rows 16 vertices ahead (`jit.prefetch`)
+                 against the same blur without it
+  row width      vertex rows `row_width(K)` wide (K = 11: 12) against K wide
+with the largest difference of each pair's marginals. Prints a table and the machine; writes
+JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
+from unittest import mock
+
+import numba
+import numpy as np
+import torch
+
+from benchmarks.common import commit, describe, machine, timed
+from benchmarks.dense_crf import load_frames
+from benchmarks.dense_crf_params import parameter_sets
+from permutocrf import bilateral_kernel, gaussian_kernel, meanfield_numba, unary_scores
+from piecewise_crf.files import write_json
+
+
+@numba.njit(parallel=True, nogil=True, cache=True)
+def plain_blur(values, spare, neighbours):  # pragma: no cover - compiled
+    """`lattice_numba._blur` as it was before it prefetched."""
+    m, axes, _ = neighbours.shape
+    half = values.dtype.type(0.5)
+    src, dst = values, spare
+    dst[m] = 0.0
+    for axis in range(axes):
+        for v in numba.prange(m):
+            a, b = neighbours[v, axis, 0], neighbours[v, axis, 1]
+            for j in range(values.shape[1]):
+                dst[v, j] = src[v, j] + half * (src[a, j] + src[b, j])
+        src, dst = dst, src
+    if axes % 2:
+        values[:] = src
+
+
+REFERENCES: dict[str, Callable[[], AbstractContextManager]] = {
+    "blur prefetch": lambda: mock.patch.object(meanfield_numba, "_blur", plain_blur),
+    "row width": lambda: mock.patch.object(meanfield_numba, "row_width", lambda k: k),
+}
+
+
+def pair(logp: np.ndarray, kernels: list, weights: list[float], it: int, change: str, repeats: int):
+    """Median ms of the mean-field as it is and with `change` undone, and their largest |dQ|."""
+
+    def run(side: Callable[[], AbstractContextManager]) -> Callable[[], np.ndarray]:
+        def once() -> np.ndarray:
+            with side():
+                return meanfield_numba.mean_field(logp.copy(), kernels, weights, it, None)
+
+        return once
+
+    sides = {"new": run(nullcontext), "reference": run(REFERENCES[change])}
+    t = timed(sides, repeats)
+    diff = float(np.abs(sides["new"]() - sides["reference"]()).max())
+    return {
+        "new_ms": 1e3 * t["new"],
+        "reference_ms": 1e3 * t["reference"],
+        "ratio": t["new"] / t["reference"],
+        "max_abs_diff": diff,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--camvid", type=Path, default=Path(__file__).parents[2] / "shared/data/camvid"
+    )
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument(
+        "--json", type=Path, default=Path(__file__).parent / "results/dense_crf_paths.json"
+    )
+    args = parser.parse_args()
+    image, probs = load_frames(args.camvid, 1, 11)[0]
+    k, h, w = probs.shape
+    logp = unary_scores(probs).reshape(k, -1)
+    threads = torch.get_num_threads()
+    rows = []
+    for name, (p, it) in parameter_sets().items():
+        kernels = [
+            gaussian_kernel(h, w, p["pos_xy_std"]),
+            bilateral_kernel(image, p["bi_xy_std"], p["bi_rgb_std"]),
+        ]
+        weights = [float(p["pos_weight"]), float(p["bi_weight"])]
+        for n in (threads, 1):
+            torch.set_num_threads(n)
+            for change in REFERENCES:
+                row = {"set": name, "threads": n, "change": change, "iterations": it}
+                rows.append(row | pair(logp, kernels, weights, it, change, args.repeats))
+    torch.set_num_threads(threads)
+    results = {
+        "machine": machine(),
+        "commit": commit(),
+        "size": [w, h],
+        "labels": k,
+        "repeats": args.repeats,
+        "rows": rows,
+    }
+    print(f"machine: {describe(results['machine'])}; {w}x{h}, K={k}, mean-field only")
+    print(f"{'set':<18}{'threads':>8}  {'change':<14}{'new ms':>8}{'ref ms':>8}{'ratio':>7}")
+    for r in rows:
+        print(
+            f"{r['set']:<18}{r['threads']:>8}  {r['change']:<14}{r['new_ms']:8.1f}"
+            f"{r['reference_ms']:8.1f}{r['ratio']:7.2f}"
+        )
+    write_json(results, args.json)
+
+
+if __name__ == "__main__":
+    main()
