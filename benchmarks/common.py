@@ -16,6 +16,9 @@ from piecewise_crf.config import load_config
 from piecewise_crf.inference import Predictor
 from piecewise_crf.model import build_model
 
+CAMVID = Path(__file__).parents[2] / "shared/data/camvid"
+"""The CamVid copy beside the repository, the benchmarks' default data."""
+
 
 def machine(device: str | torch.device = "cpu") -> dict:
     """CPU model, cores, torch threads and version, load average, and the GPU when one is used."""

@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 
 import permutocrf.compat as compat
-from benchmarks.common import commit, describe, machine, timed
+from benchmarks.common import CAMVID, commit, describe, machine, timed
 from permutocrf import (
     bilateral_kernel,
     dense_crf,
@@ -198,9 +198,7 @@ def print_table(title: str, rows: list[dict], names: list[str]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument(
-        "--camvid", type=Path, default=Path(__file__).parents[2] / "shared/data/camvid"
-    )
+    parser.add_argument("--camvid", type=Path, default=CAMVID)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--iterations", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="only the CamVid rows")

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 import permutocrf.compat as compat
-from benchmarks.common import describe, machine, timed
+from benchmarks.common import CAMVID, describe, machine, timed
 from benchmarks.dense_crf import load_frames
 
 
@@ -29,9 +29,7 @@ def eight_channels(image: np.ndarray) -> np.ndarray:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument(
-        "--camvid", type=Path, default=Path(__file__).parents[2] / "shared/data/camvid"
-    )
+    parser.add_argument("--camvid", type=Path, default=CAMVID)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 import permutocrf.compat as compat
-from benchmarks.common import commit, describe, machine, timed
+from benchmarks.common import CAMVID, commit, describe, machine, timed
 from benchmarks.dense_crf import PARAMS, api_run, load_frames
 from permutocrf import bilateral_kernel, dense_crf
 from piecewise_crf.config import load_config
@@ -72,9 +72,7 @@ def vertices(image: np.ndarray, params: Params) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument(
-        "--camvid", type=Path, default=Path(__file__).parents[2] / "shared/data/camvid"
-    )
+    parser.add_argument("--camvid", type=Path, default=CAMVID)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument(
         "--out", type=Path, default=Path(__file__).parent / "results/dense_crf_params.json"

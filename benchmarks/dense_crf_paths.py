@@ -25,7 +25,7 @@ import numba
 import numpy as np
 import torch
 
-from benchmarks.common import commit, describe, machine, timed
+from benchmarks.common import CAMVID, commit, describe, machine, timed
 from benchmarks.dense_crf import load_frames
 from benchmarks.dense_crf_params import parameter_sets
 from permutocrf import bilateral_kernel, gaussian_kernel, meanfield_numba, unary_scores
@@ -78,9 +78,7 @@ def pair(logp: np.ndarray, kernels: list, weights: list[float], it: int, change:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument(
-        "--camvid", type=Path, default=Path(__file__).parents[2] / "shared/data/camvid"
-    )
+    parser.add_argument("--camvid", type=Path, default=CAMVID)
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument(
         "--json", type=Path, default=Path(__file__).parent / "results/dense_crf_paths.json"

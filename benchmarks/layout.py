@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.common import commit, describe, machine
+from benchmarks.common import CAMVID, commit, describe, machine
 from piecewise_crf.config import load_config
 from piecewise_crf.data.io import open_rgb
 from piecewise_crf.files import write_json
@@ -34,7 +34,7 @@ from piecewise_crf.model import build_model
 from piecewise_crf.training.losses import piecewise_loss
 from piecewise_crf.training.optim import freeze_layers, sgd
 
-FRAME = Path("../shared/data/camvid/train/0001TP_006690.png")
+FRAME = CAMVID / "train/0001TP_006690.png"
 LAYOUTS = {"channels_last": True, "nchw": False}
 
 

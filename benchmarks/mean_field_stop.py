@@ -22,12 +22,10 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import commit, describe, machine
+from benchmarks.common import CAMVID, commit, describe, machine
 from piecewise_crf.data import CamVid
 from piecewise_crf.files import write_json
 from piecewise_crf.inference import Predictor, grid_marginals
-
-CAMVID = Path("../shared/data/camvid")
 
 
 def updates_needed(steps: list[torch.Tensor], tolerance: float) -> int:

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from benchmarks.common import build_predictor, commit, describe, machine, model_name, timed
+from benchmarks.common import CAMVID, build_predictor, commit, describe, machine, model_name, timed
 from piecewise_crf.backbones.mobilenet import ConvBNReLU, InvertedResidual
 from piecewise_crf.data.io import open_rgb
 from piecewise_crf.files import write_json
@@ -33,7 +33,7 @@ from piecewise_crf.inference import grid_marginals
 from piecewise_crf.model import GridPotentials
 
 SIDES = ("new", "reference")
-FRAME = Path("../shared/data/camvid/val/0016E5_07959.png")
+FRAME = CAMVID / "val/0016E5_07959.png"
 
 
 @contextmanager

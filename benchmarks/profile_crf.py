@@ -31,13 +31,13 @@ import numpy as np
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from benchmarks.common import build_predictor, commit, describe, machine, model_name, timed
+from benchmarks.common import CAMVID, build_predictor, commit, describe, machine, model_name, timed
 from permutocrf import bilateral_kernel, gaussian_kernel, mean_field, unary_scores
 from piecewise_crf.data.io import open_rgb
 from piecewise_crf.files import write_json
 from piecewise_crf.inference import Predictor, grid_marginals
 
-FRAME = Path("../shared/data/camvid/train/0001TP_006690.png")
+FRAME = CAMVID / "train/0001TP_006690.png"
 
 
 def stage_parts(predictor: Predictor, images: torch.Tensor) -> dict[str, Callable[[], object]]:

@@ -26,7 +26,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.data import default_collate
 
-from benchmarks.common import commit, describe, machine, timed
+from benchmarks.common import CAMVID, commit, describe, machine, timed
 from piecewise_crf.config import load_config
 from piecewise_crf.files import write_json
 from piecewise_crf.model import build_model
@@ -34,13 +34,11 @@ from piecewise_crf.training.loop import training_set
 from piecewise_crf.training.losses import piecewise_loss
 from piecewise_crf.training.optim import freeze_layers, sgd
 
-ROOT = Path("../shared/data/camvid")
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", default="camvid")
-    parser.add_argument("--data-root", type=Path, default=ROOT)
+    parser.add_argument("--data-root", type=Path, default=CAMVID)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", type=Path, default=Path("benchmarks/results/profile_train.json"))
