@@ -458,3 +458,44 @@ def test_prefetch_is_a_hint_only():
     np.testing.assert_array_equal(a, np.arange(12.0).reshape(3, 4))
     with pytest.raises(numba.TypingError):
         numba.njit(lambda v: jit.prefetch(v, 0, 0))(np.zeros(3))
+
+
+@pytest.mark.parametrize("chunks", [1, 2, 3, 7, 40])
+def test_chunk_spans_reduce_like_a_full_copy_per_chunk(chunks):
+    rng = np.random.default_rng(chunks)
+    m, width = 50, 4
+    # Vertices numbered by first use, as the lattice numbers them: each point reaches back a bit
+    # (vertices 33..49 no chunk reaches: they must come out 0).
+    vertex = np.minimum(np.arange(30)[:, None] + rng.integers(-6, 4, (30, 3)), m - 1)
+    vertex = np.maximum(vertex, 0).astype(np.int32)
+    values = rng.random((30, width)).astype(np.float32)
+    spans = meanfield_numba._chunk_spans(vertex, chunks)
+    parts = np.zeros((spans[-1, 2] + spans[-1, 1] - spans[-1, 0], width), np.float32)
+    full = np.zeros((chunks, m + 1, width), np.float32)
+    for c in range(chunks):
+        lo, hi, start = spans[c]
+        for i in range(c * 30 // chunks, (c + 1) * 30 // chunks):
+            for v in vertex[i]:
+                assert lo <= v < hi
+                parts[start + v - lo] += values[i]
+                full[c, v] += values[i]
+    assert len(parts) <= chunks * (m + 1)
+    got, want = np.empty((m + 1, width), np.float32), np.empty((m + 1, width), np.float32)
+    meanfield_numba._reduce_spans(parts, spans, np.float32(0.5), got)
+    lattice_numba._reduce(full, np.float32(0.5), want)
+    np.testing.assert_array_equal(got, want)
+
+
+def test_mean_field_does_not_depend_on_thread_count():
+    img, p = toy(60, 80)
+    logp = unary_scores(p.numpy()).reshape(p.shape[0], -1)
+    kernels = [gaussian_kernel(60, 80, 1.0), bilateral_kernel(img.numpy(), 10.0, 5.0)]
+    threads = torch.get_num_threads()
+    try:
+        out = []
+        for n in (1, 2):  # 2: each chunk of pixels splats into rows of its own, then summed
+            torch.set_num_threads(n)
+            out.append(mean_field(logp, kernels, [3.0, 5.0], 5))
+    finally:
+        torch.set_num_threads(threads)
+    np.testing.assert_allclose(out[0], out[1], atol=1e-6)

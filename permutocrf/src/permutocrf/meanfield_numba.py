@@ -15,7 +15,7 @@ import numba
 import numpy as np
 
 from permutocrf.jit import entry_point, kernel, threads
-from permutocrf.lattice_numba import _BLOCK, CpuLattice, _blur, _reduce
+from permutocrf.lattice_numba import _BLOCK, CpuLattice, _blur
 
 # 2^f on [-1/2, 1/2], relative error 1e-7 in float32 (least squares on Chebyshev nodes).
 _EXP2 = (6.9314718e-01, 2.4022646e-01, 5.5503290e-02, 9.6185198e-03, 1.3399860e-03, 1.5337577e-04)
@@ -39,20 +39,72 @@ def mean_field(
     mu = np.zeros((1, 1), dtype) if potts else np.ascontiguousarray(mu, dtype=dtype)
     vertex = tuple(lat.vertex for lat in lattices)
     weight = tuple(lat.weight.astype(dtype, copy=False) for lat in lattices)
-    rows = [(lat.num_vertices + 1, row_width(k)) for lat in lattices]
-    values = tuple(np.zeros(r, dtype) for r in rows)
-    spares = [np.empty(r, dtype) for r in rows]
-    parts = tuple(np.empty((threads(), *r), dtype) for r in rows)
+    width = row_width(k)
+    values = tuple(np.zeros((lat.num_vertices + 1, width), dtype) for lat in lattices)
+    spares = [np.empty_like(v) for v in values]
+    spans = tuple(_chunk_spans(v, threads()) for v in vertex)
+    parts = tuple(
+        np.empty((span[-1, 2] + span[-1, 1] - span[-1, 0], width), dtype) for span in spans
+    )
     q = np.empty_like(logp) if out is None else out
     for step in range(iterations + 1):
         last = step == iterations
-        _point_pass(logp, vertex, weight, values, parts, step == 0, last, potts, mu, poly, q)
+        args = (vertex, weight, values, parts, spans, step == 0, last, potts, mu, poly, q)
+        _point_pass(logp, *args)
         if last:
             break
         for j, lat in enumerate(lattices):
-            _reduce(parts[j], dtype.type(weights[j] * lat.alpha), values[j])
+            _reduce_spans(parts[j], spans[j], dtype.type(weights[j] * lat.alpha), values[j])
             _blur(values[j], spares[j], lat.neighbours)
     return q
+
+
+@kernel(parallel=True)
+def _chunk_spans(vertex, chunks):  # pragma: no cover - compiled
+    """Rows (lo, hi, start) per chunk of the points (as ``_point_pass`` splits them): the
+    chunk's vertices lie in lo..hi-1, and its splat rows start at row ``start`` of the parts.
+    Vertices are numbered in the order points first use them, so a chunk's points reach back
+    only to the vertices of nearby points: the parts hold far fewer rows than a copy of every
+    vertex per thread (which the reduce would read whole)."""
+    num = vertex.shape[0]
+    spans = np.zeros((chunks, 3), np.int64)
+    for c in numba.prange(chunks):
+        a, b = c * num // chunks, (c + 1) * num // chunks
+        if a < b:
+            lo, hi = vertex[a, 0], vertex[a, 0]
+            for i in range(a, b):
+                for r in range(vertex.shape[1]):
+                    lo, hi = min(lo, vertex[i, r]), max(hi, vertex[i, r])
+            spans[c, 0], spans[c, 1] = lo, hi + 1
+    for c in range(1, chunks):
+        spans[c, 2] = spans[c - 1, 2] + spans[c - 1, 1] - spans[c - 1, 0]
+    return spans
+
+
+@kernel(parallel=True)
+def _reduce_spans(parts, spans, scale, out):  # pragma: no cover - compiled
+    """``out = scale * sum_c part_c`` over the chunks' parts (rows as ``_chunk_spans``), the
+    chunks in order (as ``lattice_numba._reduce``), the missing vertex (last row) kept at 0."""
+    rows, width = out.shape
+    chunks = spans.shape[0]
+    for v in numba.prange(rows - 1):
+        first = 0
+        while first < chunks and not spans[first, 0] <= v < spans[first, 1]:
+            first += 1  # to the first chunk that reaches v (on a lattice one always does)
+        total = out[v]
+        if first == chunks:
+            total[:] = 0.0
+            continue
+        total[:] = parts[spans[first, 2] + v - spans[first, 0]]
+        for c in range(first + 1, chunks):
+            lo, hi, start = spans[c, 0], spans[c, 1], spans[c, 2]
+            if lo <= v < hi:
+                row = parts[start + v - lo]
+                for j in range(width):
+                    total[j] += row[j]
+        for j in range(width):
+            total[j] *= scale
+    out[rows - 1] = 0.0
 
 
 def row_width(k: int) -> int:
@@ -110,28 +162,30 @@ def _softmax_block(x, k, bits, poly):  # pragma: no cover - compiled
 
 @kernel(parallel=True)
 def _point_pass(
-    logp, vertex, weight, values, parts, first, last, potts, mu, poly, q
+    logp, vertex, weight, values, parts, spans, first, last, potts, mu, poly, q
 ):  # pragma: no cover
     """One pass over the points of ``logp`` (K, P): ``Q_i = softmax(logp_i + message_i)``, the
     message sliced from ``values`` (skipped when ``first``), minus ``message @ mu`` unless
-    ``potts``; then ``Q`` is splatted into ``parts`` (chunk c into ``parts[kernel][c]``), or
-    written to ``q`` (K, P) when ``last``."""
-    num, chunks = logp.shape[1], parts[0].shape[0]
+    ``potts``; then ``Q`` is splatted into ``parts`` (chunk c into its rows, ``spans[kernel][c]``
+    as ``_chunk_spans``), or written to ``q`` (K, P) when ``last``."""
+    num, chunks = logp.shape[1], spans[0].shape[0]
     for c in numba.prange(chunks):
         lo, hi = c * num // chunks, (c + 1) * num // chunks
-        _pass_chunk(logp, vertex, weight, values, parts, c, lo, hi, first, last, potts, mu, poly, q)
+        args = (vertex, weight, values, parts, spans, first, last, potts, mu, poly, q)
+        _pass_chunk(logp, c, lo, hi, *args)
 
 
 @kernel()
 def _pass_chunk(
-    logp, vertex, weight, values, parts, c, lo, hi, first, last, potts, mu, poly, q
+    logp, c, lo, hi, vertex, weight, values, parts, spans, first, last, potts, mu, poly, q
 ):  # pragma: no cover
-    """``_point_pass`` on the points lo..hi-1, splatting into ``parts[kernel][c]``; rows are
-    ``row_width(K)`` wide, and so are the loops over them."""
+    """``_point_pass`` on the points lo..hi-1 (chunk c), splatting into its rows of the parts;
+    rows are ``row_width(K)`` wide, and so are the loops over them."""
     k, width = logp.shape[0], values[0].shape[1]
     if not last:
         for kernel in range(len(parts)):
-            parts[kernel][c] = 0.0
+            span = spans[kernel][c]
+            parts[kernel][span[2] : span[2] + span[1] - span[0]] = 0.0
     x = np.empty((_BLOCK, width), logp.dtype)
     message = np.empty(width, logp.dtype)
     bits = np.empty(_BLOCK * width, np.int32)
@@ -164,9 +218,9 @@ def _pass_chunk(
                     q[j, i] = x[b, j]
                 continue
             for kernel in range(len(vertex)):
-                part = parts[kernel][c]
+                base = spans[kernel][c, 2] - spans[kernel][c, 0]  # vertex v: row base + v
                 for r in range(vertex[kernel].shape[1]):
-                    row = part[vertex[kernel][i, r]]
+                    row = parts[kernel][base + vertex[kernel][i, r]]
                     wt = weight[kernel][i, r]
                     for j in range(width):
                         row[j] += wt * x[b, j]
