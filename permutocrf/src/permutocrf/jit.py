@@ -17,9 +17,10 @@ pool. numba's and torch's OpenMP calls then reach one runtime (torch's, loaded f
 spins ~7 ms after each parallel region (``OMP_WAIT_POLICY=PASSIVE``, set before Python starts,
 stops that).
 
-Prefetch: the lattice's blur and its slice and splat read and write rows of vertex values at
-indices from a table, mostly outside the 1 MB L2 on fine kernels; the out-of-order core keeps
-only a few of those misses in flight, so the kernels ask for rows ahead (``prefetch``).
+Prefetch: the lattice's blur reads rows of vertex values at indices from a table, on fine
+kernels mostly outside a core's L2 (1 MB here); the out-of-order core keeps only a few of those
+misses in flight, so the blur asks for rows ahead (``prefetch``). In the point pass, whose rows
+are mostly shared with the point before, prefetching was measured no faster (one-off probe).
 """
 
 from __future__ import annotations

@@ -2,9 +2,10 @@
 
 One mean-field step is one pass over the points (slice the previous step's blurred vertex
 values, add the unary, softmax, splat into the next step's vertices) plus a blur of the
-vertices; the splat runs in parallel chunks as ``lattice_numba``'s. The softmax exponentiates
-blocks of points with a polynomial that vectorises (float32; libm's exp measured 3x slower per
-pass); float64 keeps libm's exp.
+vertices. The splat runs in parallel chunks of points, each into rows of its own for the vertex
+range it reaches (``_chunk_spans``), summed before the blur. Vertex rows are ``row_width(K)``
+wide. The softmax exponentiates blocks of points with a polynomial that vectorises (float32;
+libm's exp measured 3x slower per pass); float64 keeps libm's exp.
 """
 
 from __future__ import annotations
