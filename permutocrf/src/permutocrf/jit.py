@@ -20,7 +20,8 @@ stops that).
 Prefetch: the lattice's blur reads rows of vertex values at indices from a table, on fine
 kernels mostly outside a core's L2 (1 MB here); the out-of-order core keeps only a few of those
 misses in flight, so the blur asks for rows ahead (``prefetch``). In the point pass, whose rows
-are mostly shared with the point before, prefetching was measured no faster (one-off probe).
+are mostly shared with the point before, prefetching gained nothing overall (one-off probe: a
+little on fine kernels, a loss where the lattice fits in cache).
 """
 
 from __future__ import annotations
