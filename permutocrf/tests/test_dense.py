@@ -499,3 +499,12 @@ def test_mean_field_does_not_depend_on_thread_count():
     finally:
         torch.set_num_threads(threads)
     np.testing.assert_allclose(out[0], out[1], atol=1e-6)
+
+
+def test_splat_rows_do_not_grow_with_the_thread_count():
+    lat = gaussian_kernel(120, 160, 1.0)  # a fine kernel: about one vertex per pixel
+    rows = {
+        n: int(np.diff(meanfield_numba._chunk_spans(lat.vertex, n)[:, :2]).sum()) for n in (1, 8)
+    }
+    assert rows[1] == lat.num_vertices
+    assert rows[8] < 1.2 * lat.num_vertices  # 8 copies of the lattice before
