@@ -11,9 +11,11 @@ bilateral features, d = 10, already do), a code is a linear hash of the coordina
 the table also holds the coordinate rows, compared in full on every hit (exact, as pydensecrf's
 table of full keys).
 
-The splat runs in parallel chunks of points, each into its own copy of the vertex values,
-summed before the blur: a 480x360 frame has ~10k bilateral and ~23k Gaussian vertices, so a
-copy per thread is ~1.4 MB at K=11.
+The splat runs in parallel chunks of points, each into rows of its own for the range of
+vertices it reaches (``_chunk_spans``), summed before the blur. Vertices are numbered in the
+order points first use them, so a chunk reaches back only to the vertices of nearby points: the
+rows stay near one lattice's whatever the thread count, where a copy of every vertex per thread
+grew with it.
 
 Functions compile on first use (~14 s for float32 on this 2-core machine; cached on disk and
 announced as ``jit.py`` says). Parallel functions are thin
@@ -65,11 +67,11 @@ class CpuLattice:
     def filter(self, values: np.ndarray, scale: float = 1.0) -> np.ndarray:
         """``scale * alpha * (slice . blur . splat)(values)`` for (P, C) values."""
         values = np.ascontiguousarray(values, dtype=self.weight.dtype)
-        rows = (self.num_vertices + 1, values.shape[1])
-        parts = np.empty((threads(), *rows), values.dtype)
-        _splat(self.vertex, self.weight, values, parts)
-        vertex = np.empty(rows, values.dtype)
-        _reduce(parts, values.dtype.type(scale * self.alpha), vertex)
+        spans = _chunk_spans(self.vertex, threads())
+        parts = np.empty((span_rows(spans), values.shape[1]), values.dtype)
+        _splat(self.vertex, self.weight, values, parts, spans)
+        vertex = np.empty((self.num_vertices + 1, values.shape[1]), values.dtype)
+        _reduce(parts, spans, values.dtype.type(scale * self.alpha), vertex)
         _blur(vertex, np.empty_like(vertex), self.neighbours)
         out = np.empty_like(values)
         _slice(self.vertex, self.weight, vertex, out)
@@ -455,31 +457,79 @@ def _neighbour_rows(rows, codes, keys, slots, steps, out):  # pragma: no cover -
 
 
 @kernel(parallel=True)
-def _splat(vertex, weight, values, parts):  # pragma: no cover - compiled
-    """``parts[c]`` = the splat of chunk c of the points (parts (T, M+1, C))."""
+def _splat(vertex, weight, values, parts, spans):  # pragma: no cover - compiled
+    """Chunk c of the points splatted into its rows of ``parts`` (``_chunk_spans``)."""
     num, d1 = vertex.shape
-    chunks = parts.shape[0]
+    chunks = spans.shape[0]
     for c in numba.prange(chunks):
-        part = parts[c]
-        part[:] = 0.0
+        lo, hi, start = spans[c, 0], spans[c, 1], spans[c, 2]
+        parts[start : start + hi - lo] = 0.0
+        base = start - lo  # vertex v: row base + v
         for i in range(c * num // chunks, (c + 1) * num // chunks):
             for r in range(d1):
-                row = part[vertex[i, r]]
+                row = parts[base + vertex[i, r]]
                 wt = weight[i, r]
                 for j in range(values.shape[1]):
                     row[j] += wt * values[i, j]
 
 
+def row_width(k: int) -> int:
+    """Columns of the fused mean-field's vertex values for K labels: K + 1 where that makes a
+    multiple of 4 (K = 7, 11, 15, ...), else K; the padding is kept at zero. The slice and
+    splat loops over a row then vectorise with no scalar remainder
+    (``benchmarks/dense_crf_paths.py`` times K = 11 against rows K wide; in one-off probes
+    padding by 2 columns was no faster, by 3 slower)."""
+    return k + 1 if k > 4 and k % 4 == 3 else k
+
+
+def span_rows(spans: np.ndarray) -> int:
+    """Rows of the parts that ``_chunk_spans``' chunks splat into."""
+    return int(spans[-1, 2] + spans[-1, 1] - spans[-1, 0])
+
+
 @kernel(parallel=True)
-def _reduce(parts, scale, out):  # pragma: no cover - compiled
-    """``out = scale * sum_c parts[c]``, with the missing vertex (last row) kept at zero."""
-    chunks, rows, width = parts.shape
+def _chunk_spans(vertex, chunks):  # pragma: no cover - compiled
+    """Rows (lo, hi, start) per chunk of the points (chunk c: points c P // chunks up to
+    (c + 1) P // chunks, as the splats split them): the chunk's vertices lie in lo..hi-1, and
+    its splat rows start at row ``start`` of the parts (``span_rows`` in all)."""
+    num = vertex.shape[0]
+    spans = np.zeros((chunks, 3), np.int64)
+    for c in numba.prange(chunks):
+        a, b = c * num // chunks, (c + 1) * num // chunks
+        if a < b:
+            lo, hi = vertex[a, 0], vertex[a, 0]
+            for i in range(a, b):
+                for r in range(vertex.shape[1]):
+                    lo, hi = min(lo, vertex[i, r]), max(hi, vertex[i, r])
+            spans[c, 0], spans[c, 1] = lo, hi + 1
+    for c in range(1, chunks):
+        spans[c, 2] = spans[c - 1, 2] + spans[c - 1, 1] - spans[c - 1, 0]
+    return spans
+
+
+@kernel(parallel=True)
+def _reduce(parts, spans, scale, out):  # pragma: no cover - compiled
+    """``out = scale * sum_c part_c`` over the chunks' parts (rows as ``_chunk_spans``), the
+    chunks in order, the missing vertex (last row) kept at 0."""
+    rows, width = out.shape
+    chunks = spans.shape[0]
     for v in numba.prange(rows - 1):
+        first = 0
+        while first < chunks and not spans[first, 0] <= v < spans[first, 1]:
+            first += 1  # to the first chunk that reaches v (on a lattice one always does)
+        total = out[v]
+        if first == chunks:
+            total[:] = 0.0
+            continue
+        total[:] = parts[spans[first, 2] + v - spans[first, 0]]
+        for c in range(first + 1, chunks):
+            lo, hi, start = spans[c, 0], spans[c, 1], spans[c, 2]
+            if lo <= v < hi:
+                row = parts[start + v - lo]
+                for j in range(width):
+                    total[j] += row[j]
         for j in range(width):
-            s = parts[0, v, j]
-            for c in range(1, chunks):
-                s += parts[c, v, j]
-            out[v, j] = scale * s
+            total[j] *= scale
     out[rows - 1] = 0.0
 
 

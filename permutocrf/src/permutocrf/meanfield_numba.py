@@ -2,9 +2,8 @@
 
 One mean-field step is one pass over the points (slice the previous step's blurred vertex
 values, add the unary, softmax, splat into the next step's vertices) plus a blur of the
-vertices. The splat runs in parallel chunks of points, each into rows of its own for the vertex
-range it reaches (``_chunk_spans``), summed before the blur. Vertex rows are ``row_width(K)``
-wide. The softmax exponentiates blocks of points with a polynomial that vectorises (float32;
+vertices. The splat runs in parallel chunks of points as ``lattice_numba``'s, each into rows of
+its own (``_chunk_spans``). Vertex rows are ``row_width(K)`` wide. The softmax exponentiates blocks of points with a polynomial that vectorises (float32;
 libm's exp measured 3x slower per pass); float64 keeps libm's exp.
 """
 
@@ -16,7 +15,15 @@ import numba
 import numpy as np
 
 from permutocrf.jit import entry_point, kernel, threads
-from permutocrf.lattice_numba import _BLOCK, CpuLattice, _blur
+from permutocrf.lattice_numba import (
+    _BLOCK,
+    CpuLattice,
+    _blur,
+    _chunk_spans,
+    _reduce,
+    row_width,
+    span_rows,
+)
 
 # 2^f on [-1/2, 1/2], relative error 1e-7 in float32 (least squares on Chebyshev nodes).
 _EXP2 = (6.9314718e-01, 2.4022646e-01, 5.5503290e-02, 9.6185198e-03, 1.3399860e-03, 1.5337577e-04)
@@ -44,9 +51,7 @@ def mean_field(
     values = tuple(np.zeros((lat.num_vertices + 1, width), dtype) for lat in lattices)
     spares = [np.empty_like(v) for v in values]
     spans = tuple(_chunk_spans(v, threads()) for v in vertex)
-    parts = tuple(
-        np.empty((span[-1, 2] + span[-1, 1] - span[-1, 0], width), dtype) for span in spans
-    )
+    parts = tuple(np.empty((span_rows(span), width), dtype) for span in spans)
     q = np.empty_like(logp) if out is None else out
     for step in range(iterations + 1):
         last = step == iterations
@@ -55,65 +60,9 @@ def mean_field(
         if last:
             break
         for j, lat in enumerate(lattices):
-            _reduce_spans(parts[j], spans[j], dtype.type(weights[j] * lat.alpha), values[j])
+            _reduce(parts[j], spans[j], dtype.type(weights[j] * lat.alpha), values[j])
             _blur(values[j], spares[j], lat.neighbours)
     return q
-
-
-@kernel(parallel=True)
-def _chunk_spans(vertex, chunks):  # pragma: no cover - compiled
-    """Rows (lo, hi, start) per chunk of the points (as ``_point_pass`` splits them): the
-    chunk's vertices lie in lo..hi-1, and its splat rows start at row ``start`` of the parts.
-    Vertices are numbered in the order points first use them, so a chunk's points reach back
-    only to the vertices of nearby points: the parts hold far fewer rows than a copy of every
-    vertex per thread (which the reduce would read whole)."""
-    num = vertex.shape[0]
-    spans = np.zeros((chunks, 3), np.int64)
-    for c in numba.prange(chunks):
-        a, b = c * num // chunks, (c + 1) * num // chunks
-        if a < b:
-            lo, hi = vertex[a, 0], vertex[a, 0]
-            for i in range(a, b):
-                for r in range(vertex.shape[1]):
-                    lo, hi = min(lo, vertex[i, r]), max(hi, vertex[i, r])
-            spans[c, 0], spans[c, 1] = lo, hi + 1
-    for c in range(1, chunks):
-        spans[c, 2] = spans[c - 1, 2] + spans[c - 1, 1] - spans[c - 1, 0]
-    return spans
-
-
-@kernel(parallel=True)
-def _reduce_spans(parts, spans, scale, out):  # pragma: no cover - compiled
-    """``out = scale * sum_c part_c`` over the chunks' parts (rows as ``_chunk_spans``), the
-    chunks in order (as ``lattice_numba._reduce``), the missing vertex (last row) kept at 0."""
-    rows, width = out.shape
-    chunks = spans.shape[0]
-    for v in numba.prange(rows - 1):
-        first = 0
-        while first < chunks and not spans[first, 0] <= v < spans[first, 1]:
-            first += 1  # to the first chunk that reaches v (on a lattice one always does)
-        total = out[v]
-        if first == chunks:
-            total[:] = 0.0
-            continue
-        total[:] = parts[spans[first, 2] + v - spans[first, 0]]
-        for c in range(first + 1, chunks):
-            lo, hi, start = spans[c, 0], spans[c, 1], spans[c, 2]
-            if lo <= v < hi:
-                row = parts[start + v - lo]
-                for j in range(width):
-                    total[j] += row[j]
-        for j in range(width):
-            total[j] *= scale
-    out[rows - 1] = 0.0
-
-
-def row_width(k: int) -> int:
-    """Columns of the vertex values for K labels: K + 1 where that makes a multiple of 4 (K = 7,
-    11, 15, ...), else K; the padding is kept at zero. The slice and splat loops over a row then
-    vectorise with no scalar remainder (``benchmarks/dense_crf_paths.py`` times K = 11 against
-    rows K wide; in one-off probes padding by 2 columns was no faster, by 3 slower)."""
-    return k + 1 if k > 4 and k % 4 == 3 else k
 
 
 @kernel()
