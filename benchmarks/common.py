@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import statistics
@@ -74,6 +75,12 @@ def timed(parts: dict[str, Callable[[], object]], repeats: int) -> dict[str, flo
             run()
             times[name].append(time.perf_counter() - tic)
     return {name: statistics.median(t) for name, t in times.items()}
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """--checkpoint and --config, the two ways `build_predictor` takes a model."""
+    parser.add_argument("--checkpoint", type=Path, help="a trained model (default: untrained)")
+    parser.add_argument("--config", default="camvid", help="when no --checkpoint")
 
 
 def build_predictor(checkpoint: Path | None, config: str) -> Predictor:

@@ -22,7 +22,7 @@ import onnxruntime as ort
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import CAMVID, commit, describe, machine
+from benchmarks.common import CAMVID, add_model_arguments, commit, describe, machine
 from piecewise_crf.checkpoint import Checkpoint, save_checkpoint
 from piecewise_crf.config import load_config
 from piecewise_crf.data import CamVid
@@ -44,8 +44,7 @@ def untrained_checkpoint(source: str, folder: Path) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--checkpoint", type=Path, help="a trained model (default: untrained)")
-    parser.add_argument("--config", default="camvid", help="when no --checkpoint")
+    add_model_arguments(parser)
     parser.add_argument("--camvid", type=Path, default=CAMVID)
     parser.add_argument("--size", type=int, nargs=2, default=[360, 480], metavar=("H", "W"))
     parser.add_argument("--repeats", type=int, default=5)

@@ -28,7 +28,16 @@ import numpy as np
 import pydensecrf.densecrf as dcrf
 import torch
 
-from benchmarks.common import CAMVID, build_predictor, commit, describe, machine, model_name, timed
+from benchmarks.common import (
+    CAMVID,
+    add_model_arguments,
+    build_predictor,
+    commit,
+    describe,
+    machine,
+    model_name,
+    timed,
+)
 from piecewise_crf.data import CamVid
 from piecewise_crf.evaluation import score
 from piecewise_crf.files import write_json
@@ -55,8 +64,7 @@ def pydensecrf_refine(images: torch.Tensor, probs: torch.Tensor, d: DenseCRFConf
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--checkpoint", type=Path, help="a trained model (default: untrained)")
-    parser.add_argument("--config", default="camvid", help="when no --checkpoint")
+    add_model_arguments(parser)
     parser.add_argument("--camvid", type=Path, default=CAMVID)
     parser.add_argument("--batch", type=int, default=4, help="frames per batch")
     parser.add_argument("--images", type=int, default=16, help="val frames scored per method")

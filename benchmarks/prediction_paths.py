@@ -25,7 +25,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from benchmarks.common import CAMVID, build_predictor, commit, describe, machine, model_name, timed
+from benchmarks.common import (
+    CAMVID,
+    add_model_arguments,
+    build_predictor,
+    commit,
+    describe,
+    machine,
+    model_name,
+    timed,
+)
 from piecewise_crf.backbones.mobilenet import ConvBNReLU, InvertedResidual
 from piecewise_crf.data.io import open_rgb
 from piecewise_crf.files import write_json
@@ -52,8 +61,7 @@ def layer_by_layer():
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--checkpoint", type=Path, help="a trained model (default: untrained)")
-    parser.add_argument("--config", default="camvid", help="when no --checkpoint")
+    add_model_arguments(parser)
     parser.add_argument("--frame", type=Path, default=FRAME)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=15)

@@ -31,7 +31,16 @@ import numpy as np
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from benchmarks.common import CAMVID, build_predictor, commit, describe, machine, model_name, timed
+from benchmarks.common import (
+    CAMVID,
+    add_model_arguments,
+    build_predictor,
+    commit,
+    describe,
+    machine,
+    model_name,
+    timed,
+)
 from permutocrf import bilateral_kernel, gaussian_kernel, mean_field, unary_scores
 from piecewise_crf.data.io import open_rgb
 from piecewise_crf.files import write_json
@@ -96,8 +105,7 @@ def operators(predictor: Predictor, images: torch.Tensor, top: int = 12) -> list
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--checkpoint", type=Path, help="a trained model (default: untrained)")
-    parser.add_argument("--config", default="camvid", help="when no --checkpoint")
+    add_model_arguments(parser)
     parser.add_argument("--frame", type=Path, default=FRAME)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
