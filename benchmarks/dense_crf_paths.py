@@ -1,5 +1,5 @@
-"""The dense CRF's mean-field against what two of its memory-layout choices replaced, side by
-side on a CamVid frame.
+"""The dense CRF's mean-field against what two of its choices replaced, side by side on a
+CamVid frame.
 
 Usage: python -m benchmarks.dense_crf_paths [--camvid DIR] [--repeats 15] [--json JSON]
 
@@ -8,7 +8,8 @@ lattices (built once, outside the timing), at `dense_crf_params`' three paramete
 and 1 threads; each row a pair timed with repeats interleaved, medians:
   blur prefetch  the blur asking for its neighbours' rows 16 vertices ahead (`jit.prefetch`)
                  against the same blur without it
-  row width      vertex rows `row_width(K)` wide (K = 11: 12) against K wide
+  vector rows    the point pass and the blur with `rows.py`'s masked-vector row operations
+                 against the same kernels recompiled with plain loops over a row's columns
 with the largest difference of each pair's marginals. Prints a table and the machine; writes
 JSON.
 """
@@ -16,8 +17,10 @@ JSON.
 from __future__ import annotations
 
 import argparse
+import functools
+import types
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, ExitStack, nullcontext
 from pathlib import Path
 from unittest import mock
 
@@ -28,30 +31,92 @@ import torch
 from benchmarks.common import CAMVID, commit, describe, machine, timed
 from benchmarks.dense_crf import load_frames
 from benchmarks.dense_crf_params import parameter_sets
-from permutocrf import bilateral_kernel, gaussian_kernel, meanfield_numba, unary_scores
+from permutocrf import (
+    bilateral_kernel,
+    gaussian_kernel,
+    lattice_numba,
+    meanfield_numba,
+    unary_scores,
+)
+from permutocrf.rows import blur_row
 from piecewise_crf.files import write_json
 
 
 @numba.njit(parallel=True, nogil=True, cache=True)
 def plain_blur(values, spare, neighbours):  # pragma: no cover - compiled
-    """`lattice_numba._blur` as it was before it prefetched."""
+    """`lattice_numba._blur` without its prefetch."""
     m, axes, _ = neighbours.shape
     half = values.dtype.type(0.5)
     src, dst = values, spare
     dst[m] = 0.0
     for axis in range(axes):
         for v in numba.prange(m):
-            a, b = neighbours[v, axis, 0], neighbours[v, axis, 1]
-            for j in range(values.shape[1]):
-                dst[v, j] = src[v, j] + half * (src[a, j] + src[b, j])
+            blur_row(src, dst, v, neighbours[v, axis, 0], neighbours[v, axis, 1], half)
         src, dst = dst, src
     if axes % 2:
         values[:] = src
 
 
+@numba.njit(inline="always")
+def loop_slice_rows(values, vertex, weight, out, accumulate):  # pragma: no cover - compiled
+    """`rows.slice_rows` as plain loops over the columns."""
+    if not accumulate:
+        out[:] = 0.0
+    for r in range(vertex.shape[0]):
+        row = values[vertex[r]]
+        for j in range(out.shape[0]):
+            out[j] += weight[r] * row[j]
+
+
+@numba.njit(inline="always")
+def loop_splat_rows(parts, base, vertex, weight, x):  # pragma: no cover - compiled
+    """`rows.splat_rows` as plain loops over the columns."""
+    for r in range(vertex.shape[0]):
+        row = parts[base + vertex[r]]
+        for j in range(x.shape[0]):
+            row[j] += weight[r] * x[j]
+
+
+@numba.njit(inline="always")
+def loop_blur_row(src, dst, v, a, b, half):  # pragma: no cover - compiled
+    """`rows.blur_row` as a plain loop over the columns."""
+    for j in range(src.shape[1]):
+        dst[v, j] = src[v, j] + half * (src[a, j] + src[b, j])
+
+
+def recompiled(dispatcher, parallel: bool, **names) -> Callable:
+    """A library kernel compiled again (uncached) with some of the functions it calls
+    replaced: the same source, so that a pair differs in those functions alone."""
+    fn = dispatcher.py_func
+    scope = fn.__globals__ | names
+    copy = types.FunctionType(fn.__code__, scope, fn.__name__, fn.__defaults__, fn.__closure__)
+    return numba.njit(copy, parallel=parallel, nogil=True)
+
+
+@functools.cache
+def loop_kernels() -> tuple[Callable, Callable]:
+    """The mean-field's point pass and the blur recompiled with plain row loops."""
+    chunk = recompiled(
+        meanfield_numba._pass_chunk, False, slice_rows=loop_slice_rows, splat_rows=loop_splat_rows
+    )
+    return (
+        recompiled(meanfield_numba._point_pass, True, _pass_chunk=chunk),
+        recompiled(lattice_numba._blur, True, blur_row=loop_blur_row),
+    )
+
+
+def loop_rows() -> AbstractContextManager:
+    """The mean-field with `loop_kernels`."""
+    point_pass, blur = loop_kernels()
+    stack = ExitStack()
+    stack.enter_context(mock.patch.object(meanfield_numba, "_point_pass", point_pass))
+    stack.enter_context(mock.patch.object(meanfield_numba, "_blur", blur))
+    return stack
+
+
 REFERENCES: dict[str, Callable[[], AbstractContextManager]] = {
     "blur prefetch": lambda: mock.patch.object(meanfield_numba, "_blur", plain_blur),
-    "row width": lambda: mock.patch.object(meanfield_numba, "row_width", lambda k: k),
+    "vector rows": loop_rows,
 }
 
 

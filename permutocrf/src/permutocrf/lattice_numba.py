@@ -33,6 +33,7 @@ import numpy as np
 
 from permutocrf.arithmetic import check_features, elevation_scale, fits
 from permutocrf.jit import entry_point, kernel, prefetch, threads
+from permutocrf.rows import blur_row, slice_rows, splat_rows
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -459,27 +460,14 @@ def _neighbour_rows(rows, codes, keys, slots, steps, out):  # pragma: no cover -
 @kernel(parallel=True)
 def _splat(vertex, weight, values, parts, spans):  # pragma: no cover - compiled
     """Chunk c of the points splatted into its rows of ``parts`` (``_chunk_spans``)."""
-    num, d1 = vertex.shape
+    num = vertex.shape[0]
     chunks = spans.shape[0]
     for c in numba.prange(chunks):
         lo, hi, start = spans[c, 0], spans[c, 1], spans[c, 2]
         parts[start : start + hi - lo] = 0.0
         base = start - lo  # vertex v: row base + v
         for i in range(c * num // chunks, (c + 1) * num // chunks):
-            for r in range(d1):
-                row = parts[base + vertex[i, r]]
-                wt = weight[i, r]
-                for j in range(values.shape[1]):
-                    row[j] += wt * values[i, j]
-
-
-def row_width(k: int) -> int:
-    """Columns of the fused mean-field's vertex values for K labels: K + 1 where that makes a
-    multiple of 4 (K = 7, 11, 15, ...), else K; the padding is kept at zero. The slice and
-    splat loops over a row then vectorise with no scalar remainder
-    (``benchmarks/dense_crf_paths.py`` times K = 11 against rows K wide; in one-off probes
-    padding by 2 columns was no faster, by 3 slower)."""
-    return k + 1 if k > 4 and k % 4 == 3 else k
+            splat_rows(parts, base, vertex[i], weight[i], values[i])
 
 
 def span_rows(spans: np.ndarray) -> int:
@@ -549,9 +537,7 @@ def _blur(values, spare, neighbours):  # pragma: no cover - compiled
                 u = neighbours[ahead, axis, side]
                 prefetch(src, u, 0)
                 prefetch(src, u, last)  # a row may straddle two cache lines
-            a, b = neighbours[v, axis, 0], neighbours[v, axis, 1]
-            for j in range(values.shape[1]):
-                dst[v, j] = src[v, j] + half * (src[a, j] + src[b, j])
+            blur_row(src, dst, v, neighbours[v, axis, 0], neighbours[v, axis, 1], half)
         src, dst = dst, src
     if axes % 2:
         values[:] = src
@@ -560,11 +546,5 @@ def _blur(values, spare, neighbours):  # pragma: no cover - compiled
 @kernel(parallel=True)
 def _slice(vertex, weight, values, out):  # pragma: no cover - compiled
     """``out[i] = sum_r weight[i, r] values[vertex[i, r]]``."""
-    num, d1 = vertex.shape
-    for i in numba.prange(num):
-        out[i] = 0.0
-        for r in range(d1):
-            row = values[vertex[i, r]]
-            wt = weight[i, r]
-            for j in range(out.shape[1]):
-                out[i, j] += wt * row[j]
+    for i in numba.prange(vertex.shape[0]):
+        slice_rows(values, vertex[i], weight[i], out[i], False)

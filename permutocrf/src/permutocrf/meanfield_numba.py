@@ -3,8 +3,9 @@
 One mean-field step is one pass over the points (slice the previous step's blurred vertex
 values, add the unary, softmax, splat into the next step's vertices) plus a blur of the
 vertices. The splat runs in parallel chunks of points as ``lattice_numba``'s, each into rows of
-its own (``_chunk_spans``). Vertex rows are ``row_width(K)`` wide. The softmax exponentiates blocks of points with a polynomial that vectorises (float32;
-libm's exp measured 3x slower per pass); float64 keeps libm's exp.
+its own (``_chunk_spans``); a point's slice and splat of a vertex row are ``rows.py``'s
+vector operations. The softmax exponentiates blocks of points with a polynomial that
+vectorises (float32; libm's exp measured 3x slower per pass); float64 keeps libm's exp.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ from permutocrf.lattice_numba import (
     _blur,
     _chunk_spans,
     _reduce,
-    row_width,
     span_rows,
 )
+from permutocrf.rows import slice_rows, splat_rows
 
 # 2^f on [-1/2, 1/2], relative error 1e-7 in float32 (least squares on Chebyshev nodes).
 _EXP2 = (6.9314718e-01, 2.4022646e-01, 5.5503290e-02, 9.6185198e-03, 1.3399860e-03, 1.5337577e-04)
@@ -47,11 +48,10 @@ def mean_field(
     mu = np.zeros((1, 1), dtype) if potts else np.ascontiguousarray(mu, dtype=dtype)
     vertex = tuple(lat.vertex for lat in lattices)
     weight = tuple(lat.weight.astype(dtype, copy=False) for lat in lattices)
-    width = row_width(k)
-    values = tuple(np.zeros((lat.num_vertices + 1, width), dtype) for lat in lattices)
+    values = tuple(np.zeros((lat.num_vertices + 1, k), dtype) for lat in lattices)
     spares = [np.empty_like(v) for v in values]
     spans = tuple(_chunk_spans(v, threads()) for v in vertex)
-    parts = tuple(np.empty((span_rows(span), width), dtype) for span in spans)
+    parts = tuple(np.empty((span_rows(span), k), dtype) for span in spans)
     q = np.empty_like(logp) if out is None else out
     for step in range(iterations + 1):
         last = step == iterations
@@ -66,11 +66,10 @@ def mean_field(
 
 
 @kernel()
-def _softmax_block(x, k, bits, poly):  # pragma: no cover - compiled
-    """Softmax over the first ``k`` columns of every row of the (n, width) block ``x`` in place,
-    by the polynomial exponential when ``poly`` (float32 only); the other columns are set to 0.
-    ``bits`` (n width,) int32 scratch."""
-    n, width = x.shape
+def _softmax_block(x, bits, poly):  # pragma: no cover - compiled
+    """Softmax of every row of the (n, K) block ``x`` in place, by the polynomial exponential
+    when ``poly`` (float32 only). ``bits`` (n K,) int32 scratch."""
+    n, k = x.shape
     t = x.dtype.type
     for b in range(n):
         top = x[b, 0]
@@ -78,13 +77,11 @@ def _softmax_block(x, k, bits, poly):  # pragma: no cover - compiled
             top = max(top, x[b, j])
         for j in range(k):
             x[b, j] -= top
-        for j in range(k, width):
-            x[b, j] = -np.inf
-    flat = x.reshape(n * width)
+    flat = x.reshape(n * k)
     if poly:
         # exp(x) = 2^e 2^f with e = round(x log2(e)), |f| <= 1/2; 2^e through the exponent
         # bits. Below -80 (2^-115) the term is clamped: it is 1e-35 of the row's largest.
-        for j in range(n * width):
+        for j in range(n * k):
             u = max(flat[j], t(-80.0)) * t(1.4426950408889634)
             e = np.floor(u + t(0.5))
             f = u - e
@@ -93,11 +90,11 @@ def _softmax_block(x, k, bits, poly):  # pragma: no cover - compiled
                 p = p * f + t(c)
             flat[j] = p * f + t(1.0)
             bits[j] = (np.int32(e) + 127) << 23
-        scale = bits[: n * width].view(np.float32)
-        for j in range(n * width):
+        scale = bits[: n * k].view(np.float32)
+        for j in range(n * k):
             flat[j] *= scale[j]
     else:
-        for j in range(n * width):
+        for j in range(n * k):
             flat[j] = math.exp(flat[j])
     for b in range(n):
         s = x[b, 0]
@@ -106,8 +103,6 @@ def _softmax_block(x, k, bits, poly):  # pragma: no cover - compiled
         inv = t(1.0) / s
         for j in range(k):
             x[b, j] *= inv
-        for j in range(k, width):
-            x[b, j] = 0.0
 
 
 @kernel(parallel=True)
@@ -130,27 +125,26 @@ def _pass_chunk(
     logp, c, lo, hi, vertex, weight, values, parts, spans, first, last, potts, mu, poly, q
 ):  # pragma: no cover
     """``_point_pass`` on the points lo..hi-1 (chunk c), splatting into its rows of the parts;
-    rows are ``row_width(K)`` wide, and so are the loops over them."""
-    k, width = logp.shape[0], values[0].shape[1]
+    a row's operations are ``rows.py``'s vector ones."""
+    k = logp.shape[0]
     if not last:
         for kernel in range(len(parts)):
             span = spans[kernel][c]
             parts[kernel][span[2] : span[2] + span[1] - span[0]] = 0.0
-    x = np.empty((_BLOCK, width), logp.dtype)
-    message = np.empty(width, logp.dtype)
-    bits = np.empty(_BLOCK * width, np.int32)
+    x = np.empty((_BLOCK, k), logp.dtype)
+    message = np.empty(k, logp.dtype)
+    bits = np.empty(_BLOCK * k, np.int32)
     for start in range(lo, hi, _BLOCK):
         n = min(_BLOCK, hi - start)
         for b in range(n):
             i = start + b
-            message[:] = 0.0
-            if not first:
+            if first:
+                message[:] = 0.0
+            else:
                 for kernel in range(len(vertex)):
-                    for r in range(vertex[kernel].shape[1]):
-                        row = values[kernel][vertex[kernel][i, r]]
-                        wt = weight[kernel][i, r]
-                        for j in range(width):
-                            message[j] += wt * row[j]
+                    slice_rows(
+                        values[kernel], vertex[kernel][i], weight[kernel][i], message, kernel > 0
+                    )
             if potts:
                 for j in range(k):
                     x[b, j] = logp[j, i] + message[j]
@@ -160,7 +154,7 @@ def _pass_chunk(
                     for l in range(k):
                         s -= message[l] * mu[l, j]
                     x[b, j] = s
-        _softmax_block(x[:n], k, bits, poly)
+        _softmax_block(x[:n], bits, poly)
         for b in range(n):
             i = start + b
             if last:
@@ -169,8 +163,4 @@ def _pass_chunk(
                 continue
             for kernel in range(len(vertex)):
                 base = spans[kernel][c, 2] - spans[kernel][c, 0]  # vertex v: row base + v
-                for r in range(vertex[kernel].shape[1]):
-                    row = parts[kernel][base + vertex[kernel][i, r]]
-                    wt = weight[kernel][i, r]
-                    for j in range(width):
-                        row[j] += wt * x[b, j]
+                splat_rows(parts[kernel], base, vertex[kernel][i], weight[kernel][i], x[b])

@@ -1,0 +1,204 @@
+"""Row operations of the lattice kernels, compiled to masked 64-byte vectors (numba intrinsics).
+
+A vertex row holds one value per label (11 for CamVid): too short for LLVM's loop vectoriser,
+which in numba's code also cannot tell a point's running sum apart from the rows it reads, so
+the plain loops went element by element with the sum in memory. Here a row is one masked vector
+load, multiply, add and store per 16 float32s (8 float64s), and a point's sum over its
+simplex's corners stays in a register. Every element sees the same float operations in the same
+order as in the plain loops (``tests/test_rows.py`` compares them bit for bit), so results are
+unchanged; ``benchmarks/dense_crf_paths.py`` times the mean-field against those loops.
+
+No bounds checks, as numba's own indexing: callers pass C-contiguous arrays and vertex indices
+of their lattice. Without AVX-512, LLVM lowers the masked operations to AVX's masked moves or to
+scalar code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from llvmlite import ir
+from numba.core import cgutils, types
+from numba.extending import intrinsic
+
+_I32 = ir.IntType(32)
+
+
+class _Vectors:
+    """Masked loads and stores of 64-byte vectors of one float dtype, emitted by ``builder``."""
+
+    def __init__(self, builder: ir.IRBuilder, dtype: types.Float) -> None:
+        self.builder = builder
+        self.lanes = 512 // dtype.bitwidth
+        scalar = ir.FloatType() if dtype.bitwidth == 32 else ir.DoubleType()
+        self.type = ir.VectorType(scalar, self.lanes)
+        mask = ir.VectorType(ir.IntType(1), self.lanes)
+        pointer = self.type.as_pointer()
+        suffix = f"v{self.lanes}f{dtype.bitwidth}.p0"
+        load = ir.FunctionType(self.type, [pointer, _I32, mask, self.type])
+        store = ir.FunctionType(ir.VoidType(), [self.type, pointer, _I32, mask])
+        module = builder.module
+        self._load = cgutils.get_or_insert_function(module, load, f"llvm.masked.load.{suffix}")
+        self._store = cgutils.get_or_insert_function(module, store, f"llvm.masked.store.{suffix}")
+        self._align = ir.Constant(_I32, dtype.bitwidth // 8)
+        self.zero = ir.Constant(self.type, None)
+
+    def broadcast(self, value: ir.Value, vector: ir.VectorType | None = None) -> ir.Value:
+        """``value`` in every lane."""
+        vector = vector or self.type
+        one = self.builder.insert_element(
+            ir.Constant(vector, ir.Undefined), value, ir.Constant(_I32, 0)
+        )
+        lanes = ir.Constant(ir.VectorType(_I32, self.lanes), [0] * self.lanes)
+        return self.builder.shuffle_vector(one, ir.Constant(vector, ir.Undefined), lanes)
+
+    def load(self, pointer: ir.Value, mask: ir.Value) -> ir.Value:
+        ptr = self.builder.bitcast(pointer, self.type.as_pointer())
+        return self.builder.call(self._load, [ptr, self._align, mask, self.zero])
+
+    def store(self, value: ir.Value, pointer: ir.Value, mask: ir.Value) -> None:
+        ptr = self.builder.bitcast(pointer, self.type.as_pointer())
+        self.builder.call(self._store, [value, ptr, self._align, mask])
+
+    def columns(self, width: ir.Value) -> Iterator[tuple[ir.Value, ir.Value]]:
+        """Emit a loop over a row's blocks of columns: (first column, mask of the block's
+        columns below ``width``) for the body."""
+        intp = width.type
+        zero, step = ir.Constant(intp, 0), ir.Constant(intp, self.lanes)
+        with cgutils.for_range_slice(self.builder, zero, width, step, intp) as (start, _):
+            remaining = self.broadcast(
+                self.builder.sub(width, start), ir.VectorType(intp, self.lanes)
+            )
+            lane = ir.Constant(
+                ir.VectorType(intp, self.lanes), [ir.Constant(intp, i) for i in range(self.lanes)]
+            )
+            yield start, self.builder.icmp_signed("<", lane, remaining)
+
+
+def _corners(context, builder, signature, args, *, rows_at: int, vertex_at: int):
+    """The arrays of an intrinsic's arguments, its vector helper, the row width (the rows
+    array's second axis) and the number of corners (the vertex row's length)."""
+    arrays = [
+        context.make_array(t)(context, builder, a) if isinstance(t, types.Array) else a
+        for t, a in zip(signature.args, args, strict=True)
+    ]
+    rows_type = signature.args[rows_at]
+    vec = _Vectors(builder, rows_type.dtype)
+    width = builder.extract_value(arrays[rows_at].shape, 1)
+    corners = builder.extract_value(arrays[vertex_at].shape, 0)
+    return arrays, vec, width, corners
+
+
+def _corner(context, builder, signature, arrays, loop, *, vertex_at: int, weight_at: int):
+    """Corner ``loop.index``'s vertex (intp) and weight (in the rows' dtype)."""
+    vt, wt = signature.args[vertex_at], signature.args[weight_at]
+    v = builder.load(builder.gep(arrays[vertex_at].data, [loop.index]))
+    w = builder.load(builder.gep(arrays[weight_at].data, [loop.index]))
+    rows = signature.args[0].dtype
+    return context.cast(builder, v, vt.dtype, types.intp), context.cast(builder, w, wt.dtype, rows)
+
+
+def _typed(rows, vertex, weight, vector) -> bool:
+    """Whether the arguments are what the row intrinsics take: C-contiguous (M, C) float rows,
+    (d+1,) integer vertices, (d+1,) float weights and a (C,) vector of the rows' dtype."""
+    c = [isinstance(a, types.Array) and a.layout == "C" for a in (rows, vertex, weight, vector)]
+    return (
+        all(c)
+        and (rows.ndim, vertex.ndim, weight.ndim, vector.ndim) == (2, 1, 1, 1)
+        and isinstance(rows.dtype, types.Float)
+        and vector.dtype == rows.dtype
+        and isinstance(vertex.dtype, types.Integer)
+        and isinstance(weight.dtype, types.Float)
+    )
+
+
+@intrinsic
+def slice_rows(typingctx, values, vertex, weight, out, accumulate):  # pragma: no cover
+    """One point's slice: ``out = (out if accumulate else 0) + sum_r weight[r] values[vertex[r]]``,
+    the corners r in order, for (M, C) vertex ``values``, its corners ``vertex`` (d+1,) and
+    ``weight`` (d+1,), and ``out`` (C,)."""
+    if not _typed(values, vertex, weight, out):
+        return None
+
+    def codegen(context, builder, signature, args):
+        arrays, vec, width, corners = _corners(
+            context, builder, signature, args, rows_at=0, vertex_at=1
+        )
+        for start, mask in vec.columns(width):
+            into = builder.gep(arrays[3].data, [start])
+            first = builder.select(args[4], vec.load(into, mask), vec.zero)
+            total = cgutils.alloca_once_value(builder, first)
+            with cgutils.for_range(builder, corners, intp=width.type) as loop:
+                v, w = _corner(context, builder, signature, arrays, loop, vertex_at=1, weight_at=2)
+                at = builder.gep(arrays[0].data, [builder.add(builder.mul(v, width), start)])
+                term = builder.fmul(vec.broadcast(w), vec.load(at, mask))
+                builder.store(builder.fadd(builder.load(total), term), total)
+            vec.store(builder.load(total), into, mask)
+        return context.get_dummy_value()
+
+    return types.void(values, vertex, weight, out, accumulate), codegen
+
+
+@intrinsic
+def splat_rows(typingctx, parts, base, vertex, weight, x):  # pragma: no cover
+    """One point's splat: ``parts[base + vertex[r]] += weight[r] x`` for every corner r in
+    order, for (rows, C) ``parts``, an integer row offset ``base``, ``vertex`` and ``weight``
+    (d+1,) and the point's values ``x`` (C,)."""
+    if not (_typed(parts, vertex, weight, x) and isinstance(base, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        arrays, vec, width, corners = _corners(
+            context, builder, signature, args, rows_at=0, vertex_at=2
+        )
+        offset = context.cast(builder, args[1], signature.args[1], types.intp)
+        for start, mask in vec.columns(width):
+            value = vec.load(builder.gep(arrays[4].data, [start]), mask)
+            with cgutils.for_range(builder, corners, intp=width.type) as loop:
+                v, w = _corner(context, builder, signature, arrays, loop, vertex_at=2, weight_at=3)
+                row = builder.add(builder.mul(builder.add(offset, v), width), start)
+                at = builder.gep(arrays[0].data, [row])
+                term = builder.fmul(vec.broadcast(w), value)
+                vec.store(builder.fadd(vec.load(at, mask), term), at, mask)
+        return context.get_dummy_value()
+
+    return types.void(parts, base, vertex, weight, x), codegen
+
+
+@intrinsic
+def blur_row(typingctx, src, dst, v, a, b, half):  # pragma: no cover
+    """One vertex of a blur pass: ``dst[v] = src[v] + half (src[a] + src[b])`` for (M, C)
+    ``src`` and ``dst`` of one float dtype, ``a`` and ``b`` the neighbours of ``v``."""
+    arrays = (src, dst)
+    if not (
+        all(isinstance(x, types.Array) and x.layout == "C" and x.ndim == 2 for x in arrays)
+        and isinstance(src.dtype, types.Float)
+        and dst.dtype == src.dtype
+        and all(isinstance(i, types.Integer) for i in (v, a, b))
+    ):
+        return None
+
+    def codegen(context, builder, signature, args):
+        source, target = (
+            context.make_array(t)(context, builder, x)
+            for t, x in zip(signature.args[:2], args[:2], strict=True)
+        )
+        vec = _Vectors(builder, signature.args[0].dtype)
+        width = builder.extract_value(source.shape, 1)
+        v, a, b = (
+            builder.mul(context.cast(builder, x, t, types.intp), width)
+            for x, t in zip(args[2:5], signature.args[2:5], strict=True)
+        )
+        scale = vec.broadcast(
+            context.cast(builder, args[5], signature.args[5], signature.args[0].dtype)
+        )
+        for start, mask in vec.columns(width):
+            row_a, row_b, row_v = (
+                vec.load(builder.gep(source.data, [builder.add(r, start)]), mask) for r in (a, b, v)
+            )
+            pair = builder.fmul(scale, builder.fadd(row_a, row_b))
+            at = builder.gep(target.data, [builder.add(v, start)])
+            vec.store(builder.fadd(row_v, pair), at, mask)
+        return context.get_dummy_value()
+
+    return types.void(src, dst, v, a, b, half), codegen

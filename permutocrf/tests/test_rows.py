@@ -1,0 +1,109 @@
+"""The vector row intrinsics (``rows.py``) against the float operations they replace, bit for
+bit: numpy's float32 / float64 multiply and add round as the compiled code must."""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import pytest
+
+from permutocrf.rows import blur_row, slice_rows, splat_rows
+
+
+@numba.njit
+def _slice_all(values, vertex, weight, out, accumulate):
+    for i in range(vertex.shape[0]):
+        slice_rows(values, vertex[i], weight[i], out[i], accumulate)
+
+
+@numba.njit
+def _splat_all(parts, base, vertex, weight, x):
+    for i in range(vertex.shape[0]):
+        splat_rows(parts, base, vertex[i], weight[i], x[i])
+
+
+def _case(width: int, corners: int, dtype, weight_dtype=None, rows: int = 9, points: int = 5):
+    rng = np.random.default_rng(width * 31 + corners)
+    values = rng.normal(size=(rows, width)).astype(dtype)
+    vertex = rng.integers(0, rows, (points, corners)).astype(np.int32)
+    weight = rng.random((points, corners)).astype(weight_dtype or dtype)
+    return values, vertex, weight
+
+
+# Widths around the vector lanes (16 float32s, 8 float64s) and several blocks of them.
+WIDTHS = (1, 3, 7, 8, 9, 11, 12, 15, 16, 17, 24, 31, 33, 40)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("width", WIDTHS)
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_slice_rows_is_the_corner_sum_in_order(dtype, width, accumulate):
+    values, vertex, weight = _case(width, 6, dtype)
+    start = np.random.default_rng(1).normal(size=(vertex.shape[0], width)).astype(dtype)
+    out = start.copy()
+    _slice_all(values, vertex, weight, out, accumulate)
+    expected = start.copy() if accumulate else np.zeros_like(start)
+    for i in range(vertex.shape[0]):
+        for r in range(vertex.shape[1]):
+            expected[i] = expected[i] + weight[i, r] * values[vertex[i, r]]
+    np.testing.assert_array_equal(out, expected)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("width", WIDTHS)
+def test_splat_rows_adds_into_each_corner_in_order(dtype, width):
+    # Few rows, so that corners repeat within a point and across points.
+    values, vertex, weight = _case(width, 4, dtype, rows=3, points=7)
+    base = 2
+    x = np.random.default_rng(2).normal(size=(vertex.shape[0], width)).astype(dtype)
+    parts = np.random.default_rng(3).normal(size=(base + 3 + 1, width)).astype(dtype)
+    expected = parts.copy()
+    _splat_all(parts, base, vertex, weight, x)
+    for i in range(vertex.shape[0]):
+        for r in range(vertex.shape[1]):
+            row = base + vertex[i, r]
+            expected[row] = expected[row] + weight[i, r] * x[i]
+    np.testing.assert_array_equal(parts, expected)
+    assert np.array_equal(parts[0], expected[0])  # rows below base untouched
+
+
+def test_float32_weights_widen_for_float64_rows():
+    values, vertex, weight = _case(11, 3, np.float64, weight_dtype=np.float32)
+    out = np.empty((vertex.shape[0], 11))
+    _slice_all(values, vertex, weight, out, False)
+    wide = weight.astype(np.float64)
+    expected = sum(wide[:, r, None] * values[vertex[:, r]] for r in range(3))
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_masked_lanes_leave_the_memory_beyond_a_row_alone():
+    # Rows of 5 in a buffer: a vector of 16 lanes spans the next rows, which must not change.
+    values, vertex, weight = _case(5, 2, np.float32)
+    buffer = np.full((4, 5), 7.0, np.float32)
+    _slice_all(values, vertex[:1], weight[:1], buffer[1:2], False)
+    assert (buffer[0] == 7).all() and (buffer[2:] == 7).all()
+
+
+def test_a_strided_row_is_refused_at_compile_time():
+    values, vertex, weight = _case(8, 2, np.float32)
+    out = np.zeros((vertex.shape[0], 16), np.float32)[:, ::2]  # not C-contiguous
+    with pytest.raises(numba.errors.TypingError):
+        _slice_all(values, vertex, weight, out, False)
+
+
+@numba.njit
+def _blur_all(src, dst, neighbours, half):
+    for v in range(neighbours.shape[0]):
+        blur_row(src, dst, v, neighbours[v, 0], neighbours[v, 1], half)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("width", WIDTHS)
+def test_blur_row_is_the_three_tap_filter(dtype, width):
+    rng = np.random.default_rng(width)
+    src = rng.normal(size=(10, width)).astype(dtype)
+    neighbours = rng.integers(0, 10, (10, 2))
+    dst = np.full_like(src, np.nan)
+    _blur_all(src, dst, neighbours, dtype(0.5))
+    a, b = neighbours[:, 0], neighbours[:, 1]
+    np.testing.assert_array_equal(dst, src + dtype(0.5) * (src[a] + src[b]))
