@@ -13,7 +13,7 @@ from environment import BACKENDS, needs_cuda, needs_torch
 from frames import camvid_frames, noisy_regions
 
 import permutocrf.compat as compat
-from permutocrf import gaussian_kernel
+from permutocrf import gaussian_kernel, lattice_numba
 from permutocrf.kernels import bilateral_features, positions
 
 README = dict(gauss=dict(sxy=3, compat=3), bilateral=dict(sxy=80, srgb=13, compat=10))
@@ -789,3 +789,13 @@ def test_pydensecrf_tests_and_examples_through_alias(ref, monkeypatch, case):
         alias_pydensecrf(patched)
         got = ALIAS_CASES[case]()
     assert_same(expected, got)
+
+
+def test_feature_extent_is_the_largest_magnitude_or_nan_per_column():
+    rng = np.random.default_rng(0)
+    f = rng.normal(size=(1001, 4)).astype(np.float32)
+    f[700, 1] = np.nan  # one NaN, late, in one column: that column's extent is NaN
+    f[3, 2] = -50.0  # the largest magnitude, negative
+    got = lattice_numba._extent(f, 8)
+    np.testing.assert_array_equal(got[[0, 2, 3]], np.abs(f[:, [0, 2, 3]]).max(0))
+    assert got[2] == 50 and np.isnan(got[1])

@@ -13,9 +13,11 @@ import functools
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, TypeAlias
 
+import numba
 import numpy as np
 
 from permutocrf import lattice_numba, torch_support
+from permutocrf.jit import entry_point, kernel
 from permutocrf.lattice_numba import CpuLattice
 
 if TYPE_CHECKING:
@@ -65,19 +67,36 @@ def positions(h: int, w: int, sx: float, sy: float, dtype: Any, images: int = 1)
     return xy if images == 1 else np.broadcast_to(xy, (images, h * w, 2)).reshape(-1, 2)
 
 
+@entry_point
 def bilateral_features(
     image: np.ndarray, sx: float, sy: float, srgb: float | np.ndarray, dtype: Any
 ) -> np.ndarray:
     """pydensecrf's bilateral features (x / sx, y / sy, r / sr, g / sg, b / sb), (B H W, 5), of
-    (B, H, W, 3) uint8 images, computed in ``dtype``; ``srgb`` one std or (3,) (a number
-    divides faster: measured 1-2 ms less for a CamVid frame)."""
-    b, h, w, _ = image.shape
+    (B, H, W, 3) uint8 images, each a division in ``dtype`` (float32 as pydensecrf's C++);
+    ``srgb`` one std or (3,). Compiled, in parallel over image rows: a CamVid frame's took
+    0.5 ms on 2 threads, 2.7 ms in numpy, with the same values (one-off probe)."""
     dt = numpy_dtype(dtype)
-    # Written in place: measured 1.6 ms for a CamVid frame, 4.4 ms by astype and concatenate.
-    feats = np.empty((b, h * w, 5), dt)
-    feats[..., :2] = positions(h, w, sx, sy, dtype)
-    np.divide(image.reshape(b, h * w, 3), srgb, out=feats[..., 2:], dtype=dt)
-    return feats.reshape(-1, 5)
+    b, h, w, _ = image.shape
+    feats = np.empty((b * h * w, 5), dt)
+    stds = np.array([sx, sy, *np.broadcast_to(np.asarray(srgb, np.float64), 3)]).astype(dt)
+    _bilateral_features(image, stds, feats)
+    return feats
+
+
+@kernel(parallel=True)
+def _bilateral_features(image, stds, out):  # pragma: no cover - compiled
+    """``bilateral_features`` into ``out`` (B H W, 5), ``stds`` (sx, sy, sr, sg, sb)."""
+    b, h, w, _ = image.shape
+    t = out.dtype.type
+    for row in numba.prange(b * h):
+        y = row % h
+        fy = t(y) / stds[1]
+        for x in range(w):
+            i = row * w + x
+            out[i, 0] = t(x) / stds[0]
+            out[i, 1] = fy
+            for c in range(3):
+                out[i, 2 + c] = t(image[row // h, y, x, c]) / stds[2 + c]
 
 
 def lattice(feats, images: int, engine: str, device: Any = None, normalised: bool = True) -> Kernel:

@@ -96,7 +96,7 @@ def build(f: np.ndarray, group: np.ndarray | None = None, groups: int = 1) -> Cp
     d1 = d + 1
     if num * d1 >= 2**31:
         raise ValueError("dense CRF input too large: more than 2^31 point-vertex pairs")
-    check_features(_extent(f).tolist(), float(np.finfo(f.dtype).eps))
+    check_features(_extent(f, 4 * threads()).tolist(), float(np.finfo(f.dtype).eps))
     # check_features keeps |rem0| below 2^21 for float32 features: int32 halves the traffic.
     rem0 = np.empty((num, d1), np.int32 if f.dtype == np.float32 else np.int64)
     rank = np.empty((num, d1), np.int8 if d1 <= 128 else np.int16)
@@ -128,15 +128,25 @@ def build(f: np.ndarray, group: np.ndarray | None = None, groups: int = 1) -> Cp
     return CpuLattice(vertex, bary, neighbours, 1.0 / (1.0 + 2.0**-d))
 
 
-@kernel()
-def _extent(f):  # pragma: no cover - compiled
+@kernel(parallel=True)
+def _extent(f, chunks):  # pragma: no cover - compiled
     """The largest |f| of every column of ``f`` (P, d), as float64 (numpy's measured 20x
-    slower); NaN if a column has one."""
-    out = np.zeros(f.shape[1])
-    for i in range(f.shape[0]):
-        for j in range(f.shape[1]):
-            v = abs(f[i, j])
-            if v > out[j] or v != v:  # once NaN, always NaN
+    slower); NaN if a column has one. In parallel ``chunks`` of rows, then over the chunks."""
+    num, d = f.shape
+    chunks = max(1, min(num, chunks))
+    parts = np.zeros((chunks, d))
+    for c in numba.prange(chunks):
+        part = parts[c]
+        for i in range(c * num // chunks, (c + 1) * num // chunks):
+            for j in range(d):
+                v = abs(f[i, j])
+                if v > part[j] or v != v:  # once NaN, always NaN
+                    part[j] = v
+    out = np.zeros(d)
+    for c in range(chunks):
+        for j in range(d):
+            v = parts[c, j]
+            if v > out[j] or v != v:
                 out[j] = v
     return out
 
@@ -257,12 +267,15 @@ def _hash_vertices(rem0, rank, group, lo, strides, cells, vertex, chunks):  # pr
     """
     num, d1 = rank.shape
     found = np.empty(num * d1, np.int64)  # chunk c's codes start at its first point * (d+1)
+    if chunks == 1:  # its numbers and table are the lattice's: no merge
+        m, keys, slots = _number_chunk(rem0, rank, group, lo, strides, cells, vertex, found)
+        return found[:m].copy(), keys, slots
     counts = np.empty(chunks, np.int64)
     for c in numba.prange(chunks):
         a, b = c * num // chunks, (c + 1) * num // chunks
         counts[c] = _number_chunk(
             rem0[a:b], rank[a:b], group[a:b], lo, strides, cells, vertex[a:b], found[a * d1 :]
-        )
+        )[0]
     size = 1 << int(np.ceil(np.log2(2 * counts.sum() + 2)))
     keys = np.full(size, -1, np.int64)
     slots = np.empty(size, np.int32)
@@ -288,7 +301,7 @@ def _hash_vertices(rem0, rank, group, lo, strides, cells, vertex, chunks):  # pr
 @kernel()
 def _number_chunk(rem0, rank, group, lo, strides, cells, vertex, found):  # pragma: no cover
     """Number the vertices of these points' simplices in order of first use into ``vertex``,
-    writing their codes to ``found``; returns how many.
+    writing their codes to ``found``; returns how many, and their table (keys, slots).
 
     Vertex r of a simplex has coordinates ``rem0 + r - (d+1) [rank > d - r]``, coded in mixed
     radix (``strides``, one block of ``cells`` codes per image) as ``lattice_torch._codes``. A
@@ -324,7 +337,7 @@ def _number_chunk(rem0, rank, group, lo, strides, cells, vertex, found):  # prag
                 keys[h], slots[h], found[m] = code, m, code
                 m += 1
             vertex[i, r] = slots[h]
-    return m
+    return m, keys, slots
 
 
 @kernel(parallel=True)
