@@ -52,7 +52,8 @@ def describe(info: dict) -> str:
 
 
 def commit() -> str:
-    """HEAD's short hash, with "+changes" when the working tree differs from it."""
+    """HEAD's short hash, with "+changes" when the tracked files other than the result files
+    differ from it (a run of several benchmarks rewrites those as it goes)."""
     root = Path(__file__).parents[1]
 
     def git(*args: str) -> str:
@@ -61,7 +62,10 @@ def commit() -> str:
         ).stdout.strip()
 
     head = git("rev-parse", "--short", "HEAD") or "unknown"
-    return head + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else "")
+    changed = git(
+        "status", "--porcelain", "--untracked-files=no", "--", ".", ":!benchmarks/results"
+    )
+    return head + ("+changes" if changed else "")
 
 
 def timed(parts: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:

@@ -4,17 +4,18 @@ Usage: python -m benchmarks.dense_crf_cuda [--camvid DIR] [--device cuda] [--rep
 
 A CamVid frame (480x360, K=11) with noisy softmax unaries (`dense_crf.load_frames`) at the three
 parameter sets of `dense_crf_params`; a batch of 8 frames; `DenseCRFLayer`'s forward and backward
-(batch 4, the CRF-as-RNN use); image sizes up to 8 megapixels (against numba only: `dense_crf` has pydensecrf's sizes). Each row times the device and the
-CPU references in the same run, repeats interleaved, medians; the device's times include its
-synchronisation and the copies of the inputs to it and of the marginals back (what a numpy user
-pays). pydensecrf rows are left out where it is not installed. Prints tables and the machine;
-writes JSON.
+(batch 4, the CRF-as-RNN use); image sizes up to 8 megapixels (against numba only: `dense_crf`
+has pydensecrf's sizes). Each row times the device and the CPU references in the same run,
+repeats interleaved, medians, the device's times up to its synchronisation. The parameter-set
+and size rows time what a numpy user pays, the copies to the device and of the marginals back
+included; the batch and layer rows start from tensors already there and keep the result there.
+pydensecrf rows are left out where it is not installed. Prints tables and the machine; writes
+JSON.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from benchmarks.common import CAMVID, commit, describe, machine, timed
 from benchmarks.dense_crf import api_run, load_frames, resized
 from benchmarks.dense_crf_params import parameter_sets
 from permutocrf import DenseCRFLayer, dense_crf
+from piecewise_crf.files import write_json
 
 MEGAPIXELS = (0.17, 0.5, 1.0, 2.0, 4.0, 8.0)
 
@@ -177,8 +179,7 @@ def main() -> None:
         f"DenseCRFLayer, batch {lay['batch']}: forward {lay['forward_s']:.4f} s, forward + "
         f"backward {lay['forward_backward_s']:.4f} s"
     )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    write_json(results, args.out)
 
 
 if __name__ == "__main__":

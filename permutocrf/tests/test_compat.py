@@ -799,3 +799,39 @@ def test_feature_extent_is_the_largest_magnitude_or_nan_per_column():
     got = lattice_numba._extent(f, 8)
     np.testing.assert_array_equal(got[[0, 2, 3]], np.abs(f[:, [0, 2, 3]]).max(0))
     assert got[2] == 50 and np.isnan(got[1])
+
+
+def test_feature_extent_with_more_chunks_than_rows_and_no_rows():
+    f = np.array([[1.0, -2.0], [-3.0, 0.5]], np.float32)
+    np.testing.assert_array_equal(lattice_numba._extent(f, 16), [3.0, 2.0])
+    np.testing.assert_array_equal(lattice_numba._extent(f[:0], 4), [0.0, 0.0])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_bilateral_features_are_divisions_in_the_dtype(dtype):
+    """Against numpy for a batch, one std or three, and an image not in C order."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (2, 3, 5, 4)).astype(np.uint8).transpose(0, 2, 3, 1)
+    b, h, w, _ = images.shape
+    for sx, sy, srgb in ((3.0, 2.5, 13.0), (0.7, 80.0, (3.3, 7.1, 0.9))):
+        y, x = np.mgrid[:h, :w]
+        xy = np.stack([x.astype(dtype) / dtype(sx), y.astype(dtype) / dtype(sy)], -1)
+        rgb = images.astype(dtype) / np.asarray(srgb).astype(dtype)
+        expected = np.concatenate([np.broadcast_to(xy, (b, h, w, 2)), rgb], -1).reshape(-1, 5)
+        np.testing.assert_array_equal(bilateral_features(images, sx, sy, srgb, dtype), expected)
+
+
+@pytest.mark.parametrize("chunks", [2, 3, 7])
+def test_hash_chunks_number_the_vertices_as_one_chunk(chunks, monkeypatch):
+    """The parallel chunks' merged numbering and table give the lattice of a single chunk's
+    (which needs no merge), vertex for vertex."""
+    rng = np.random.default_rng(chunks)
+    image = rng.integers(0, 256, (1, 23, 31, 3)).astype(np.uint8)
+    f = bilateral_features(image, 4.0, 4.0, 20.0, np.float32)
+    monkeypatch.setattr(lattice_numba, "threads", lambda: 1)
+    one = lattice_numba.build(f)
+    monkeypatch.setattr(lattice_numba, "threads", lambda: chunks)
+    many = lattice_numba.build(f)
+    for a, b in ((one.vertex, many.vertex), (one.weight, many.weight)):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(one.neighbours, many.neighbours)

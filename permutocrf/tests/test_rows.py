@@ -84,11 +84,32 @@ def test_masked_lanes_leave_the_memory_beyond_a_row_alone():
     assert (buffer[0] == 7).all() and (buffer[2:] == 7).all()
 
 
-def test_a_strided_row_is_refused_at_compile_time():
+@numba.njit
+def _slice_one(values, vertex, weight, out, accumulate):
+    slice_rows(values, vertex, weight, out, accumulate)
+
+
+def _refused(values, vertex, weight, out, accumulate=False) -> bool:
+    try:
+        _slice_one(values, vertex, weight, out, accumulate)
+    except numba.errors.TypingError:
+        return True
+    return False
+
+
+def test_the_typing_guard_refuses_what_would_change_or_break_results():
     values, vertex, weight = _case(8, 2, np.float32)
-    out = np.zeros((vertex.shape[0], 16), np.float32)[:, ::2]  # not C-contiguous
-    with pytest.raises(numba.errors.TypingError):
-        _slice_all(values, vertex, weight, out, False)
+    out = np.zeros(8, np.float32)
+    assert not _refused(values, vertex[0], weight[0], out)
+    strided = np.zeros(16, np.float32)[::2]
+    frozen = np.zeros(8, np.float32)
+    frozen.setflags(write=False)
+    assert _refused(values, vertex[0], weight[0], strided)  # not C-contiguous
+    assert _refused(values, vertex[0], weight[0].astype(np.float64), out)  # would round first
+    assert _refused(values, vertex[0], weight[0], out.astype(np.float64))  # mixed dtypes
+    assert _refused(values, vertex[0].astype(np.float32), weight[0], out)  # float indices
+    assert _refused(values, vertex[0], weight[0], frozen)  # read-only
+    assert _refused(values, vertex[0], weight[0], out, 1)  # not a bool
 
 
 @numba.njit
@@ -107,3 +128,14 @@ def test_blur_row_is_the_three_tap_filter(dtype, width):
     _blur_all(src, dst, neighbours, dtype(0.5))
     a, b = neighbours[:, 0], neighbours[:, 1]
     np.testing.assert_array_equal(dst, src + dtype(0.5) * (src[a] + src[b]))
+
+
+def test_blur_row_refuses_a_half_of_another_dtype_and_leaves_other_rows_alone():
+    src = np.random.default_rng(0).normal(size=(6, 5)).astype(np.float32)
+    neighbours = np.array([[1, 2]] * 6)
+    with pytest.raises(numba.errors.TypingError):
+        _blur_all(src, np.empty_like(src), neighbours, 0.5)  # a float64 half
+    buffer = np.full((8, 5), 7.0, np.float32)
+    _blur_all(src, buffer[1:7], neighbours, np.float32(0.5))
+    assert (buffer[0] == 7).all() and (buffer[7] == 7).all()
+    np.testing.assert_array_equal(buffer[1:7], src + np.float32(0.5) * (src[1] + src[2]))

@@ -34,7 +34,9 @@ class _Vectors:
         self.type = ir.VectorType(scalar, self.lanes)
         mask = ir.VectorType(ir.IntType(1), self.lanes)
         pointer = self.type.as_pointer()
-        suffix = f"v{self.lanes}f{dtype.bitwidth}.p0"
+        # Typed-pointer mangling (p0v16f32), as llvmlite writes pointers; newer LLVMs rename it.
+        vector = f"v{self.lanes}f{dtype.bitwidth}"
+        suffix = f"{vector}.p0{vector}"
         load = ir.FunctionType(self.type, [pointer, _I32, mask, self.type])
         store = ir.FunctionType(ir.VoidType(), [self.type, pointer, _I32, mask])
         module = builder.module
@@ -98,17 +100,22 @@ def _corner(context, builder, signature, arrays, loop, *, vertex_at: int, weight
     return context.cast(builder, v, vt.dtype, types.intp), context.cast(builder, w, wt.dtype, rows)
 
 
-def _typed(rows, vertex, weight, vector) -> bool:
+def _typed(rows, vertex, weight, vector, written) -> bool:
     """Whether the arguments are what the row intrinsics take: C-contiguous (M, C) float rows,
-    (d+1,) integer vertices, (d+1,) float weights and a (C,) vector of the rows' dtype."""
-    c = [isinstance(a, types.Array) and a.layout == "C" for a in (rows, vertex, weight, vector)]
+    (d+1,) integer vertices, (d+1,) float weights no wider than the rows' dtype (a wider one
+    would round before the product, where the plain loops rounded after), and a (C,) vector of
+    the rows' dtype; ``written``, the rows or the vector, writable. The lengths are not checked:
+    the vector must be C long."""
+    arrays = (rows, vertex, weight, vector)
     return (
-        all(c)
+        all(isinstance(a, types.Array) and a.layout == "C" for a in arrays)
         and (rows.ndim, vertex.ndim, weight.ndim, vector.ndim) == (2, 1, 1, 1)
         and isinstance(rows.dtype, types.Float)
         and vector.dtype == rows.dtype
         and isinstance(vertex.dtype, types.Integer)
         and isinstance(weight.dtype, types.Float)
+        and weight.dtype.bitwidth <= rows.dtype.bitwidth
+        and written.mutable
     )
 
 
@@ -116,8 +123,8 @@ def _typed(rows, vertex, weight, vector) -> bool:
 def slice_rows(typingctx, values, vertex, weight, out, accumulate):  # pragma: no cover
     """One point's slice: ``out = (out if accumulate else 0) + sum_r weight[r] values[vertex[r]]``,
     the corners r in order, for (M, C) vertex ``values``, its corners ``vertex`` (d+1,) and
-    ``weight`` (d+1,), and ``out`` (C,)."""
-    if not _typed(values, vertex, weight, out):
+    ``weight`` (d+1,), ``out`` (C,) and a bool ``accumulate`` (``_typed``)."""
+    if not (_typed(values, vertex, weight, out, out) and isinstance(accumulate, types.Boolean)):
         return None
 
     def codegen(context, builder, signature, args):
@@ -143,8 +150,8 @@ def slice_rows(typingctx, values, vertex, weight, out, accumulate):  # pragma: n
 def splat_rows(typingctx, parts, base, vertex, weight, x):  # pragma: no cover
     """One point's splat: ``parts[base + vertex[r]] += weight[r] x`` for every corner r in
     order, for (rows, C) ``parts``, an integer row offset ``base``, ``vertex`` and ``weight``
-    (d+1,) and the point's values ``x`` (C,)."""
-    if not (_typed(parts, vertex, weight, x) and isinstance(base, types.Integer)):
+    (d+1,) and the point's values ``x`` (C,) (``_typed``)."""
+    if not (_typed(parts, vertex, weight, x, parts) and isinstance(base, types.Integer)):
         return None
 
     def codegen(context, builder, signature, args):
@@ -167,13 +174,15 @@ def splat_rows(typingctx, parts, base, vertex, weight, x):  # pragma: no cover
 
 @intrinsic
 def blur_row(typingctx, src, dst, v, a, b, half):  # pragma: no cover
-    """One vertex of a blur pass: ``dst[v] = src[v] + half (src[a] + src[b])`` for (M, C)
-    ``src`` and ``dst`` of one float dtype, ``a`` and ``b`` the neighbours of ``v``."""
+    """One vertex of a blur pass: ``dst[v] = src[v] + half (src[a] + src[b])`` for C-contiguous
+    (M, C) ``src`` and writable ``dst`` (as wide: not checked), ``half`` and both of one float
+    dtype, ``a`` and ``b`` the neighbours of ``v``."""
     arrays = (src, dst)
     if not (
         all(isinstance(x, types.Array) and x.layout == "C" and x.ndim == 2 for x in arrays)
         and isinstance(src.dtype, types.Float)
-        and dst.dtype == src.dtype
+        and dst.dtype == src.dtype == half
+        and dst.mutable
         and all(isinstance(i, types.Integer) for i in (v, a, b))
     ):
         return None
