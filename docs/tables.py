@@ -903,6 +903,25 @@ def profile_crf() -> str:
     )
 
 
+def dense_crf_dims() -> str:
+    d = load("dense_crf_dims.json")
+    rows = [
+        [r["dimension"], r["vertices"], f"{r['build_s']:.3f}", f"{r['pydensecrf_build_s']:.3f}",
+         f"{r['inference_s']:.3f}", f"{r['pydensecrf_inference_s']:.3f}",
+         f"{(r['build_s'] + r['inference_s']) / (r['pydensecrf_build_s'] + r['pydensecrf_inference_s']):.2f}",
+         f"{100 * r['label_agreement']:.2f} %", f"{r['max_abs_diff']:.1e}"]
+        for r in d["rows"]
+    ]  # fmt: skip
+    header = ["D", "vertices", "kernel s", "pydensecrf kernel s", "mean-field s",
+              "pydensecrf mean-field s", "ratio, both", "labels equal", "max abs diff"]  # fmt: skip
+    w, h = d["size"]
+    note = (
+        f"{w}x{h}, K={d['labels']}, {d['iterations']} iterations, medians of {d['repeats']} "
+        f"interleaved repeats. Commit {d['commit']}. "
+    )
+    return markdown(header, rows) + "\n\n" + note + machine(d["machine"])
+
+
 def dense_crf_paths() -> str:
     d = load("dense_crf_paths.json")
     rows = [
@@ -1165,7 +1184,7 @@ GENERATORS: dict[str, Callable[[], str]] = {
         camvid_val, camvid_val_classes, val_stages, crf_weight, held_out_stages, held_out_classes,
         crf_attempts, mean_field_stop, held_out_box, recipe_options, held_out_curves, dense_crf_tuning, choice_sweeps,
         prediction_box, train_step, joint_vs_piecewise, ablation, ablation_jitter,
-        ablation_effects, dense_crf_speed, dense_crf_params, dense_crf_paths, dense_crf_scaling, dense_crf_learning, export, predict, profile_crf, prediction_paths,
+        ablation_effects, dense_crf_speed, dense_crf_params, dense_crf_dims, dense_crf_paths, dense_crf_scaling, dense_crf_learning, export, predict, profile_crf, prediction_paths,
         profile_train, layout, results,
     )
 }  # fmt: skip
