@@ -776,7 +776,7 @@ def dense_crf_params() -> str:
         f"{min(by_threads[1]):.2f}-{max(by_threads[1]):.2f} on 1; two threads "
         f"{min(gains):.1f}-{max(gains):.1f}x faster than one. "
     )
-    goal = {2: 0.25, 1: 0.5}  # issue 23's targets: ours / pydensecrf on 2 threads and on 1
+    goal = {2: 0.25, 1: 0.5}  # the speed goals: ours / pydensecrf, on 2 threads and on 1
     for n, target in goal.items():
         ratios = {r["set"]: r["ratio"] for r in sets if r["threads"] == n}
         met = [name for name, ratio in ratios.items() if ratio <= target]
