@@ -2,6 +2,7 @@
 their shell lines name flags and modules that exist."""
 
 import importlib.util
+import json
 import re
 import shlex
 import shutil
@@ -120,3 +121,20 @@ def test_extending_example_trains_and_evaluates(registries, project, capsys):
         assert "synthetic val: 2 of" in capsys.readouterr().out
     finally:
         sys.modules.pop("my_extensions", None)
+
+
+def test_readme_speed_ranges_are_the_result_files():
+    """The dense CRF's speed ranges typed into both READMEs span exactly the ratios to
+    pydensecrf in the result files (dense_crf*.json, dense_crf_params.json), rounded."""
+    results = ROOT / "benchmarks/results"
+    ratios: dict[int, list[float]] = {2: [], 1: []}
+    for r in json.loads((results / "dense_crf_params.json").read_text())["parameter_sets"]:
+        ratios[r["threads"]].append(r["ratio"])
+    for name in ("dense_crf.json", "dense_crf_quick.json"):
+        d = json.loads((results / name).read_text())
+        ratios[2].append(d["ratio_ours_over_pydensecrf"])
+        ratios[1].append(d["ratio_1thread_ours_over_pydensecrf"])
+    span = {n: f"{min(v):.2f}-{max(v):.2f}x" for n, v in ratios.items()}
+    package = (ROOT / "permutocrf/README.md").read_text()
+    assert f"{span[2]} pydensecrf's time on 2 threads and\n{span[1]} on 1" in package
+    assert f"It runs in {span[2]} pydensecrf's time" in (ROOT / "README.md").read_text()
