@@ -48,13 +48,12 @@ def plain_blur(values, spare, neighbours):  # pragma: no cover - compiled
     m, axes, _ = neighbours.shape
     half = values.dtype.type(0.5)
     src, dst = values, spare
+    src[m] = 0.0
     dst[m] = 0.0
     for axis in range(axes):
         for v in numba.prange(m):
             blur_row(src, dst, v, neighbours[v, axis, 0], neighbours[v, axis, 1], half)
         src, dst = dst, src
-    if axes % 2:
-        values[:] = src
 
 
 @numba.njit(inline="always")
@@ -69,12 +68,13 @@ def loop_slice_rows(values, vertex, weight, out, accumulate):  # pragma: no cove
 
 
 @numba.njit(inline="always")
-def loop_splat_rows(parts, base, vertex, weight, x):  # pragma: no cover - compiled
+def loop_splat_rows(rows, own, base, vertex, weight, x, scale):  # pragma: no cover - compiled
     """`rows.splat_rows` as plain loops over the columns."""
     for r in range(vertex.shape[0]):
-        row = parts[base + vertex[r]]
+        v = vertex[r]
+        row = rows[base + v if v < own else v]
         for j in range(x.shape[0]):
-            row[j] += weight[r] * x[j]
+            row[j] += weight[r] * (scale * x[j])
 
 
 @numba.njit(inline="always")

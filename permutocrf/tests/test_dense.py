@@ -452,31 +452,36 @@ def test_prefetch_is_a_hint_only():
         numba.njit(lambda v: jit.prefetch(v, 0, 0))(np.zeros(3))
 
 
+@pytest.mark.parametrize("order", ["first use", "shuffled"])
 @pytest.mark.parametrize("chunks", [1, 2, 3, 7, 40])
-def test_chunk_spans_reduce_like_a_full_copy_per_chunk(chunks):
+def test_chunk_spans_splat_and_reduce_as_one_pass_in_order(chunks, order):
     rng = np.random.default_rng(chunks)
-    m, width = 50, 4
+    m, width, num = 50, 4, 30
     # Vertices numbered by first use, as the lattice numbers them: each point reaches back a bit
-    # (vertices 33..49 no chunk reaches: they must come out 0).
-    vertex = np.minimum(np.arange(30)[:, None] + rng.integers(-6, 4, (30, 3)), m - 1)
-    vertex = np.maximum(vertex, 0).astype(np.int32)
-    values = rng.random((30, width)).astype(np.float32)
-    spans = lattice_numba._chunk_spans(vertex, chunks)
-    parts = np.zeros((lattice_numba.span_rows(spans), width), np.float32)
-    full = np.zeros((chunks, m + 1, width), np.float32)
+    # (vertices 33..49 no chunk reaches: they must come out 0). Shuffled, any numbering: the
+    # spans must still keep the chunks' rows apart.
+    vertex = np.minimum(np.arange(num)[:, None] + rng.integers(-6, 4, (num, 3)), m - 1)
+    vertex = np.maximum(vertex, 0)
+    if order == "shuffled":
+        vertex = rng.permutation(m)[vertex]
+    vertex = vertex.astype(np.int32)
+    values = rng.random((num, width)).astype(np.float32)
+    weight = rng.random((num, 3)).astype(np.float32)
+    spans = lattice_numba._chunk_spans(vertex, chunks, m)
+    rows = np.full((lattice_numba.span_rows(spans, m), width), np.nan, np.float32)
+    lattice_numba._splat(vertex, weight, values, rows, spans, np.float32(0.5))
+    lattice_numba._reduce(rows, spans)
+    want = np.zeros((m, width), np.float32)  # one pass over the points, in order
+    for i in range(num):
+        for r in range(3):
+            want[vertex[i, r]] += weight[i, r] * (np.float32(0.5) * values[i])
+    np.testing.assert_allclose(rows[:m], want, rtol=1e-6)
+    writers = np.zeros(len(rows), int)  # each row written by at most one chunk
     for c in range(chunks):
-        lo, hi, start = spans[c]
-        for i in range(c * 30 // chunks, (c + 1) * 30 // chunks):
-            for v in vertex[i]:
-                assert lo <= v < hi
-                parts[start + v - lo] += values[i]
-                full[c, v] += values[i]
-    assert len(parts) <= chunks * (m + 1)
-    got = np.empty((m + 1, width), np.float32)
-    lattice_numba._reduce(parts, spans, np.float32(0.5), got)
-    want = np.float32(0.5) * full.sum(0)  # the copies added in chunk order
-    want[m] = 0.0
-    np.testing.assert_allclose(got, want, rtol=1e-6)
+        own, end, shared, base = spans[c]
+        writers[own:end] += 1
+        writers[base + shared : base + own] += 1
+    assert writers.max() == 1 and writers[m] == 0
 
 
 def test_mean_field_does_not_depend_on_thread_count():
@@ -496,6 +501,9 @@ def test_mean_field_does_not_depend_on_thread_count():
 
 def test_splat_rows_do_not_grow_with_the_thread_count():
     lat = gaussian_kernel(120, 160, 1.0)  # a fine kernel: about one vertex per pixel
-    rows = {n: int(np.diff(lattice_numba._chunk_spans(lat.vertex, n)[:, :2]).sum()) for n in (1, 8)}
-    assert rows[1] == lat.num_vertices
-    assert rows[8] < 1.2 * lat.num_vertices  # 8 copies of the lattice before
+    m = lat.num_vertices
+    rows = {
+        n: lattice_numba.span_rows(lattice_numba._chunk_spans(lat.vertex, n, m), m) for n in (1, 8)
+    }
+    assert rows[1] == m + 1
+    assert rows[8] < 1.1 * m  # 8 copies of the lattice before chunks shared one

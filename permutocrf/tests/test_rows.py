@@ -17,9 +17,9 @@ def _slice_all(values, vertex, weight, out, accumulate):
 
 
 @numba.njit
-def _splat_all(parts, base, vertex, weight, x):
+def _splat_all(rows, own, base, vertex, weight, x, scale):
     for i in range(vertex.shape[0]):
-        splat_rows(parts, base, vertex[i], weight[i], x[i])
+        splat_rows(rows, own, base, vertex[i], weight[i], x[i], scale)
 
 
 def _case(width: int, corners: int, dtype, weight_dtype=None, rows: int = 9, points: int = 5):
@@ -51,20 +51,29 @@ def test_slice_rows_is_the_corner_sum_in_order(dtype, width, accumulate):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("width", WIDTHS)
-def test_splat_rows_adds_into_each_corner_in_order(dtype, width):
-    # Few rows, so that corners repeat within a point and across points.
-    values, vertex, weight = _case(width, 4, dtype, rows=3, points=7)
-    base = 2
+@pytest.mark.parametrize("own", [0, 2, 4])
+def test_splat_rows_adds_into_each_corner_in_order(dtype, width, own):
+    # Few rows, so that corners repeat within a point and across points; vertices below
+    # ``own`` go to rows ``base + v`` past the vertex rows, the others to their own.
+    values, vertex, weight = _case(width, 4, dtype, rows=4, points=7)
+    base, scale = 5, dtype(0.3)
     x = np.random.default_rng(2).normal(size=(vertex.shape[0], width)).astype(dtype)
-    parts = np.random.default_rng(3).normal(size=(base + 3 + 1, width)).astype(dtype)
-    expected = parts.copy()
-    _splat_all(parts, base, vertex, weight, x)
+    rows = np.random.default_rng(3).normal(size=(base + own + 1, width)).astype(dtype)
+    expected = rows.copy()
+    _splat_all(rows, own, base, vertex, weight, x, scale)
     for i in range(vertex.shape[0]):
         for r in range(vertex.shape[1]):
-            row = base + vertex[i, r]
-            expected[row] = expected[row] + weight[i, r] * x[i]
-    np.testing.assert_array_equal(parts, expected)
-    assert np.array_equal(parts[0], expected[0])  # rows below base untouched
+            v = vertex[i, r]
+            row = base + v if v < own else v
+            expected[row] = expected[row] + weight[i, r] * (scale * x[i])
+    np.testing.assert_array_equal(rows, expected)  # rows no corner maps to: unchanged
+
+
+def test_splat_rows_refuses_a_scale_of_another_dtype():
+    values, vertex, weight = _case(5, 3, np.float32)
+    rows = np.zeros((9, 5), np.float32)
+    with pytest.raises(numba.errors.TypingError):
+        _splat_all(rows, 0, 0, vertex, weight, values[: vertex.shape[0]], 0.5)  # float64
 
 
 def test_float32_weights_widen_for_float64_rows():

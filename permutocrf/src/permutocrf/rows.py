@@ -147,29 +147,38 @@ def slice_rows(typingctx, values, vertex, weight, out, accumulate):  # pragma: n
 
 
 @intrinsic
-def splat_rows(typingctx, parts, base, vertex, weight, x):  # pragma: no cover
-    """One point's splat: ``parts[base + vertex[r]] += weight[r] x`` for every corner r in
-    order, for (rows, C) ``parts``, an integer row offset ``base``, ``vertex`` and ``weight``
-    (d+1,) and the point's values ``x`` (C,) (``_typed``)."""
-    if not (_typed(parts, vertex, weight, x, parts) and isinstance(base, types.Integer)):
+def splat_rows(typingctx, rows, own, base, vertex, weight, x, scale):  # pragma: no cover
+    """One point's splat: ``rows[row(vertex[r])] += weight[r] (scale x)`` for every corner r in
+    order, where ``row(v)`` is v for the vertices ``v >= own`` and ``base + v`` below (a chunk's
+    own vertices, and its copies of those it shares with earlier chunks: ``lattice_numba``'s
+    ``_chunk_spans``); for (M, C) ``rows``, integers ``own`` and ``base``, ``vertex`` and
+    ``weight`` (d+1,), the point's values ``x`` (C,) and a ``scale`` of the rows' dtype
+    (``_typed``)."""
+    if not (
+        _typed(rows, vertex, weight, x, rows)
+        and all(isinstance(i, types.Integer) for i in (own, base))
+        and scale == rows.dtype
+    ):
         return None
 
     def codegen(context, builder, signature, args):
         arrays, vec, width, corners = _corners(
-            context, builder, signature, args, rows_at=0, vertex_at=2
+            context, builder, signature, args, rows_at=0, vertex_at=3
         )
-        offset = context.cast(builder, args[1], signature.args[1], types.intp)
+        own, base = (context.cast(builder, args[i], signature.args[i], types.intp) for i in (1, 2))
+        factor = vec.broadcast(args[6])
         for start, mask in vec.columns(width):
-            value = vec.load(builder.gep(arrays[4].data, [start]), mask)
+            value = builder.fmul(factor, vec.load(builder.gep(arrays[5].data, [start]), mask))
             with cgutils.for_range(builder, corners, intp=width.type) as loop:
-                v, w = _corner(context, builder, signature, arrays, loop, vertex_at=2, weight_at=3)
-                row = builder.add(builder.mul(builder.add(offset, v), width), start)
-                at = builder.gep(arrays[0].data, [row])
+                v, w = _corner(context, builder, signature, arrays, loop, vertex_at=3, weight_at=4)
+                shared = builder.icmp_signed("<", v, own)
+                row = builder.select(shared, builder.add(base, v), v)
+                at = builder.gep(arrays[0].data, [builder.add(builder.mul(row, width), start)])
                 term = builder.fmul(vec.broadcast(w), value)
                 vec.store(builder.fadd(vec.load(at, mask), term), at, mask)
         return context.get_dummy_value()
 
-    return types.void(parts, base, vertex, weight, x), codegen
+    return types.void(rows, own, base, vertex, weight, x, scale), codegen
 
 
 @intrinsic
