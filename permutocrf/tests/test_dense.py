@@ -381,7 +381,7 @@ def test_first_compile_of_a_process_is_logged_once(monkeypatch, caplog):
         foreign(1)
         assert caplog.records == []
         ours[0](np.ones((3, 2), np.float32), 2)
-        ours[1](np.arange(3), np.arange(3), 0, 1)
+        ours[1](np.arange(3), np.arange(3), 0)
     ours[0](np.ones((3, 2)), 2)  # outside: no listener
     assert [r.getMessage() for r in caplog.records] == [
         "dense CRF: compiling numba kernels (15-40 s, in every process: no writable cache "

@@ -343,13 +343,24 @@ def _number_chunk(rem0, rank, group, lo, strides, cells, vertex, found):  # prag
 
 @kernel(parallel=True)
 def _neighbours(codes, keys, slots, steps, out):  # pragma: no cover - compiled
-    """``out[v, j]``: the vertices at ``code_v + steps_j`` and ``code_v - steps_j`` (M if none)."""
+    """``out[v, j]``: the vertices at ``code_v + steps_j`` and ``code_v - steps_j`` (M if none).
+
+    Each pair is looked up once, from its lower end: u = v + step_j gives both ``out[v, j, 0]
+    = u`` and ``out[u, j, 1] = v`` (no other vertex writes that one), half the table's look-ups
+    (CamVid frame, fine bilateral kernel: 11-14 -> 7 ms on 2 threads, 24 -> 14 ms on 1)."""
     m = codes.shape[0]
     for v in numba.prange(m):
         for j in range(steps.shape[0]):
-            for side in range(2):
-                h = _find(keys, codes[v] + steps[j] if side == 0 else codes[v] - steps[j])
-                out[v, j, side] = m if keys[h] == -1 else slots[h]
+            out[v, j, 1] = m
+    for v in numba.prange(m):
+        for j in range(steps.shape[0]):
+            h = _find(keys, codes[v] + steps[j])
+            if keys[h] == -1:
+                out[v, j, 0] = m
+            else:
+                u = slots[h]
+                out[v, j, 0] = u
+                out[u, j, 1] = v
 
 
 @kernel()
@@ -363,11 +374,11 @@ def _is_corner(row, rem0, rank, r, group):  # pragma: no cover - compiled
 
 
 @kernel()
-def _is_step(row, origin, axis, sign):  # pragma: no cover - compiled
-    """Whether ``row`` is ``origin`` + ``sign`` ((d+1) e_axis - 1), the image column kept."""
+def _is_step(row, origin, axis):  # pragma: no cover - compiled
+    """Whether ``row`` is ``origin + (d+1) e_axis - 1``, the image column kept."""
     d = row.shape[0] - 1
     j = 0
-    while j < d and row[j] == origin[j] + sign * ((d + 1 if j == axis else 0) - 1):
+    while j < d and row[j] == origin[j] + (d if j == axis else -1):
         j += 1
     return j == d and row[d] == origin[d]
 
@@ -456,19 +467,25 @@ def _number_rows(rem0, rank, group, mult, vertex):  # pragma: no cover - compile
 def _neighbour_rows(rows, codes, keys, slots, steps, out):  # pragma: no cover - compiled
     """``_neighbours`` for ``_number_rows``' vertices: ``out[v, j]`` the vertices at
     ``row_v + step_j`` and ``row_v - step_j`` (M if none), step_j = (d+1) e_j - 1 (all -1 for
-    j = d), found by code ``codes_v +- steps_j`` and compared in full."""
+    j = d), found by code ``codes_v + steps_j`` and compared in full, each pair once from its
+    lower end as there."""
     m = rows.shape[0]
     mask = slots.shape[0] - 1
     for v in numba.prange(m):
         for j in range(steps.shape[0]):
-            for side in range(2):
-                code = codes[v] + steps[j] if side == 0 else codes[v] - steps[j]
-                s = _start(slots, code)
-                while slots[s] != -1 and not (
-                    keys[s] == code and _is_step(rows[slots[s]], rows[v], j, 1 - 2 * side)
-                ):
-                    s = (s + 1) & mask
-                out[v, j, side] = m if slots[s] == -1 else slots[s]
+            out[v, j, 1] = m
+    for v in numba.prange(m):
+        for j in range(steps.shape[0]):
+            code = codes[v] + steps[j]
+            s = _start(slots, code)
+            while slots[s] != -1 and not (keys[s] == code and _is_step(rows[slots[s]], rows[v], j)):
+                s = (s + 1) & mask
+            if slots[s] == -1:
+                out[v, j, 0] = m
+            else:
+                u = slots[s]
+                out[v, j, 0] = u
+                out[u, j, 1] = v
 
 
 @kernel(parallel=True)
