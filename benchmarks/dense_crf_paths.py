@@ -45,14 +45,14 @@ from piecewise_crf.files import write_json
 @numba.njit(parallel=True, nogil=True, cache=True)
 def plain_blur(values, spare, neighbours):  # pragma: no cover - compiled
     """`lattice_numba._blur` without its prefetch."""
-    m, axes, _ = neighbours.shape
+    axes, m, _ = neighbours.shape
     half = values.dtype.type(0.5)
     src, dst = values, spare
     src[m] = 0.0
     dst[m] = 0.0
     for axis in range(axes):
         for v in numba.prange(m):
-            blur_row(src, dst, v, neighbours[v, axis, 0], neighbours[v, axis, 1], half)
+            blur_row(src, dst, v, neighbours[axis, v, 0], neighbours[axis, v, 1], half)
         src, dst = dst, src
 
 

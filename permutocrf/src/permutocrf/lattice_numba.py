@@ -47,7 +47,9 @@ class CpuLattice:
 
     ``vertex`` (P, d+1) int32 and ``weight`` (P, d+1) are every point's simplex corners and
     barycentric weights (times the point's normalisation once ``normalised``); ``neighbours``
-    (M, d+1, 2) int32 in [0, M] are the blur neighbours along each lattice axis, M meaning none.
+    (d+1, M, 2) int32 in [0, M] are the blur neighbours along each lattice axis, M meaning none
+    (axis-major: a blur pass along one axis reads them in one stream; vertex-major, every pass
+    read all of them, 8 MB on a CamVid frame's fine bilateral lattice).
     ``alpha = 1 / (1 + 2^-d)`` is pydensecrf's constant.
     """
 
@@ -58,7 +60,7 @@ class CpuLattice:
 
     @property
     def num_vertices(self) -> int:
-        return self.neighbours.shape[0]
+        return self.neighbours.shape[1]
 
     @property
     def num_points(self) -> int:
@@ -118,13 +120,13 @@ def build(f: np.ndarray, group: np.ndarray | None = None, groups: int = 1) -> Cp
             rem0, rank, group, lo, strides, cells, vertex, threads()
         )
         steps = d1 * np.eye(d1, d, dtype=np.int64) @ strides - strides.sum()
-        neighbours = np.empty((codes.shape[0], d1, 2), np.int32)
+        neighbours = np.empty((d1, codes.shape[0], 2), np.int32)
         _neighbours(codes, keys, slots, steps, neighbours)
     else:
         mult = np.random.default_rng(0).integers(0, 2**64, d1, np.uint64, endpoint=False) | 1
         rows, codes, keys, slots = _number_rows(rem0, rank, group, mult, vertex)
         steps = np.uint64(d1) * np.eye(d1, d, dtype=np.uint64) @ mult[:d] - mult[:d].sum()
-        neighbours = np.empty((rows.shape[0], d1, 2), np.int32)
+        neighbours = np.empty((d1, rows.shape[0], 2), np.int32)
         _neighbour_rows(rows, codes, keys, slots, steps, neighbours)
     return CpuLattice(vertex, bary, neighbours, 1.0 / (1.0 + 2.0**-d))
 
@@ -343,24 +345,24 @@ def _number_chunk(rem0, rank, group, lo, strides, cells, vertex, found):  # prag
 
 @kernel(parallel=True)
 def _neighbours(codes, keys, slots, steps, out):  # pragma: no cover - compiled
-    """``out[v, j]``: the vertices at ``code_v + steps_j`` and ``code_v - steps_j`` (M if none).
+    """``out[j, v]``: the vertices at ``code_v + steps_j`` and ``code_v - steps_j`` (M if none).
 
-    Each pair is looked up once, from its lower end: u = v + step_j gives both ``out[v, j, 0]
-    = u`` and ``out[u, j, 1] = v`` (no other vertex writes that one), half the table's look-ups
+    Each pair is looked up once, from its lower end: u = v + step_j gives both ``out[j, v, 0]
+    = u`` and ``out[j, u, 1] = v`` (no other vertex writes that one), half the table's look-ups
     (CamVid frame, fine bilateral kernel: 11-14 -> 7 ms on 2 threads, 24 -> 14 ms on 1)."""
     m = codes.shape[0]
     for v in numba.prange(m):
         for j in range(steps.shape[0]):
-            out[v, j, 1] = m
+            out[j, v, 1] = m
     for v in numba.prange(m):
         for j in range(steps.shape[0]):
             h = _find(keys, codes[v] + steps[j])
             if keys[h] == -1:
-                out[v, j, 0] = m
+                out[j, v, 0] = m
             else:
                 u = slots[h]
-                out[v, j, 0] = u
-                out[u, j, 1] = v
+                out[j, v, 0] = u
+                out[j, u, 1] = v
 
 
 @kernel()
@@ -465,7 +467,7 @@ def _number_rows(rem0, rank, group, mult, vertex):  # pragma: no cover - compile
 
 @kernel(parallel=True)
 def _neighbour_rows(rows, codes, keys, slots, steps, out):  # pragma: no cover - compiled
-    """``_neighbours`` for ``_number_rows``' vertices: ``out[v, j]`` the vertices at
+    """``_neighbours`` for ``_number_rows``' vertices: ``out[j, v]`` the vertices at
     ``row_v + step_j`` and ``row_v - step_j`` (M if none), step_j = (d+1) e_j - 1 (all -1 for
     j = d), found by code ``codes_v + steps_j`` and compared in full, each pair once from its
     lower end as there."""
@@ -473,7 +475,7 @@ def _neighbour_rows(rows, codes, keys, slots, steps, out):  # pragma: no cover -
     mask = slots.shape[0] - 1
     for v in numba.prange(m):
         for j in range(steps.shape[0]):
-            out[v, j, 1] = m
+            out[j, v, 1] = m
     for v in numba.prange(m):
         for j in range(steps.shape[0]):
             code = codes[v] + steps[j]
@@ -481,11 +483,11 @@ def _neighbour_rows(rows, codes, keys, slots, steps, out):  # pragma: no cover -
             while slots[s] != -1 and not (keys[s] == code and _is_step(rows[slots[s]], rows[v], j)):
                 s = (s + 1) & mask
             if slots[s] == -1:
-                out[v, j, 0] = m
+                out[j, v, 0] = m
             else:
                 u = slots[s]
-                out[v, j, 0] = u
-                out[u, j, 1] = v
+                out[j, v, 0] = u
+                out[j, u, 1] = v
 
 
 @kernel(parallel=True)
@@ -576,7 +578,7 @@ def _blur(values, spare, neighbours):  # pragma: no cover - compiled
     along every lattice axis, passing between ``values`` and ``spare`` (as many rows or
     more): the result is in ``values`` after an even number of axes, in ``spare`` after an odd
     one (``blurred``). Row M, the missing vertex, is zero in both."""
-    m, axes, _ = neighbours.shape
+    axes, m, _ = neighbours.shape
     half = values.dtype.type(0.5)
     last = values.shape[1] - 1
     src, dst = values, spare
@@ -586,16 +588,16 @@ def _blur(values, spare, neighbours):  # pragma: no cover - compiled
         for v in numba.prange(m):  # 2 threads: 38 -> 20 ms a CamVid frame's step, both kernels
             ahead = min(v + _AHEAD, m - 1)
             for side in range(2):
-                u = neighbours[ahead, axis, side]
+                u = neighbours[axis, ahead, side]
                 prefetch(src, u, 0)
                 prefetch(src, u, last)  # a row may straddle two cache lines
-            blur_row(src, dst, v, neighbours[v, axis, 0], neighbours[v, axis, 1], half)
+            blur_row(src, dst, v, neighbours[axis, v, 0], neighbours[axis, v, 1], half)
         src, dst = dst, src
 
 
 def blurred(values: np.ndarray, spare: np.ndarray, neighbours: np.ndarray) -> np.ndarray:
     """Which of ``_blur``'s two arrays holds its result."""
-    return spare if neighbours.shape[1] % 2 else values
+    return spare if neighbours.shape[0] % 2 else values
 
 
 @kernel(parallel=True)

@@ -66,7 +66,7 @@ def mean_field(
         for j, lat in enumerate(lattices):
             _reduce(target[j], spans[j])
             _blur(target[j], current[j], lat.neighbours)
-        odd = [lat.neighbours.shape[1] % 2 == 1 for lat in lattices]
+        odd = [lat.neighbours.shape[0] % 2 == 1 for lat in lattices]
         # An odd blur left the result in ``current``: the splat rows stay; else they swap.
         current, target = (
             tuple(c if o else t for c, t, o in zip(current, target, odd, strict=True)),
