@@ -34,6 +34,7 @@ import numpy as np
 from permutocrf.arithmetic import check_features, elevation_scale, fits
 from permutocrf.jit import entry_point, kernel, prefetch, threads
 from permutocrf.rows import blur_row, slice_rows, splat_rows
+from permutocrf.scratch import scratch
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -72,10 +73,10 @@ class CpuLattice:
         values = np.ascontiguousarray(values, dtype=self.weight.dtype)
         m = self.num_vertices
         spans = _chunk_spans(self.vertex, threads(), m)
-        rows = np.empty((span_rows(spans, m), values.shape[1]), values.dtype)
+        rows = scratch("filter.rows", (span_rows(spans, m), values.shape[1]), values.dtype)
         _splat(self.vertex, self.weight, values, rows, spans, values.dtype.type(scale * self.alpha))
         _reduce(rows, spans)
-        spare = np.empty((m + 1, values.shape[1]), values.dtype)
+        spare = scratch("filter.spare", (m + 1, values.shape[1]), values.dtype)
         _blur(rows, spare, self.neighbours)
         out = np.empty_like(values)
         _slice(self.vertex, self.weight, blurred(rows, spare, self.neighbours), out)
@@ -101,8 +102,8 @@ def build(f: np.ndarray, group: np.ndarray | None = None, groups: int = 1) -> Cp
         raise ValueError("dense CRF input too large: more than 2^31 point-vertex pairs")
     check_features(_extent(f, 4 * threads()).tolist(), float(np.finfo(f.dtype).eps))
     # check_features keeps |rem0| below 2^21 for float32 features: int32 halves the traffic.
-    rem0 = np.empty((num, d1), np.int32 if f.dtype == np.float32 else np.int64)
-    rank = np.empty((num, d1), np.int8 if d1 <= 128 else np.int16)
+    rem0 = scratch("build.rem0", (num, d1), np.int32 if f.dtype == np.float32 else np.int64)
+    rank = scratch("build.rank", (num, d1), np.int8 if d1 <= 128 else np.int16)
     bary = np.empty((num, d1), f.dtype)
     scale = elevation_scale(d).astype(f.dtype)
     chunks = max(1, min(num, 4 * threads()))
@@ -116,8 +117,10 @@ def build(f: np.ndarray, group: np.ndarray | None = None, groups: int = 1) -> Cp
     vertex = np.empty((num, d1), np.int32)
     if fits(cells, groups):
         strides = np.cumprod(np.concatenate([[1], radix[:-1]])).astype(np.int64)
+        found = scratch("build.found", (num * d1,), np.int64)
+        number = scratch("build.number", (num * d1,), np.int32)
         codes, keys, slots = _hash_vertices(
-            rem0, rank, group, lo, strides, cells, vertex, threads()
+            rem0, rank, group, lo, strides, cells, vertex, found, number, threads()
         )
         steps = d1 * np.eye(d1, d, dtype=np.int64) @ strides - strides.sum()
         neighbours = np.empty((d1, codes.shape[0], 2), np.int32)
@@ -261,15 +264,19 @@ def _table(codes, size):  # pragma: no cover - compiled
 
 
 @kernel(parallel=True)
-def _hash_vertices(rem0, rank, group, lo, strides, cells, vertex, chunks):  # pragma: no cover
+def _hash_vertices(
+    rem0, rank, group, lo, strides, cells, vertex, found, number, chunks
+):  # pragma: no cover - compiled
     """Number the lattice vertices of every point's simplex into ``vertex`` (P, d+1); return
-    the vertex codes (M,) and their table (keys, slots).
+    the vertex codes (M,) and their table (keys, slots). ``found`` (P (d+1),) int64 and
+    ``number`` (P (d+1),) int32 are scratch.
 
-    Chunks of points number their vertices in parallel, each with its own table; their codes
-    are then merged into one table (a few times M insertions) and the numbers mapped to it.
+    Chunks of points number their vertices in parallel, each with its own table, writing their
+    codes to ``found`` (chunk c's from its first point * (d+1)); the codes are then merged into
+    one table (a few times M insertions) and the chunks' numbers mapped to it through
+    ``number`` (laid out as ``found``).
     """
     num, d1 = rank.shape
-    found = np.empty(num * d1, np.int64)  # chunk c's codes start at its first point * (d+1)
     if chunks == 1:  # its numbers and table are the lattice's: no merge
         m, keys, slots = _number_chunk(rem0, rank, group, lo, strides, cells, vertex, found)
         return found[:m].copy(), keys, slots
@@ -283,7 +290,6 @@ def _hash_vertices(rem0, rank, group, lo, strides, cells, vertex, chunks):  # pr
     keys = np.full(size, -1, np.int64)
     slots = np.empty(size, np.int32)
     codes = np.empty(counts.sum(), np.int64)
-    number = np.empty(num * d1, np.int32)  # chunk numbers to vertices, laid out as ``found``
     m = 0
     for c in range(chunks):
         start = c * num // chunks * d1
