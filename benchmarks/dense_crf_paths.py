@@ -10,6 +10,8 @@ and 1 threads; each row a pair timed with repeats interleaved, medians:
                  against the same blur without it
   vector rows    the point pass and the blur with `rows.py`'s masked-vector row operations
                  against the same kernels recompiled with plain loops over a row's columns
+  scratch memory the whole `dense_crf` call (lattice build included) with its temporaries in
+                 `scratch.py`'s memory, kept between calls, against fresh arrays each call
 with the largest difference of each pair's marginals. Prints a table and the machine; writes
 JSON.
 """
@@ -33,6 +35,7 @@ from benchmarks.dense_crf import load_frames
 from benchmarks.dense_crf_params import parameter_sets
 from permutocrf import (
     bilateral_kernel,
+    dense_crf,
     gaussian_kernel,
     lattice_numba,
     meanfield_numba,
@@ -114,18 +117,35 @@ def loop_rows() -> AbstractContextManager:
     return stack
 
 
+def fresh_scratch() -> AbstractContextManager:
+    """`scratch.scratch` replaced by a fresh array each call."""
+    stack = ExitStack()
+    for module in (lattice_numba, meanfield_numba):
+        fresh = lambda name, shape, dtype: np.empty(shape, dtype)  # noqa: E731
+        stack.enter_context(mock.patch.object(module, "scratch", fresh))
+    return stack
+
+
 REFERENCES: dict[str, Callable[[], AbstractContextManager]] = {
     "blur prefetch": lambda: mock.patch.object(meanfield_numba, "_blur", plain_blur),
     "vector rows": loop_rows,
+    "scratch memory": fresh_scratch,
 }
+WHOLE_CALL = {"scratch memory"}  # timed as `dense_crf`, not the mean-field alone
 
 
-def pair(logp: np.ndarray, kernels: list, weights: list[float], it: int, change: str, repeats: int):
-    """Median ms of the mean-field as it is and with `change` undone, and their largest |dQ|."""
+def pair(frame: tuple, kernels: list, params: dict, it: int, change: str, repeats: int):
+    """Median ms of the mean-field (or the whole call, `WHOLE_CALL`) as it is and with `change`
+    undone, and their largest |dQ|."""
+    image, probs = frame
+    logp = unary_scores(probs).reshape(probs.shape[0], -1)
+    weights = [float(params["pos_weight"]), float(params["bi_weight"])]
 
     def run(side: Callable[[], AbstractContextManager]) -> Callable[[], np.ndarray]:
         def once() -> np.ndarray:
             with side():
+                if change in WHOLE_CALL:
+                    return dense_crf(image, probs, iterations=it, **params)
                 return meanfield_numba.mean_field(logp.copy(), kernels, weights, it, None)
 
         return once
@@ -151,7 +171,6 @@ def main() -> None:
     args = parser.parse_args()
     image, probs = load_frames(args.camvid, 1, 11)[0]
     k, h, w = probs.shape
-    logp = unary_scores(probs).reshape(k, -1)
     threads = torch.get_num_threads()
     rows = []
     for name, (p, it) in parameter_sets().items():
@@ -159,12 +178,11 @@ def main() -> None:
             gaussian_kernel(h, w, p["pos_xy_std"]),
             bilateral_kernel(image, p["bi_xy_std"], p["bi_rgb_std"]),
         ]
-        weights = [float(p["pos_weight"]), float(p["bi_weight"])]
         for n in (threads, 1):
             torch.set_num_threads(n)
             for change in REFERENCES:
                 row = {"set": name, "threads": n, "change": change, "iterations": it}
-                rows.append(row | pair(logp, kernels, weights, it, change, args.repeats))
+                rows.append(row | pair((image, probs), kernels, p, it, change, args.repeats))
     torch.set_num_threads(threads)
     results = {
         "machine": machine(),
@@ -174,7 +192,7 @@ def main() -> None:
         "repeats": args.repeats,
         "rows": rows,
     }
-    print(f"machine: {describe(results['machine'])}; {w}x{h}, K={k}, mean-field only")
+    print(f"machine: {describe(results['machine'])}; {w}x{h}, K={k}")
     print(f"{'set':<18}{'threads':>8}  {'change':<14}{'new ms':>8}{'ref ms':>8}{'ratio':>7}")
     for r in rows:
         print(

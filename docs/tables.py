@@ -933,7 +933,8 @@ def dense_crf_paths() -> str:
               "max abs diff"]  # fmt: skip
     w, h = d["size"]
     note = (
-        f"Mean-field only, on lattices built once: {w}x{h}, K={d['labels']}, medians of "
+        f"Mean-field only, on lattices built once (scratch memory: the whole `dense_crf` call): "
+        f"{w}x{h}, K={d['labels']}, medians of "
         f"{d['repeats']} interleaved repeats. Commit {d['commit']}. "
     )
     return markdown(header, rows) + "\n\n" + note + machine(d["machine"])
