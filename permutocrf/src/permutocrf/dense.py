@@ -132,7 +132,7 @@ def refine(
     for i in range(b):
         feats = bilateral_features(images[i][None], bi_xy_std, bi_xy_std, bi_rgb_std, logp.dtype)
         scores = logp[i].reshape(k, -1)
-        kernels = [gauss, lattice(feats, 1, "numba")]
+        kernels = [gauss, lattice(feats, 1, "numba", temporary=True)]  # dies with the image
         meanfield_numba.mean_field(scores, kernels, weights, iterations, compat, out=scores)
     return logp
 

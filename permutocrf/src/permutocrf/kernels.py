@@ -99,19 +99,28 @@ def _bilateral_features(image, stds, out):  # pragma: no cover - compiled
                 out[i, 2 + c] = t(image[row // h, y, x, c]) / stds[2 + c]
 
 
-def lattice(feats, images: int, engine: str, device: Any = None, normalised: bool = True) -> Kernel:
+def lattice(
+    feats,
+    images: int,
+    engine: str,
+    device: Any = None,
+    normalised: bool = True,
+    *,
+    temporary: bool = False,
+) -> Kernel:
     """The lattice of features (P, d) of ``images`` same-size images in turn (it never links
     two), with pydensecrf's symmetric normalisation if ``normalised``: numba's for the numba
     engine, else torch's on ``device``. ``feats`` is a numpy array, or for torch a tensor (then
-    on its device)."""
+    on its device). A ``temporary`` numba lattice lives in scratch memory
+    (``lattice_numba.build``): never one that outlives its call."""
     if isinstance(feats, np.ndarray):
         # Writable: torch warns when it wraps read-only memory, numba compiles read-only again.
         feats = np.require(feats, requirements=("C", "W"))
     per_image = feats.shape[0] // images
     if engine == "numba":
         group = None if images == 1 else np.repeat(np.arange(images), per_image)
-        built = lattice_numba.build(feats, group, images)
-        return built.normalised() if normalised else built
+        built = lattice_numba.build(feats, group, images, temporary=temporary)
+        return built.normalised(in_place=temporary) if normalised else built
     torch = torch_support.require("the torch backend (a device other than the CPU)")
     from permutocrf import lattice_torch
 

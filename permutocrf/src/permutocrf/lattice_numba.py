@@ -82,19 +82,28 @@ class CpuLattice:
         _slice(self.vertex, self.weight, blurred(rows, spare, self.neighbours), out)
         return out
 
-    def normalised(self) -> CpuLattice:
+    def normalised(self, *, in_place: bool = False) -> CpuLattice:
         """pydensecrf's symmetric normalisation ``n_i = (sum_j k(f_i, f_j))^-1/2``, folded into
-        the weights (the splat reads and the slice writes each point through them)."""
+        the weights (the splat reads and the slice writes each point through them); into this
+        lattice's own if ``in_place`` (a ``temporary`` build's)."""
         total = self.filter(np.ones((self.vertex.shape[0], 1), self.weight.dtype))
-        norm = 1.0 / np.sqrt(total + 1e-20)
-        return replace(self, weight=self.weight * norm.astype(self.weight.dtype))
+        norm = (1.0 / np.sqrt(total + 1e-20)).astype(self.weight.dtype)
+        if in_place:
+            self.weight[...] *= norm
+            return self
+        return replace(self, weight=self.weight * norm)
 
 
 @entry_point
-def build(f: np.ndarray, group: np.ndarray | None = None, groups: int = 1) -> CpuLattice:
+def build(
+    f: np.ndarray, group: np.ndarray | None = None, groups: int = 1, *, temporary: bool = False
+) -> CpuLattice:
     """The (unnormalised) lattice of features ``f`` (P, d) float32/float64, already divided by
     the stds; ``group`` (P,) int64 is each point's image (None: one image), as
-    ``lattice_torch.build``."""
+    ``lattice_torch.build``. A ``temporary`` lattice's arrays are this thread's scratch
+    (``scratch.py``): for a lattice that is dead before the next temporary one is built, as
+    ``dense_crf``'s bilateral kernel of each image (its arrays fresh cost this VM 4,800 page
+    faults a CamVid frame)."""
     f = np.ascontiguousarray(f)
     num, d = f.shape
     d1 = d + 1
@@ -104,7 +113,7 @@ def build(f: np.ndarray, group: np.ndarray | None = None, groups: int = 1) -> Cp
     # check_features keeps |rem0| below 2^21 for float32 features: int32 halves the traffic.
     rem0 = scratch("build.rem0", (num, d1), np.int32 if f.dtype == np.float32 else np.int64)
     rank = scratch("build.rank", (num, d1), np.int8 if d1 <= 128 else np.int16)
-    bary = np.empty((num, d1), f.dtype)
+    bary = _output(temporary, "weight", (num, d1), f.dtype)
     scale = elevation_scale(d).astype(f.dtype)
     chunks = max(1, min(num, 4 * threads()))
     low = np.full((chunks, d1), np.iinfo(np.int64).max)
@@ -114,7 +123,7 @@ def build(f: np.ndarray, group: np.ndarray | None = None, groups: int = 1) -> Cp
     radix = high[:, :d].max(0) + 2 * d1 - lo + 1
     cells = math.prod(radix.tolist())
     group = np.zeros(num, np.int64) if group is None else np.asarray(group, np.int64)
-    vertex = np.empty((num, d1), np.int32)
+    vertex = _output(temporary, "vertex", (num, d1), np.int32)
     if fits(cells, groups):
         strides = np.cumprod(np.concatenate([[1], radix[:-1]])).astype(np.int64)
         found = scratch("build.found", (num * d1,), np.int64)
@@ -123,15 +132,21 @@ def build(f: np.ndarray, group: np.ndarray | None = None, groups: int = 1) -> Cp
             rem0, rank, group, lo, strides, cells, vertex, found, number, threads()
         )
         steps = d1 * np.eye(d1, d, dtype=np.int64) @ strides - strides.sum()
-        neighbours = np.empty((d1, codes.shape[0], 2), np.int32)
+        neighbours = _output(temporary, "neighbours", (d1, codes.shape[0], 2), np.int32)
         _neighbours(codes, keys, slots, steps, neighbours)
     else:
         mult = np.random.default_rng(0).integers(0, 2**64, d1, np.uint64, endpoint=False) | 1
         rows, codes, keys, slots = _number_rows(rem0, rank, group, mult, vertex)
         steps = np.uint64(d1) * np.eye(d1, d, dtype=np.uint64) @ mult[:d] - mult[:d].sum()
-        neighbours = np.empty((d1, rows.shape[0], 2), np.int32)
+        neighbours = _output(temporary, "neighbours", (d1, rows.shape[0], 2), np.int32)
         _neighbour_rows(rows, codes, keys, slots, steps, neighbours)
     return CpuLattice(vertex, bary, neighbours, 1.0 / (1.0 + 2.0**-d))
+
+
+def _output(temporary: bool, name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
+    """An array of the lattice being built: scratch ``build.<name>`` if ``temporary``, else
+    its own."""
+    return scratch(f"build.{name}", shape, dtype) if temporary else np.empty(shape, dtype)
 
 
 @kernel(parallel=True)

@@ -1,7 +1,8 @@
 """Scratch arrays that keep their memory between calls, one set per thread.
 
-A dense CRF on a CamVid frame needs some 60 MB of temporaries (the mean-field's vertex rows,
-the lattice build's simplices and hash numbers). Fresh from the allocator, each call pays for
+A dense CRF on a CamVid frame needs some 70 MB of temporaries (the mean-field's vertex rows,
+the lattice build's simplices and hash numbers, ``dense_crf``'s bilateral lattice of each
+image). Fresh from the allocator, each call pays for
 their pages again once the C library has handed freed memory back to the system: on this
 project's 2-core VM 9,000 page faults a call, 25-30 ms of 105 at the fine CamVid kernel
 (measured: the same calls with glibc told never to give memory back took 105 ms instead of
@@ -20,7 +21,7 @@ import threading
 import numpy as np
 
 LIMIT = 256 * 2**20
-"""Bytes of scratch a thread keeps between calls (a 480x360 frame with 11 labels: ~60 MB)."""
+"""Bytes of scratch a thread keeps between calls (a 480x360 frame with 11 labels, the CamVid recipe: 72 MB)."""
 
 _GRAIN = 2**20  # buffers grow by whole MiB, so that frames of nearby sizes share them
 
