@@ -378,12 +378,16 @@ def _neighbours(codes, keys, slots, steps, out):  # pragma: no cover - compiled
     for v in numba.prange(m):
         for j in range(steps.shape[0]):
             h = _find(keys, codes[v] + steps[j])
-            if keys[h] == -1:
-                out[j, v, 0] = m
-            else:
-                u = slots[h]
-                out[j, v, 0] = u
-                out[j, u, 1] = v
+            _link(out, j, v, m if keys[h] == -1 else slots[h])
+
+
+@kernel()
+def _link(out, j, v, u):  # pragma: no cover - compiled
+    """Record vertex u = v + step_j (u = M: none) as v's upper neighbour along axis j, and v as
+    u's lower one (the pair's one look-up, ``_neighbours``)."""
+    out[j, v, 0] = u
+    if u < out.shape[1]:
+        out[j, u, 1] = v
 
 
 @kernel()
@@ -503,12 +507,7 @@ def _neighbour_rows(rows, codes, keys, slots, steps, out):  # pragma: no cover -
             s = _start(slots, code)
             while slots[s] != -1 and not (keys[s] == code and _is_step(rows[slots[s]], rows[v], j)):
                 s = (s + 1) & mask
-            if slots[s] == -1:
-                out[j, v, 0] = m
-            else:
-                u = slots[s]
-                out[j, v, 0] = u
-                out[j, u, 1] = v
+            _link(out, j, v, m if slots[s] == -1 else slots[s])
 
 
 @kernel(parallel=True)
