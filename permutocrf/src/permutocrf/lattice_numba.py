@@ -577,7 +577,8 @@ def _chunk_spans(vertex, chunks, m):  # pragma: no cover - compiled
 
 @kernel(parallel=True)
 def _reduce(rows, spans):  # pragma: no cover - compiled
-    """Add every chunk's copies of shared vertices to their rows, in chunk order (``_chunk_spans``)."""
+    """Add every chunk's copies of shared vertices to their rows, in chunk order
+    (``_chunk_spans``)."""
     chunks = spans.shape[0]
     lo, hi = rows.shape[0], 0  # the rows some chunk shares
     for c in range(chunks):

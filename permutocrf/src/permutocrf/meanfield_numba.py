@@ -3,8 +3,9 @@
 One mean-field step is one pass over the points (slice the previous step's blurred vertex
 values, add the unary, softmax, splat into the next step's vertices) plus a blur of the
 vertices. The splat runs in parallel chunks of points as ``lattice_numba``'s (``_chunk_spans``);
-a point's slice and splat of a vertex row are ``rows.py``'s vector operations. The softmax exponentiates blocks of points with a polynomial that
-vectorises (float32; libm's exp measured 3x slower per pass); float64 keeps libm's exp.
+a point's slice and splat of a vertex row are ``rows.py``'s vector operations. The softmax
+exponentiates blocks of points with a polynomial that vectorises (float32; libm's exp measured
+3x slower per pass); float64 keeps libm's exp.
 """
 
 from __future__ import annotations

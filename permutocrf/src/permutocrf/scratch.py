@@ -21,7 +21,8 @@ import threading
 import numpy as np
 
 LIMIT = 256 * 2**20
-"""Bytes of scratch a thread keeps between calls (a 480x360 frame with 11 labels, the CamVid recipe: 72 MB)."""
+"""Bytes of scratch a thread keeps between calls (a 480x360 frame, 11 labels, the CamVid recipe's
+kernels: 72 MB)."""
 
 _GRAIN = 2**20  # buffers grow by whole MiB, so that frames of nearby sizes share them
 
