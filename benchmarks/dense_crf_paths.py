@@ -120,8 +120,8 @@ def loop_rows() -> AbstractContextManager:
 def fresh_scratch() -> AbstractContextManager:
     """`scratch.scratch` replaced by a fresh array each call."""
     stack = ExitStack()
+    fresh = lambda name, shape, dtype: np.empty(shape, dtype)  # noqa: E731
     for module in (lattice_numba, meanfield_numba):
-        fresh = lambda name, shape, dtype: np.empty(shape, dtype)  # noqa: E731
         stack.enter_context(mock.patch.object(module, "scratch", fresh))
     return stack
 

@@ -4,6 +4,7 @@ behind what a call returns."""
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -82,3 +83,8 @@ def test_results_do_not_live_in_scratch():
     for a, b in zip((lattice.vertex, lattice.weight, lattice.neighbours), arrays, strict=True):
         np.testing.assert_array_equal(a, b)
     assert scratch.kept() > 0
+
+
+def test_the_package_readme_states_the_limit():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert f"at most {scratch.LIMIT // 2**20} MiB" in readme

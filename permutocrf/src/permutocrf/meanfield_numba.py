@@ -62,6 +62,7 @@ def mean_field(
         for side in ("current", "target")
     )
     q = np.empty_like(logp) if out is None else out
+    odd = [lat.neighbours.shape[0] % 2 == 1 for lat in lattices]  # blur axes: d + 1
     for step in range(iterations + 1):
         last = step == iterations
         args = (vertex, weight, current, target, spans, scale, step == 0, last, potts, mu, poly)
@@ -71,12 +72,9 @@ def mean_field(
         for j, lat in enumerate(lattices):
             _reduce(target[j], spans[j])
             _blur(target[j], current[j], lat.neighbours)
-        odd = [lat.neighbours.shape[0] % 2 == 1 for lat in lattices]
         # An odd blur left the result in ``current``: the splat rows stay; else they swap.
-        current, target = (
-            tuple(c if o else t for c, t, o in zip(current, target, odd, strict=True)),
-            tuple(t if o else c for c, t, o in zip(current, target, odd, strict=True)),
-        )
+        pairs = [(c, t) if o else (t, c) for c, t, o in zip(current, target, odd, strict=True)]
+        current, target = (tuple(side) for side in zip(*pairs, strict=True))
     return q
 
 

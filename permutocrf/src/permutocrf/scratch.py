@@ -46,7 +46,7 @@ def scratch(name: str, shape: tuple[int, ...], dtype: np.dtype | type) -> np.nda
     if buffer is None or buffer.nbytes < nbytes:
         named.pop(name, None)
         buffer = np.empty(-(-max(nbytes, 1) // _GRAIN) * _GRAIN, np.uint8)
-        if sum(b.nbytes for b in named.values()) + buffer.nbytes <= LIMIT:
+        if kept() + buffer.nbytes <= LIMIT:
             named[name] = buffer
     return buffer[:nbytes].view(dtype).reshape(shape)
 
