@@ -60,14 +60,14 @@ def plain_blur(values, spare, neighbours):  # pragma: no cover - compiled
 
 
 @numba.njit(inline="always")
-def loop_slice_rows(values, vertex, weight, out, accumulate):  # pragma: no cover - compiled
-    """`rows.slice_rows` as plain loops over the columns."""
-    if not accumulate:
-        out[:] = 0.0
-    for r in range(vertex.shape[0]):
-        row = values[vertex[r]]
-        for j in range(out.shape[0]):
-            out[j] += weight[r] * row[j]
+def loop_slice_point(values, vertex, weight, i, out):  # pragma: no cover - compiled
+    """`rows.slice_point` as plain loops over the columns."""
+    out[:] = 0.0
+    for kernel in range(len(values)):
+        for r in range(vertex[kernel].shape[1]):
+            row = values[kernel][vertex[kernel][i, r]]
+            for j in range(out.shape[0]):
+                out[j] += weight[kernel][i, r] * row[j]
 
 
 @numba.njit(inline="always")
@@ -100,7 +100,7 @@ def recompiled(dispatcher, parallel: bool, **names) -> Callable:
 def loop_kernels() -> tuple[Callable, Callable]:
     """The mean-field's point pass and the blur recompiled with plain row loops."""
     chunk = recompiled(
-        meanfield_numba._pass_chunk, False, slice_rows=loop_slice_rows, splat_rows=loop_splat_rows
+        meanfield_numba._pass_chunk, False, slice_point=loop_slice_point, splat_rows=loop_splat_rows
     )
     return (
         recompiled(meanfield_numba._point_pass, True, _pass_chunk=chunk),

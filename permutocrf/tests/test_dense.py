@@ -441,7 +441,7 @@ def test_read_only_package_caches_in_the_user_cache(tmp_path):
 def test_prefetch_is_a_hint_only():
     @numba.njit
     def touch(a, i, j):
-        jit.prefetch(a, i, j)
+        jit.prefetch(a, (i, j))
         return a.sum()
 
     a = np.arange(12.0).reshape(3, 4)
@@ -449,7 +449,7 @@ def test_prefetch_is_a_hint_only():
     assert touch(a, 10**6, -7) == 66.0  # out of range: no read, no fault
     np.testing.assert_array_equal(a, np.arange(12.0).reshape(3, 4))
     with pytest.raises(numba.TypingError):
-        numba.njit(lambda v: jit.prefetch(v, 0, 0))(np.zeros(3))
+        numba.njit(lambda v: jit.prefetch(v, (0, 0)))(np.zeros(3))
 
 
 @pytest.mark.parametrize("order", ["first use", "shuffled"])

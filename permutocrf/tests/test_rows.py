@@ -7,13 +7,13 @@ import numba
 import numpy as np
 import pytest
 
-from permutocrf.rows import blur_row, slice_rows, splat_rows
+from permutocrf.rows import blur_row, slice_point, splat_rows
 
 
 @numba.njit
-def _slice_all(values, vertex, weight, out, accumulate):
-    for i in range(vertex.shape[0]):
-        slice_rows(values, vertex[i], weight[i], out[i], accumulate)
+def _slice_all(values, vertex, weight, out):
+    for i in range(out.shape[0]):
+        slice_point(values, vertex, weight, i, out[i])
 
 
 @numba.njit
@@ -36,16 +36,18 @@ WIDTHS = (1, 3, 7, 8, 9, 11, 12, 15, 16, 17, 24, 31, 33, 40)
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("width", WIDTHS)
-@pytest.mark.parametrize("accumulate", [False, True])
-def test_slice_rows_is_the_corner_sum_in_order(dtype, width, accumulate):
-    values, vertex, weight = _case(width, 6, dtype)
-    start = np.random.default_rng(1).normal(size=(vertex.shape[0], width)).astype(dtype)
-    out = start.copy()
-    _slice_all(values, vertex, weight, out, accumulate)
-    expected = start.copy() if accumulate else np.zeros_like(start)
-    for i in range(vertex.shape[0]):
-        for r in range(vertex.shape[1]):
-            expected[i] = expected[i] + weight[i, r] * values[vertex[i, r]]
+@pytest.mark.parametrize("corners", [(6,), (3, 6), (3, 6, 17)])
+def test_slice_point_is_the_corner_sum_in_order(dtype, width, corners):
+    # One to three kernels of different sizes and dimensions, summed kernel by kernel.
+    cases = [_case(width, c, dtype, rows=9 + 4 * c) for c in corners]
+    values, vertex, weight = (tuple(case[a] for case in cases) for a in range(3))
+    out = np.full((vertex[0].shape[0], width), np.nan, dtype)
+    _slice_all(values, vertex, weight, out)
+    expected = np.zeros_like(out)
+    for i in range(out.shape[0]):
+        for v, c, w in zip(values, vertex, weight, strict=True):
+            for r in range(c.shape[1]):
+                expected[i] = expected[i] + w[i, r] * v[c[i, r]]
     np.testing.assert_array_equal(out, expected)
 
 
@@ -79,7 +81,7 @@ def test_splat_rows_refuses_a_scale_of_another_dtype():
 def test_float32_weights_widen_for_float64_rows():
     values, vertex, weight = _case(11, 3, np.float64, weight_dtype=np.float32)
     out = np.empty((vertex.shape[0], 11))
-    _slice_all(values, vertex, weight, out, False)
+    _slice_all((values,), (vertex,), (weight,), out)
     wide = weight.astype(np.float64)
     expected = sum(wide[:, r, None] * values[vertex[:, r]] for r in range(3))
     np.testing.assert_array_equal(out, expected)
@@ -89,18 +91,18 @@ def test_masked_lanes_leave_the_memory_beyond_a_row_alone():
     # Rows of 5 in a buffer: a vector of 16 lanes spans the next rows, which must not change.
     values, vertex, weight = _case(5, 2, np.float32)
     buffer = np.full((4, 5), 7.0, np.float32)
-    _slice_all(values, vertex[:1], weight[:1], buffer[1:2], False)
+    _slice_all((values,), (vertex[:1],), (weight[:1],), buffer[1:2])
     assert (buffer[0] == 7).all() and (buffer[2:] == 7).all()
 
 
 @numba.njit
-def _slice_one(values, vertex, weight, out, accumulate):
-    slice_rows(values, vertex, weight, out, accumulate)
+def _slice_one(values, vertex, weight, i, out):
+    slice_point(values, vertex, weight, i, out)
 
 
-def _refused(values, vertex, weight, out, accumulate=False) -> bool:
+def _refused(values, vertex, weight, out, i=0) -> bool:
     try:
-        _slice_one(values, vertex, weight, out, accumulate)
+        _slice_one((values,), (vertex,), (weight,), i, out)
     except numba.errors.TypingError:
         return True
     return False
@@ -109,16 +111,19 @@ def _refused(values, vertex, weight, out, accumulate=False) -> bool:
 def test_the_typing_guard_refuses_what_would_change_or_break_results():
     values, vertex, weight = _case(8, 2, np.float32)
     out = np.zeros(8, np.float32)
-    assert not _refused(values, vertex[0], weight[0], out)
+    assert not _refused(values, vertex, weight, out)
     strided = np.zeros(16, np.float32)[::2]
     frozen = np.zeros(8, np.float32)
     frozen.setflags(write=False)
-    assert _refused(values, vertex[0], weight[0], strided)  # not C-contiguous
-    assert _refused(values, vertex[0], weight[0].astype(np.float64), out)  # would round first
-    assert _refused(values, vertex[0], weight[0], out.astype(np.float64))  # mixed dtypes
-    assert _refused(values, vertex[0].astype(np.float32), weight[0], out)  # float indices
-    assert _refused(values, vertex[0], weight[0], frozen)  # read-only
-    assert _refused(values, vertex[0], weight[0], out, 1)  # not a bool
+    assert _refused(values, vertex, weight, strided)  # not C-contiguous
+    assert _refused(values, vertex, weight.astype(np.float64), out)  # would round first
+    assert _refused(values, vertex, weight, out.astype(np.float64))  # mixed dtypes
+    assert _refused(values, vertex.astype(np.float32), weight, out)  # float indices
+    assert _refused(values, vertex, weight, frozen)  # read-only
+    assert _refused(values, vertex[0], weight[0], out)  # one point's corners, not all points'
+    assert _refused(values, vertex, weight, out, 0.0)  # not an index
+    with pytest.raises(numba.errors.TypingError):  # kernels of two dtypes: not one tuple type
+        _slice_one((values, values.astype(np.float64)), (vertex,) * 2, (weight,) * 2, 0, out)
 
 
 @numba.njit

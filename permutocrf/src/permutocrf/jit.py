@@ -121,18 +121,26 @@ def entry_point(run: Callable[P, R]) -> Callable[P, R]:
 
 
 @intrinsic
-def prefetch(typingctx, array, row, col):  # pragma: no cover - compiled into the kernels
-    """Hint that ``array[row, col]`` (a 2-D array) will be read soon: LLVM's prefetch (read,
+def prefetch(typingctx, array, index):  # pragma: no cover - compiled into the kernels
+    """Hint that ``array[index]`` will be read soon (``index`` an integer for a 1-D array, a
+    tuple of as many integers as the array has dimensions otherwise): LLVM's prefetch (read,
     keep in all cache levels) of its cache line; no effect on any value, no bounds check, so an
     index out of range is harmless. (``benchmarks/dense_crf_paths.py`` times the blur's use of
     it against the blur without.)"""
-    if not (isinstance(array, types.Array) and array.ndim == 2):
+    if not isinstance(array, types.Array):
+        return None
+    parts = list(index) if isinstance(index, types.BaseTuple) else [index]
+    if len(parts) != array.ndim or not all(isinstance(t, types.Integer) for t in parts):
         return None
 
     def codegen(context, builder, signature, args):
-        arrty = signature.args[0]
+        arrty, indexty = signature.args
         arr = context.make_array(arrty)(context, builder, args[0])
-        pairs = zip(args[1:], signature.args[1:], strict=True)
+        if isinstance(indexty, types.BaseTuple):
+            values = cgutils.unpack_tuple(builder, args[1], len(indexty))
+            pairs = zip(values, indexty, strict=True)
+        else:
+            pairs = [(args[1], indexty)]
         index = [context.cast(builder, v, t, types.intp) for v, t in pairs]
         ptr = cgutils.get_item_pointer(context, builder, arrty, arr, index, wraparound=False)
         byte = ir.IntType(8).as_pointer()
@@ -143,4 +151,4 @@ def prefetch(typingctx, array, row, col):  # pragma: no cover - compiled into th
         builder.call(fn, [builder.bitcast(ptr, byte), *flags])
         return context.get_dummy_value()
 
-    return types.void(array, row, col), codegen
+    return types.void(array, index), codegen

@@ -33,7 +33,7 @@ import numpy as np
 
 from permutocrf.arithmetic import check_features, elevation_scale, fits
 from permutocrf.jit import entry_point, kernel, prefetch, threads
-from permutocrf.rows import blur_row, slice_rows, splat_rows
+from permutocrf.rows import blur_row, slice_point, splat_rows
 from permutocrf.scratch import scratch
 
 P = ParamSpec("P")
@@ -255,12 +255,19 @@ def _embed_chunk(f, scale, rem0, rank, bary, low, high):  # pragma: no cover - c
 
 
 @kernel()
-def _find(keys, code):  # pragma: no cover - compiled
-    """The slot of ``code`` in an open-addressing table (linear probing, 2^n slots, -1 empty),
-    or the empty slot where it belongs; Fibonacci hashing of the non-negative code."""
-    mask = keys.shape[0] - 1
+def _slot(keys, code):  # pragma: no cover - compiled
+    """The first slot ``_find`` probes for ``code``: Fibonacci hashing of the non-negative
+    code into the table's 2^n slots."""
     shift = np.uint64(64 - int(np.log2(keys.shape[0])))
-    h = np.int64((np.uint64(code) * np.uint64(0x9E3779B97F4A7C15)) >> shift)
+    return np.int64((np.uint64(code) * np.uint64(0x9E3779B97F4A7C15)) >> shift)
+
+
+@kernel()
+def _find(keys, code):  # pragma: no cover - compiled
+    """The slot of ``code`` in an open-addressing table (linear probing from ``_slot``, -1
+    empty), or the empty slot where it belongs."""
+    mask = keys.shape[0] - 1
+    h = _slot(keys, code)
     while keys[h] != code and keys[h] != -1:
         h = (h + 1) & mask
     return h
@@ -376,6 +383,11 @@ def _neighbours(codes, keys, slots, steps, out):  # pragma: no cover - compiled
         for j in range(steps.shape[0]):
             out[j, v, 1] = m
     for v in numba.prange(m):
+        ahead = min(v + _AHEAD, m - 1)
+        for j in range(steps.shape[0]):
+            s = _slot(keys, codes[ahead] + steps[j])
+            prefetch(keys, s)
+            prefetch(slots, s)
         for j in range(steps.shape[0]):
             h = _find(keys, codes[v] + steps[j])
             _link(out, j, v, m if keys[h] == -1 else slots[h])
@@ -610,8 +622,8 @@ def _blur(values, spare, neighbours):  # pragma: no cover - compiled
             ahead = min(v + _AHEAD, m - 1)
             for side in range(2):
                 u = neighbours[axis, ahead, side]
-                prefetch(src, u, 0)
-                prefetch(src, u, last)  # a row may straddle two cache lines
+                prefetch(src, (u, 0))
+                prefetch(src, (u, last))  # a row may straddle two cache lines
             blur_row(src, dst, v, neighbours[axis, v, 0], neighbours[axis, v, 1], half)
         src, dst = dst, src
 
@@ -625,4 +637,4 @@ def blurred(values: np.ndarray, spare: np.ndarray, neighbours: np.ndarray) -> np
 def _slice(vertex, weight, values, out):  # pragma: no cover - compiled
     """``out[i] = sum_r weight[i, r] values[vertex[i, r]]``."""
     for i in numba.prange(vertex.shape[0]):
-        slice_rows(values, vertex[i], weight[i], out[i], False)
+        slice_point((values,), (vertex,), (weight,), i, out[i])

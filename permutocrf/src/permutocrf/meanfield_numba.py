@@ -25,7 +25,7 @@ from permutocrf.lattice_numba import (
     _reduce,
     span_rows,
 )
-from permutocrf.rows import slice_rows, splat_rows
+from permutocrf.rows import slice_point, splat_rows
 from permutocrf.scratch import scratch
 
 # 2^f on [-1/2, 1/2], relative error 1e-7 in float32 (least squares on Chebyshev nodes).
@@ -151,31 +151,35 @@ def _pass_chunk(
     bits = np.empty(_BLOCK * k, np.int32)
     for start in range(lo, hi, _BLOCK):
         n = min(_BLOCK, hi - start)
-        for b in range(n):
-            i = start + b
-            if first:
-                message[:] = 0.0
-            else:
-                for kernel in range(len(vertex)):
-                    slice_rows(
-                        values[kernel], vertex[kernel][i], weight[kernel][i], message, kernel > 0
-                    )
-            if potts:
-                for j in range(k):
-                    x[b, j] = logp[j, i] + message[j]
-            else:
+        if first:
+            for j in range(k):
+                for b in range(n):
+                    x[b, j] = logp[j, start + b]
+        elif potts:
+            # The message straight into x, the scores added after the block: a point's
+            # masked vector store read back at once by scalar loads waited for it (perf).
+            for b in range(n):
+                slice_point(values, vertex, weight, start + b, x[b])
+            for j in range(k):
+                for b in range(n):
+                    x[b, j] += logp[j, start + b]
+        else:
+            for b in range(n):
+                i = start + b
+                slice_point(values, vertex, weight, i, message)
                 for j in range(k):
                     s = logp[j, i]
                     for l in range(k):
                         s -= message[l] * mu[l, j]
                     x[b, j] = s
         _softmax_block(x[:n], bits, poly)
+        if last:
+            for j in range(k):
+                for b in range(n):
+                    q[j, start + b] = x[b, j]
+            continue
         for b in range(n):
             i = start + b
-            if last:
-                for j in range(k):
-                    q[j, i] = x[b, j]
-                continue
             for kernel in range(len(vertex)):
                 splat_rows(
                     rows[kernel],

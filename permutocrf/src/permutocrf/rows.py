@@ -100,16 +100,17 @@ def _corner(context, builder, signature, arrays, loop, *, vertex_at: int, weight
     return context.cast(builder, v, vt.dtype, types.intp), context.cast(builder, w, wt.dtype, rows)
 
 
-def _typed(rows, vertex, weight, vector, written) -> bool:
+def _typed(rows, vertex, weight, vector, written, *, points: bool = False) -> bool:
     """Whether the arguments are what the row intrinsics take: C-contiguous (M, C) float rows,
-    (d+1,) integer vertices, (d+1,) float weights no wider than the rows' dtype (a wider one
-    would round before the product, where the plain loops rounded after), and a (C,) vector of
-    the rows' dtype; ``written``, the rows or the vector, writable. The lengths are not checked:
-    the vector must be C long."""
+    integer vertices and float weights no wider than the rows' dtype (a wider one would round
+    before the product, where the plain loops rounded after), (d+1,) for one point or
+    (P, d+1) for all of them (``points``), and a (C,) vector of the rows' dtype; ``written``,
+    the rows or the vector, writable. The lengths are not checked: the vector must be C long."""
     arrays = (rows, vertex, weight, vector)
+    corners = 2 if points else 1
     return (
         all(isinstance(a, types.Array) and a.layout == "C" for a in arrays)
-        and (rows.ndim, vertex.ndim, weight.ndim, vector.ndim) == (2, 1, 1, 1)
+        and (rows.ndim, vertex.ndim, weight.ndim, vector.ndim) == (2, corners, corners, 1)
         and isinstance(rows.dtype, types.Float)
         and vector.dtype == rows.dtype
         and isinstance(vertex.dtype, types.Integer)
@@ -120,30 +121,55 @@ def _typed(rows, vertex, weight, vector, written) -> bool:
 
 
 @intrinsic
-def slice_rows(typingctx, values, vertex, weight, out, accumulate):  # pragma: no cover
-    """One point's slice: ``out = (out if accumulate else 0) + sum_r weight[r] values[vertex[r]]``,
-    the corners r in order, for (M, C) vertex ``values``, its corners ``vertex`` (d+1,) and
-    ``weight`` (d+1,), ``out`` (C,) and a bool ``accumulate`` (``_typed``)."""
-    if not (_typed(values, vertex, weight, out, out) and isinstance(accumulate, types.Boolean)):
+def slice_point(typingctx, values, vertex, weight, i, out):  # pragma: no cover
+    """Point i's slice from every kernel: ``out = sum_k sum_r weight_k[i, r]
+    values_k[vertex_k[i, r]]``, the kernels and their corners r in order, the running sum in a
+    register (``out`` stored once: a masked store read back at once, to add the next kernel or
+    by scalar loads, stalled the mean-field's point pass, perf). ``values``, ``vertex`` and
+    ``weight`` are tuples, one entry per kernel, of (M_k, C) rows and (P, d_k+1) corners and
+    weights; ``out`` (C,) (``_typed``)."""
+    if not (
+        all(isinstance(t, types.UniTuple) for t in (values, vertex, weight))
+        and len(values) == len(vertex) == len(weight)
+        and _typed(values.dtype, vertex.dtype, weight.dtype, out, out, points=True)
+        and isinstance(i, types.Integer)
+    ):
         return None
 
     def codegen(context, builder, signature, args):
-        arrays, vec, width, corners = _corners(
-            context, builder, signature, args, rows_at=0, vertex_at=1
-        )
+        tuples = [cgutils.unpack_tuple(builder, a) for a in args[:3]]
+        kinds = [t.dtype for t in signature.args[:3]]
+        kernels = [
+            [context.make_array(kind)(context, builder, a) for a in arrays]
+            for kind, arrays in zip(kinds, tuples, strict=True)
+        ]
+        target = context.make_array(signature.args[4])(context, builder, args[4])
+        point = context.cast(builder, args[3], signature.args[3], types.intp)
+        vec = _Vectors(builder, kinds[0].dtype)
+        width = builder.extract_value(target.shape, 0)
         for start, mask in vec.columns(width):
-            into = builder.gep(arrays[3].data, [start])
-            first = builder.select(args[4], vec.load(into, mask), vec.zero)
-            total = cgutils.alloca_once_value(builder, first)
-            with cgutils.for_range(builder, corners, intp=width.type) as loop:
-                v, w = _corner(context, builder, signature, arrays, loop, vertex_at=1, weight_at=2)
-                at = builder.gep(arrays[0].data, [builder.add(builder.mul(v, width), start)])
-                term = builder.fmul(vec.broadcast(w), vec.load(at, mask))
-                builder.store(builder.fadd(builder.load(total), term), total)
-            vec.store(builder.load(total), into, mask)
+            total = cgutils.alloca_once_value(builder, vec.zero)
+            for rows, corner, weights in zip(*kernels, strict=True):
+                stride = builder.extract_value(rows.shape, 1)
+                corners = builder.extract_value(corner.shape, 1)
+                first = builder.mul(point, corners)
+                with cgutils.for_range(builder, corners, intp=width.type) as loop:
+                    at = builder.add(first, loop.index)
+                    v = _element(context, builder, corner, kinds[1], at, types.intp)
+                    w = _element(context, builder, weights, kinds[2], at, kinds[0].dtype)
+                    row = builder.gep(rows.data, [builder.add(builder.mul(v, stride), start)])
+                    term = builder.fmul(vec.broadcast(w), vec.load(row, mask))
+                    builder.store(builder.fadd(builder.load(total), term), total)
+            vec.store(builder.load(total), builder.gep(target.data, [start]), mask)
         return context.get_dummy_value()
 
-    return types.void(values, vertex, weight, out, accumulate), codegen
+    return types.void(values, vertex, weight, i, out), codegen
+
+
+def _element(context, builder, array, kind, flat, to):
+    """Element ``flat`` of a C-contiguous array (of numba type ``kind``), cast to ``to``."""
+    value = builder.load(builder.gep(array.data, [flat]))
+    return context.cast(builder, value, kind.dtype, to)
 
 
 @intrinsic
