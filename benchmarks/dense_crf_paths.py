@@ -9,7 +9,8 @@ and 1 threads; each row a pair timed with repeats interleaved, medians:
   blur prefetch  the blur asking for its neighbours' rows 16 vertices ahead (`jit.prefetch`)
                  against the same blur without it
   vector rows    the point pass and the blur with `rows.py`'s masked-vector row operations
-                 against the same kernels recompiled with plain loops over a row's columns
+                 (slice, softmax, splat, blur) against the same kernels recompiled with plain
+                 loops over a row's columns
   scratch memory the whole `dense_crf` call (lattice build included) with its temporaries in
                  `scratch.py`'s memory, kept between calls, against fresh arrays each call
 with the largest difference of each pair's marginals. Prints a table and the machine; writes
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import math
 import types
 from collections.abc import Callable
 from contextlib import AbstractContextManager, ExitStack, nullcontext
@@ -41,7 +43,7 @@ from permutocrf import (
     meanfield_numba,
     unary_scores,
 )
-from permutocrf.rows import blur_row
+from permutocrf.rows import _EXP2, blur_row
 from piecewise_crf.files import write_json
 
 
@@ -81,6 +83,28 @@ def loop_splat_rows(rows, own, base, vertex, weight, x, scale):  # pragma: no co
 
 
 @numba.njit(inline="always")
+def loop_softmax_row(x):  # pragma: no cover - compiled
+    """`rows.softmax_row` as plain loops over the labels, float32 (the frames' dtype), by
+    `rows._exp`'s polynomial; its sum in label order."""
+    f32 = np.float32
+    top = x[0]
+    for j in range(1, x.shape[0]):
+        top = max(top, x[j])
+    total = f32(0.0)
+    for j in range(x.shape[0]):
+        u = max(x[j] - top, f32(-80.0)) * f32(1.4426950408889634)
+        e = np.floor(u + f32(0.5))
+        frac = u - e
+        p = f32(_EXP2[5])
+        for c in (_EXP2[4], _EXP2[3], _EXP2[2], _EXP2[1], _EXP2[0], 1.0):
+            p = p * frac + f32(c)
+        x[j] = f32(p * math.ldexp(1.0, int(e)))
+        total += x[j]
+    for j in range(x.shape[0]):
+        x[j] *= f32(1.0) / total
+
+
+@numba.njit(inline="always")
 def loop_blur_row(src, dst, v, a, b, half):  # pragma: no cover - compiled
     """`rows.blur_row` as a plain loop over the columns."""
     for j in range(src.shape[1]):
@@ -100,7 +124,11 @@ def recompiled(dispatcher, parallel: bool, **names) -> Callable:
 def loop_kernels() -> tuple[Callable, Callable]:
     """The mean-field's point pass and the blur recompiled with plain row loops."""
     chunk = recompiled(
-        meanfield_numba._pass_chunk, False, slice_point=loop_slice_point, splat_rows=loop_splat_rows
+        meanfield_numba._pass_chunk,
+        False,
+        slice_point=loop_slice_point,
+        softmax_row=loop_softmax_row,
+        splat_rows=loop_splat_rows,
     )
     return (
         recompiled(meanfield_numba._point_pass, True, _pass_chunk=chunk),

@@ -25,7 +25,6 @@ from permutocrf import (
     lattice_numba,
     lattice_torch,
     mean_field,
-    meanfield_numba,
     unary_scores,
 )
 from permutocrf.lattice_numba import CpuLattice
@@ -284,17 +283,6 @@ def test_numba_and_torch_backends_agree(kwargs, dtype):
     torch.testing.assert_close(dense_crf(images, probs, **kwargs), ours, atol=0, rtol=0)
 
 
-def test_numba_softmax_matches_torch_and_survives_underflow():
-    g = torch.Generator().manual_seed(0)
-    x = 30 * torch.randn(100, 7, generator=g)
-    x[0] = torch.tensor([0.0, -80, -90, -200, -1e30, 1e-3, -88])  # below the clamp at -80
-    for dtype in (torch.float32, torch.float64):
-        got = x.to(dtype).numpy().copy()
-        poly = dtype == torch.float32
-        meanfield_numba._softmax_block(got, np.empty(got.size, np.int32), poly)
-        torch.testing.assert_close(torch.from_numpy(got), torch.softmax(x.to(dtype), 1))
-
-
 def test_kernels_built_once_and_reused():
     img, p = toy()
     k, h, w = p.shape
@@ -448,8 +436,15 @@ def test_prefetch_is_a_hint_only():
     assert touch(a, 1, 3) == 66.0
     assert touch(a, 10**6, -7) == 66.0  # out of range: no read, no fault
     np.testing.assert_array_equal(a, np.arange(12.0).reshape(3, 4))
+    line = numba.njit(lambda v, i: jit.prefetch(v, i))  # 1-D: an integer index
+    line(a[0], 2)
+    line(a[0], -(10**9))
+    np.testing.assert_array_equal(a, np.arange(12.0).reshape(3, 4))
+    for wrong in ((0, 0), 0.5):  # an index per dimension, integers
+        with pytest.raises(numba.TypingError):
+            line(np.zeros(3), wrong)
     with pytest.raises(numba.TypingError):
-        numba.njit(lambda v: jit.prefetch(v, (0, 0)))(np.zeros(3))
+        touch(a, 1, 2.0)
 
 
 @pytest.mark.parametrize("order", ["first use", "shuffled"])

@@ -1,5 +1,6 @@
 """The vector row intrinsics (``rows.py``) against the float operations they replace, bit for
-bit: numpy's float32 / float64 multiply and add round as the compiled code must."""
+bit: numpy's float32 / float64 multiply and add round as the compiled code must; the softmax
+against float64 numpy's."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import numba
 import numpy as np
 import pytest
 
-from permutocrf.rows import blur_row, slice_point, splat_rows
+from permutocrf.rows import blur_row, slice_point, softmax_row, splat_rows
 
 
 @numba.njit
@@ -153,3 +154,41 @@ def test_blur_row_refuses_a_half_of_another_dtype_and_leaves_other_rows_alone():
     _blur_all(src, buffer[1:7], neighbours, np.float32(0.5))
     assert (buffer[0] == 7).all() and (buffer[7] == 7).all()
     np.testing.assert_array_equal(buffer[1:7], src + np.float32(0.5) * (src[1] + src[2]))
+
+
+@numba.njit
+def _softmax_rows(x):
+    for b in range(x.shape[0]):
+        softmax_row(x[b])
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("k", [1, 2, 7, 8, 9, 11, 16, 17, 40])
+def test_softmax_row_is_the_softmax_and_survives_underflow(dtype, k):
+    # Widths within one vector (16 float32s, 8 float64s) and across several.
+    x = 30 * np.random.default_rng(k).normal(size=(100, k))
+    x[0] = np.array([0.0, -80, -90, -200, -1e30, 1e-3, -88] * 6)[:k]  # below the clamp at -80
+    got = x.astype(dtype)
+    _softmax_rows(got)
+    expected = _softmax(x.astype(dtype).astype(np.float64))
+    # float32: x - max rounds by |x| eps (3e-6 relative at -50); tiny terms matter absolutely.
+    tol = dict(rtol=1e-5, atol=1e-7) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(got, expected, **tol)
+
+
+def test_softmax_row_keeps_a_nan_row_nan_and_the_memory_beyond_it():
+    row = np.arange(11, dtype=np.float32)
+    row[4] = np.nan
+    _softmax_rows(row[None])
+    assert np.isnan(row).all()
+    buffer = np.full(40, 7.0, np.float32)  # 11 of a vector's 16 lanes written
+    _softmax_rows(buffer[8:19].reshape(1, 11))
+    assert (buffer[:8] == 7).all() and (buffer[19:] == 7).all()
+    np.testing.assert_allclose(buffer[8:19], np.full(11, 1 / 11), rtol=1e-6)
+    with pytest.raises(numba.errors.TypingError):
+        _softmax_rows(np.zeros((2, 16), np.float32)[:, ::2])  # not C-contiguous
