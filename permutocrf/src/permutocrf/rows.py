@@ -4,9 +4,11 @@ A vertex row holds one value per label (11 for CamVid): too short for LLVM's loo
 which in numba's code also cannot tell a point's running sum apart from the rows it reads, so
 the plain loops went element by element with the sum in memory. Here a row is one masked vector
 load, multiply, add and store per 16 float32s (8 float64s), and a point's sum over its
-simplex's corners stays in a register. Every element sees the same float operations in the same
-order as in the plain loops (``tests/test_rows.py`` compares them bit for bit), so results are
-unchanged; ``benchmarks/dense_crf_paths.py`` times the mean-field against those loops.
+simplex's corners (over every kernel's: ``slice_point``) stays in a register. Every element sees
+the same float operations in the same order as in the plain loops (``tests/test_rows.py``
+compares them bit for bit), so results are unchanged; the one exception is ``softmax_row``'s
+sum, a tree within a vector. ``benchmarks/dense_crf_paths.py`` times the mean-field against
+plain loops.
 
 No bounds checks, as numba's own indexing: callers pass C-contiguous arrays and vertex indices
 of their lattice. Without AVX-512, LLVM lowers the masked operations to AVX's masked moves or to
