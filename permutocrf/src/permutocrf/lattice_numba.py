@@ -265,10 +265,10 @@ def _embed_chunk(f, scale, rem0, rank, bary, low, high):  # pragma: no cover - c
 
 
 @kernel()
-def _slot(keys, code):  # pragma: no cover - compiled
-    """The first slot ``_find`` probes for ``code``: Fibonacci hashing of the non-negative
-    code into the table's 2^n slots."""
-    shift = np.uint64(64 - int(np.log2(keys.shape[0])))
+def _slot(table, code):  # pragma: no cover - compiled
+    """The first slot to probe for ``code`` (an int64 >= 0 or a uint64) in a table of 2^n slots
+    (``table`` any of its arrays): Fibonacci hashing, for ``_find`` and the full-row tables."""
+    shift = np.uint64(64 - int(np.log2(table.shape[0])))
     return np.int64((np.uint64(code) * np.uint64(0x9E3779B97F4A7C15)) >> shift)
 
 
@@ -433,20 +433,13 @@ def _is_step(row, origin, axis):  # pragma: no cover - compiled
 
 
 @kernel()
-def _start(slots, code):  # pragma: no cover - compiled
-    """The first slot to probe for the uint64 ``code`` (Fibonacci hashing, as ``_find``)."""
-    shift = np.uint64(64 - int(np.log2(slots.shape[0])))
-    return np.int64((code * np.uint64(0x9E3779B97F4A7C15)) >> shift)
-
-
-@kernel()
 def _code_table(codes, size):  # pragma: no cover - compiled
     """A table of ``size`` slots (a power of two) for the vertices with ``codes`` (M,): keys
     (their codes) and slots (vertex indices, -1 empty)."""
     keys = np.zeros(size, np.uint64)
     slots = np.full(size, -1, np.int32)
     for v in range(codes.shape[0]):
-        s = _start(slots, codes[v])
+        s = _slot(slots, codes[v])
         while slots[s] != -1:
             s = (s + 1) & (size - 1)
         keys[s], slots[s] = codes[v], v
@@ -492,7 +485,7 @@ def _number_rows(rem0, rank, group, mult, vertex):  # pragma: no cover - compile
                 vertex[i, r] = vertex[i - 1, r]
                 continue
             previous[r] = code
-            s = _start(slots, code)
+            s = _slot(slots, code)
             while slots[s] != -1 and not (
                 keys[s] == code and _is_corner(rows[slots[s]], rem0[i], rank[i], r, group[i])
             ):
@@ -526,7 +519,7 @@ def _neighbour_rows(rows, codes, keys, slots, steps, out):  # pragma: no cover -
     for v in numba.prange(m):
         for j in range(steps.shape[0]):
             code = codes[v] + steps[j]
-            s = _start(slots, code)
+            s = _slot(slots, code)
             while slots[s] != -1 and not (keys[s] == code and _is_step(rows[slots[s]], rows[v], j)):
                 s = (s + 1) & mask
             _link(out, j, v, m if slots[s] == -1 else slots[s])

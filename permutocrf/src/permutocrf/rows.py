@@ -97,11 +97,10 @@ def _corners(context, builder, signature, args, *, rows_at: int, vertex_at: int)
 
 def _corner(context, builder, signature, arrays, loop, *, vertex_at: int, weight_at: int):
     """Corner ``loop.index``'s vertex (intp) and weight (in the rows' dtype)."""
-    vt, wt = signature.args[vertex_at], signature.args[weight_at]
-    v = builder.load(builder.gep(arrays[vertex_at].data, [loop.index]))
-    w = builder.load(builder.gep(arrays[weight_at].data, [loop.index]))
-    rows = signature.args[0].dtype
-    return context.cast(builder, v, vt.dtype, types.intp), context.cast(builder, w, wt.dtype, rows)
+    kinds, rows = signature.args, signature.args[0].dtype
+    v = _element(context, builder, arrays[vertex_at], kinds[vertex_at], loop.index, types.intp)
+    w = _element(context, builder, arrays[weight_at], kinds[weight_at], loop.index, rows)
+    return v, w
 
 
 def _typed(rows, vertex, weight, vector, written, *, points: bool = False) -> bool:
